@@ -1,0 +1,5 @@
+"""Model deployments: one module per model family, thin Ray Serve adapters over torch code.
+
+Each family module holds a ``*Model`` class (pure Python + torch, unit-tested without Ray)
+and a ``*Deployment`` Serve class built with ``deployments.base.serve_model``.
+"""

@@ -1,0 +1,137 @@
+"""Resolve a model source to something ``from_pretrained`` can load, plus a fingerprint.
+
+All four kinds of source end up on the same loading path: a hub id (with revision) is
+passed to the library as is, and the others become a local folder — a packaged model's
+folder inside site-packages, a user's folder, or a folder where a tiny random model was
+built and saved. Tests thus exercise the same code that loads real weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusion.config import ModelSource
+from fusion.errors import SpecError
+
+# Tiny random models for tests and the offline profile: recipe name -> "module:function".
+# Each builder takes a folder, writes a complete model (weights, config, tokenizer) into it.
+TINY_RECIPES: dict[str, str] = {
+    "text-embedding": "deployments.text:build_tiny_embedding",
+    "text-classifier": "deployments.text:build_tiny_classifier",
+    "text-nli": "deployments.text:build_tiny_nli",
+    "caption": "deployments.caption:build_tiny_caption",
+    "clip": "deployments.clip:build_tiny_clip",
+    "whisper": "deployments.audio:build_tiny_whisper",
+    "diffusion": "deployments.diffusion:build_tiny_diffusion",
+}
+
+# Packaged offline weights: importable module -> sub-folder (relative to the package) that
+# holds the model files. None means "search the package for the model folder".
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".ckpt", ".json", ".model",
+                   ".txt")
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """What a loader needs: ``location`` for ``from_pretrained`` and a cache fingerprint."""
+
+    source: ModelSource
+    location: str  # hub id or absolute folder
+    revision: str | None
+    fingerprint: str
+    local: bool
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("FUSION_MODEL_DIR", Path.home() / ".cache" / "fusion" / "models"))
+
+
+def folder_digest(folder: Path, max_bytes: int = 4 << 30) -> str:
+    """sha256 over relative names and contents of the model files (names + sizes past 4 GiB)."""
+    digest = hashlib.sha256()
+    budget = max_bytes
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if "__pycache__" in path.parts or path.suffix == ".py" or path.suffix == ".pyc":
+            continue
+        rel = path.relative_to(folder).as_posix()
+        size = path.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        if size <= budget:
+            budget -= size
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def package_folder(module: str, marker_files: tuple[str, ...] = ()) -> Path:
+    """The folder inside an installed package that holds the model files.
+
+    ``module`` may name a sub-folder: ``pkg/sub/dir``. Otherwise the shallowest folder that
+    contains one of ``marker_files`` (e.g. ``config.json``, ``model.bin``) is chosen.
+    """
+    name, _, sub = module.partition("/")
+    try:
+        mod = importlib.import_module(name)
+    except ImportError as exc:
+        raise SpecError(f"packaged model {name!r} is not installed ({exc}); "
+                        f"install the 'offline-models' extra") from exc
+    root = Path(getattr(mod, "__file__", None) or next(iter(mod.__path__))).resolve()
+    root = root.parent if root.is_file() else root
+    if sub:
+        folder = root / sub
+        if not folder.is_dir():
+            raise SpecError(f"packaged model folder {folder} does not exist")
+        return folder
+    markers = marker_files or ("config.json", "model.bin")
+    candidates = sorted({p.parent for m in markers for p in root.rglob(m)},
+                        key=lambda p: (len(p.parts), str(p)))
+    if not candidates:
+        raise SpecError(f"no model files ({', '.join(markers)}) found in package {name!r}")
+    return candidates[0]
+
+
+def build_tiny(recipe: str, model_dir: Path | None = None) -> Path:
+    """Build (once) and return the folder of a tiny random model; safe across processes."""
+    if recipe not in TINY_RECIPES:
+        raise SpecError(f"unknown tiny recipe {recipe!r}; known: {sorted(TINY_RECIPES)}")
+    folder = (model_dir or default_model_dir()) / f"tiny-{recipe}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    module, func = TINY_RECIPES[recipe].split(":")
+    builder = getattr(importlib.import_module(module), func)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    builder(tmp)
+    (tmp / ".complete").write_text(recipe)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first: keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve(source: ModelSource, model_dir: Path | None = None,
+            marker_files: tuple[str, ...] = ()) -> ResolvedSource:
+    """Turn a configured source into a loadable location and a fingerprint."""
+    if source.kind == "hub":
+        rev = source.revision or "main"
+        return ResolvedSource(source, source.ref, source.revision,
+                              f"hub:{source.ref}@{rev}", local=False)
+    if source.kind == "path":
+        folder = Path(source.ref).expanduser().resolve()
+        if not folder.is_dir():
+            raise SpecError(f"model folder {folder} does not exist")
+    elif source.kind == "package":
+        folder = package_folder(source.ref, marker_files)
+    else:
+        folder = build_tiny(source.ref, model_dir)
+    return ResolvedSource(source, str(folder), None,
+                          f"{source.kind}:{source.ref}#{folder_digest(folder)}", local=True)
