@@ -29,10 +29,8 @@ def accepts(expected: str, given: str) -> bool:
     """Whether a value of type ``given`` may be bound where ``expected`` is declared."""
     if expected == given or expected == "json":
         return True
-    if expected == "float" and given == "int":
-        return True
-    # labels are a list of json objects; a plain list of text is not labels
-    return False
+    # an int may stand where a float is expected; nothing else converts implicitly
+    return expected == "float" and given == "int"
 
 
 @dataclass(frozen=True)

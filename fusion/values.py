@@ -45,7 +45,8 @@ def check_value(type_: str, value: Any, field: str) -> Any:
             raise BadInput(f"{field} must be an integer", field=field)
         return value
     if type_ == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value)):
             raise BadInput(f"{field} must be a finite number", field=field)
         return float(value)
     if type_ == "embedding":
