@@ -66,6 +66,13 @@ class StepTimeout(FusionError):
     code = "step_timeout"
 
 
+class StepFailed(FusionError):
+    """A model failed on valid input (a bug or a crashed replica): the client is not at fault."""
+
+    status = 502
+    code = "step_failed"
+
+
 class SpecError(FusionError):
     """A pipeline spec or app config is invalid: the application refuses to start."""
 

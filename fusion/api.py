@@ -1,0 +1,222 @@
+"""The HTTP surface: a FastAPI app over a ``Gateway``, with no Ray in sight.
+
+``create_api(get_gateway)`` is served by the Serve ingress in production and driven
+in-process with httpx in tests. Errors are JSON with the request id; a client's mistake is
+always a 4xx naming the field, and an unexpected exception a 500 logged with its trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from fusion import __version__
+from fusion.auth import require_admin, require_key
+from fusion.errors import BadInput, FusionError, PayloadTooLarge
+from fusion.executor import CachePolicy, RunResult
+from fusion.gateway import Gateway
+from fusion.payloads import decode_json_inputs, encode_value, read_form
+
+log = logging.getLogger("fusion.api")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_INPUTS_BODY = {
+    "requestBody": {"content": {
+        "application/json": {"schema": {"type": "object", "properties": {
+            "inputs": {"type": "object", "description": "named inputs; images and audio as "
+                       "base64 strings"}}}},
+        "multipart/form-data": {"schema": {"type": "object", "additionalProperties": True,
+                                           "description": "one part per input; files for "
+                                           "images and audio"}},
+    }},
+}
+
+
+def request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or "-"
+
+
+def error_response(request: Request, err: FusionError) -> JSONResponse:
+    body = {"error": {**err.to_dict(), "request_id": request_id(request)}}
+    return JSONResponse(body, status_code=err.status)
+
+
+async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -> dict[str, Any]:
+    """The ``inputs`` of a JSON or multipart body, with binary fields turned into bytes."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"body is {length} bytes, over the {max_bytes} byte limit",
+                              field="body")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data") or ctype.startswith(
+            "application/x-www-form-urlencoded"):
+        try:
+            form = await request.form(max_part_size=max_bytes)
+        except Exception as exc:  # malformed multipart
+            raise BadInput(f"body is not valid multipart form data ({exc})", field="body") \
+                from None
+        return await read_form(form, types, max_bytes)
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"body is over the {max_bytes} byte limit", field="body")
+    if not raw.strip():
+        raise BadInput("body is empty; send {\"inputs\": {...}}", field="body")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        err = BadInput(f"body is not valid JSON ({exc})", field="body")
+        err.status = 400
+        raise err from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object", field="body")
+    inputs = body["inputs"] if isinstance(body.get("inputs"), dict) else body
+    if "inputs" in body and not isinstance(body["inputs"], dict):
+        raise BadInput("inputs must be an object", field="inputs")
+    return decode_json_inputs(inputs, types)
+
+
+def _wants_sse(request: Request, stream: bool) -> bool:
+    return stream or "text/event-stream" in request.headers.get("accept", "")
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
+    app = FastAPI(title="Fusion gateway", version=__version__,
+                  description="Multimodal models served as one service, composed into cached "
+                              "cross-modal pipelines.")
+
+    app.state.get_gateway = get_gateway
+
+    def gateway() -> Gateway:
+        return get_gateway()
+
+    @app.middleware("http")
+    async def with_request_id(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        request.state.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug: answer 500 with the id, log the trace
+            log.exception("unhandled error in request %s", request.state.request_id)
+            response = error_response(request, FusionError("internal error; quote the "
+                                                           "request id when reporting it"))
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    @app.exception_handler(FusionError)
+    async def on_fusion_error(request: Request, err: FusionError):
+        if err.status >= 500:
+            log.warning("request %s failed: %s", request_id(request), err.message)
+        return error_response(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        return error_response(request, BadInput(f"{field or 'request'}: "
+                                                f"{first.get('msg', 'invalid')}", field=field))
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/models", tags=["models"], dependencies=[Depends(require_key)])
+    async def list_models(gw: Gateway = Depends(gateway)) -> dict:
+        return {"models": await gw.list_models()}
+
+    @app.post("/v1/models/{name}/{task}", tags=["models"], openapi_extra=_INPUTS_BODY,
+              dependencies=[Depends(require_key)])
+    async def call_model(name: str, task: str, request: Request,
+                         gw: Gateway = Depends(gateway)):
+        spec = gw.executor.task_spec(name, task)
+        types = {k: p.type for k, p in spec.inputs.items()}
+        inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
+        policy = CachePolicy.from_header(request.headers.get("cache-control"))
+        outputs, report = await gw.call_model(name, task, inputs, policy)
+        return JSONResponse({
+            "outputs": encode_value(outputs), "types": dict(spec.outputs), "model": name,
+            "task": task, "ms": report.ms, "cached": report.cached,
+            "coalesced": report.coalesced, "request_id": request_id(request)},
+            headers={"X-Fusion-Cache": "hit" if report.cached else "miss"})
+
+    @app.get("/v1/pipelines", tags=["pipelines"], dependencies=[Depends(require_key)])
+    async def list_pipelines(gw: Gateway = Depends(gateway)) -> dict:
+        return {"pipelines": [p.describe() for p in gw.pipelines.values()]}
+
+    @app.post("/v1/pipelines/{name}", tags=["pipelines"], openapi_extra=_INPUTS_BODY,
+              dependencies=[Depends(require_key)])
+    async def run_pipeline(name: str, request: Request, stream: bool = False,
+                           gw: Gateway = Depends(gateway)):
+        spec = gw.pipeline(name)
+        types = {k: i.type for k, i in spec.inputs.items()}
+        inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
+        policy = CachePolicy.from_header(request.headers.get("cache-control"))
+        rid = request_id(request)
+
+        def body(result: RunResult) -> dict:
+            return {"outputs": encode_value(result.outputs), "types": spec.output_types,
+                    "steps": result.steps_dict(), "cache": result.cache, "request_id": rid}
+
+        if _wants_sse(request, stream):
+            return StreamingResponse(_stream_run(gw, name, inputs, policy, body, rid),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        result = await gw.run_pipeline(name, inputs, policy)
+        headers = {"X-Fusion-Cache": result.cache}
+        images = [k for k, t in spec.output_types.items() if t == "image"]
+        if "image/png" in request.headers.get("accept", "") and len(images) == 1 \
+                and isinstance(result.outputs.get(images[0]), bytes):
+            return Response(result.outputs[images[0]], media_type="image/png", headers=headers)
+        return JSONResponse(body(result), headers=headers)
+
+    from fusion.admin import add_admin_routes
+    from fusion.openai_compat import add_openai_routes
+
+    add_admin_routes(app, gateway, require_key, require_admin)
+    add_openai_routes(app, gateway, require_key)
+    return app
+
+
+async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
+                      body: Callable[[RunResult], dict], rid: str):
+    """SSE: step and progress events as they happen, then the result (or the error)."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def on_event(event: dict) -> None:
+        kind = event.pop("event")
+        await queue.put((kind, event))
+
+    async def run() -> None:
+        try:
+            result = await gw.run_pipeline(name, inputs, policy, on_event)
+            await queue.put(("result", body(result)))
+        except FusionError as err:
+            await queue.put(("error", {"error": {**err.to_dict(), "request_id": rid}}))
+        except Exception:
+            log.exception("unhandled error in stream %s", rid)
+            await queue.put(("error", {"error": {**FusionError("internal error").to_dict(),
+                                                 "request_id": rid}}))
+
+    job = asyncio.create_task(run())
+    try:
+        while True:
+            kind, data = await queue.get()
+            yield _sse(kind, encode_value(data))
+            if kind in ("result", "error"):
+                break
+    finally:
+        if not job.done():  # the client went away: stop working for it
+            job.cancel()

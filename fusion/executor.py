@@ -1,0 +1,269 @@
+"""Run a validated pipeline graph: each step starts as soon as its inputs are ready.
+
+The executor knows models only through ``ModelCaller`` (``call`` and ``stream``), and the
+cache only through ``StepStore`` — so it is unit-tested with fakes, with no Ray and no torch.
+In Serve, the caller is a table of ``DeploymentHandle``s (``fusion.ingress``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
+from fusion.fuse import fuse_labels
+from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
+from fusion.tasks import TASKS, ModelTasks, TaskSpec
+from fusion.values import check_inputs, check_value
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], Awaitable[None] | None]
+
+
+class ModelCaller(Protocol):
+    async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[Event]:
+        """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    cached: bool = False
+    coalesced: bool = False
+
+
+class StepStore(Protocol):
+    """What the executor needs from a cache (``fusion.cache.StepCache`` provides it)."""
+
+    def step_key(self, fingerprint: str, task: str, inputs: dict[str, Any]) -> str: ...
+
+    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[dict]], *,
+                             ttl_s: float | None = None, read: bool = True, write: bool = True,
+                             labels: tuple[str, str] = ("", "")) -> tuple[dict, Any]: ...
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """Per request, from ``Cache-Control``: no-cache → read=False; no-store → neither."""
+
+    read: bool = True
+    write: bool = True
+
+    @classmethod
+    def from_header(cls, value: str | None) -> CachePolicy:
+        directives = {d.strip().lower() for d in (value or "").split(",")}
+        if "no-store" in directives:
+            return cls(read=False, write=False)
+        if "no-cache" in directives:
+            return cls(read=False, write=True)
+        return cls()
+
+
+@dataclass
+class StepReport:
+    ms: float = 0.0
+    cached: bool = False
+    coalesced: bool = False
+    skipped: bool = False
+
+
+@dataclass
+class RunResult:
+    outputs: dict[str, Any]
+    steps: dict[str, StepReport] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> str:
+        """``hit`` when every step that ran came from the cache, ``partial``, or ``miss``."""
+        ran = [s for s in self.steps.values() if not s.skipped]
+        hits = sum(s.cached for s in ran)
+        return "hit" if ran and hits == len(ran) else "partial" if hits else "miss"
+
+    def steps_dict(self) -> dict[str, dict]:
+        return {k: asdict(v) for k, v in self.steps.items()}
+
+
+async def _emit(sink: EventSink | None, event: Event) -> None:
+    if sink is not None:
+        res = sink(event)
+        if inspect.isawaitable(res):
+            await res
+
+
+class Executor:
+    """Runs pipelines and single model calls, caching every step under a content address."""
+
+    def __init__(self, caller: ModelCaller, models: dict[str, ModelTasks],
+                 fingerprint: Callable[[str], Awaitable[str]],
+                 cache: StepStore | None = None, default_ttl_s: float | None = None) -> None:
+        self.caller = caller
+        self.models = models
+        self.fingerprint = fingerprint
+        self.cache = cache
+        self.default_ttl_s = default_ttl_s
+
+    def task_spec(self, model: str, task: str) -> TaskSpec:
+        if model not in self.models:
+            raise NotFound(f"unknown model {model!r}; served: {sorted(self.models)}", "model")
+        mt = self.models[model]
+        if task not in mt.tasks:
+            raise NotFound(f"model {model!r} has no task {task!r}; it serves "
+                           f"{list(mt.tasks)}", "task")
+        return TASKS[mt.family][task]
+
+    async def call_model(self, model: str, task: str, inputs: dict[str, Any],
+                         policy: CachePolicy = CachePolicy(), *, ttl_s: float | None = None,
+                         use_cache: bool = True, timeout_s: float | None = None,
+                         on_event: EventSink | None = None, step: str = "") -> tuple[dict,
+                                                                                    StepReport]:
+        """One cached model call; inputs are checked against the task catalog first."""
+        spec = self.task_spec(model, task)
+        checked = check_inputs(spec, inputs, where=f"{model}/{task}",
+                               prefix=f"steps.{step}." if step else "inputs.")
+        started = time.perf_counter()
+
+        async def compute() -> dict:
+            if on_event is not None and spec.streams_progress:
+                return await self._stream(model, task, checked, on_event, step or task)
+            return await self.caller.call(model, task, checked)
+
+        outcome: Any = Outcome()
+        try:
+            if self.cache is not None and use_cache and (policy.read or policy.write):
+                key = self.cache.step_key(await self.fingerprint(model), task, checked)
+                job = self.cache.get_or_compute(
+                    key, compute, ttl_s=ttl_s or self.default_ttl_s, read=policy.read,
+                    write=policy.write, labels=(model, task))
+                result, outcome = await asyncio.wait_for(job, timeout_s)
+            else:
+                result = await asyncio.wait_for(compute(), timeout_s)
+        except asyncio.TimeoutError:
+            raise StepTimeout(f"{_where(step, model, task)} did not finish within "
+                              f"{timeout_s}s", field=f"steps.{step}" if step else None) from None
+        report = StepReport(round((time.perf_counter() - started) * 1000, 3),
+                            bool(getattr(outcome, "cached", False)),
+                            bool(getattr(outcome, "coalesced", False)))
+        return result, report
+
+    async def _stream(self, model: str, task: str, inputs: dict, on_event: EventSink,
+                      step: str) -> dict:
+        result: dict | None = None
+        async for event in self.caller.stream(model, task, inputs):
+            if "progress" in event:
+                p = event["progress"]
+                await _emit(on_event, {"event": "progress", "step": step,
+                                       "progress": p["step"], "total": p["total"]})
+            elif "result" in event:
+                result = event["result"]
+        if result is None:
+            raise StepFailed(f"{_where(step, model, task)} ended its stream without a result")
+        return result
+
+    async def run(self, spec: PipelineSpec, inputs: dict[str, Any],
+                  policy: CachePolicy = CachePolicy(),
+                  on_event: EventSink | None = None) -> RunResult:
+        values = check_pipeline_inputs(spec, inputs)
+        results: dict[str, dict | None] = {}
+        reports: dict[str, StepReport] = {}
+        tasks: dict[str, asyncio.Task] = {}
+        for name, step in spec.steps.items():  # topological order: deps exist already
+            deps = [tasks[d] for d in step.needs]
+            tasks[name] = asyncio.create_task(
+                self._run_step(step, deps, values, results, reports, policy, on_event))
+        try:
+            await asyncio.gather(*tasks.values())
+        except BaseException:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        outputs = {}
+        for name, alternatives in spec.outputs.items():
+            outputs[name] = next((v for r in alternatives
+                                  if (v := r.resolve(values, results)) is not None), None)
+        return RunResult(outputs, {n: reports[n] for n in spec.steps})
+
+    async def _run_step(self, step: StepSpec, deps: list[asyncio.Task], values: dict,
+                        results: dict, reports: dict, policy: CachePolicy,
+                        on_event: EventSink | None) -> None:
+        for dep in deps:
+            await dep
+        inputs = {k: b.resolve(values, results) for k, b in step.bindings.items()}
+        if (step.when is not None and not step.when.holds(values, results)) or \
+                self._starved(step, inputs):
+            results[step.name] = None
+            reports[step.name] = report = StepReport(skipped=True)
+            await _emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
+            return
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        try:
+            if step.model is None:
+                started = time.perf_counter()
+                result = {"labels": fuse_labels(
+                    [r for r in inputs["labels"] if r], inputs.get("weights"),
+                    inputs.get("method", "weighted_mean"))}
+                report = StepReport(round((time.perf_counter() - started) * 1000, 3))
+            else:
+                result, report = await self.call_model(
+                    step.model, step.task, inputs, policy, ttl_s=step.cache_ttl_s,
+                    use_cache=step.cache, timeout_s=step.timeout_s, on_event=on_event,
+                    step=step.name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # name the step; keep a client error a client error
+            raise step_error(step.name, exc) from exc
+        results[step.name], reports[step.name] = result, report
+        await _emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
+
+    def _starved(self, step: StepSpec, inputs: dict[str, Any]) -> bool:
+        """A required input is missing because the step producing it was skipped."""
+        spec = FUSE_TASK if step.model is None else self.task_spec(step.model, step.task)
+        for key, b in step.bindings.items():
+            if inputs.get(key) is None and spec.inputs[key].required:
+                if b.ref is not None and b.ref.kind == "steps":
+                    return True
+                if b.ref is not None:
+                    raise BadInput(f"input {b.ref.name!r} is required by step {step.name!r}",
+                                   field=f"inputs.{b.ref.name}")
+        if step.model is None:
+            return not any(inputs.get("labels") or [])
+        return False
+
+
+def check_pipeline_inputs(spec: PipelineSpec, inputs: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(inputs, dict):
+        raise BadInput("inputs must be an object", field="inputs")
+    unknown = sorted(set(inputs) - set(spec.inputs))
+    if unknown:
+        raise BadInput(f"pipeline {spec.name!r} has no input {unknown[0]!r}; it takes "
+                       f"{sorted(spec.inputs)}", field=f"inputs.{unknown[0]}")
+    values: dict[str, Any] = {}
+    for name, decl in spec.inputs.items():
+        if inputs.get(name) is None:
+            if decl.required:
+                raise BadInput(f"missing required input {name!r}", field=f"inputs.{name}")
+            values[name] = decl.default
+        else:
+            values[name] = check_value(decl.type, inputs[name], f"inputs.{name}")
+    return values
+
+
+def step_error(step: str, exc: BaseException) -> FusionError:
+    """The error a client sees for a failed step: same class and field, the step named."""
+    err = unwrap(exc)
+    if isinstance(err, FusionError):
+        if err.message.startswith(f"step {step!r}"):
+            return err
+        wrapped = type(err)(f"step {step!r}: {err.message}", field=err.field)
+        return wrapped
+    return StepFailed(f"step {step!r} failed: {type(err).__name__}: {err}", field=f"steps.{step}")
+
+
+def _where(step: str, model: str, task: str) -> str:
+    return f"step {step!r}" if step else f"{model}/{task}"

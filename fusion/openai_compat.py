@@ -1,0 +1,149 @@
+"""OpenAI-compatible routes, so the official ``openai`` client works unchanged.
+
+``model`` is a gateway model name (``GET /v1/models`` lists them). Errors use OpenAI's body,
+``{"error": {"message", "type", "param", "code"}}``, since that is what those clients parse.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from fusion.errors import BadInput, FusionError, NotFound
+from fusion.gateway import Gateway
+from fusion.payloads import read_form
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 503: "server_error", 504: "server_error"}
+
+
+def openai_error(err: FusionError) -> JSONResponse:
+    code = "model_not_found" if isinstance(err, NotFound) and err.field == "model" else err.code
+    param = (err.field or "").removeprefix("inputs.") or None
+    return JSONResponse({"error": {"message": err.message,
+                                   "type": _TYPES.get(err.status, "server_error"),
+                                   "param": param, "code": code}}, status_code=err.status)
+
+
+def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
+    if not name:
+        raise BadInput("model is required", field="model")
+    if name not in gw.models or task not in gw.models[name].tasks:
+        able = sorted(n for n, m in gw.models.items() if task in m.tasks)
+        raise NotFound(f"The model '{name}' does not exist or cannot do {task}; "
+                       f"use one of {able}", field="model")
+    return name
+
+
+class EmbeddingRequest(BaseModel):
+    input: str | list[str]
+    model: str
+    encoding_format: str = Field("float", pattern="^(float|base64)$")
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class ImageRequest(BaseModel):
+    prompt: str
+    model: str | None = None
+    n: int = Field(1, ge=1, le=8)
+    size: str = "64x64"
+    response_format: str = "b64_json"
+    seed: int = 0
+    steps: int | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+
+
+def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key) -> None:
+    async def guarded(fn, *args) -> Any:
+        try:
+            return await fn(*args)
+        except FusionError as err:
+            return openai_error(err)
+
+    @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
+    async def embeddings(req: EmbeddingRequest, gw: Gateway = Depends(gateway)):
+        async def run() -> dict:
+            task = "embed" if req.model in gw.models and "embed" in gw.models[req.model].tasks \
+                else "embed_text"
+            model = _pick_model(gw, req.model, task)
+            texts = [req.input] if isinstance(req.input, str) else req.input
+            if not texts or any(not t for t in texts):
+                raise BadInput("input must be a non-empty string or list of strings",
+                               field="input")
+            data = []
+            for i, text in enumerate(texts):
+                out, _ = await gw.call_model(model, task, {"text": text})
+                vec = out["embedding"]
+                if req.encoding_format == "base64":
+                    vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+                data.append({"object": "embedding", "index": i, "embedding": vec})
+            tokens = sum(len(t.split()) for t in texts)
+            return {"object": "list", "data": data, "model": model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+        return await guarded(run)
+
+    @app.post("/v1/images/generations", tags=["openai"], dependencies=[Depends(require_key)])
+    async def images(req: ImageRequest, gw: Gateway = Depends(gateway)):
+        async def run() -> dict:
+            model = _pick_model(gw, req.model or next(
+                (n for n, m in gw.models.items() if "generate" in m.tasks), None), "generate")
+            if req.response_format != "b64_json":
+                raise BadInput("only response_format 'b64_json' is supported (the gateway "
+                               "keeps no image URLs)", field="response_format")
+            try:
+                width, height = (int(x) for x in req.size.lower().split("x"))
+            except ValueError:
+                raise BadInput("size must look like '512x512'", field="size") from None
+            data = []
+            for i in range(req.n):
+                inputs = {"prompt": req.prompt, "width": width, "height": height,
+                          "seed": req.seed + i}
+                if req.steps is not None:
+                    inputs["steps"] = req.steps
+                out, _ = await gw.call_model(model, "generate", inputs)
+                data.append({"b64_json": base64.b64encode(out["image"]).decode(),
+                             "revised_prompt": req.prompt})
+            return {"created": int(time.time()), "data": data}
+
+        return await guarded(run)
+
+    @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)])
+    async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
+        async def run():
+            try:
+                form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
+            except Exception as exc:
+                raise BadInput(f"expected multipart form data ({exc})", field="file") from None
+            fields = await read_form(form, {"file": "audio"},
+                                     gw.config.limits.max_body_bytes, prefix="")
+            if not isinstance(fields.get("file"), bytes):
+                raise BadInput("file is required (multipart upload)", field="file")
+            model = _pick_model(gw, fields.get("model"), "transcribe")
+            fmt = fields.get("response_format", "json")
+            if fmt not in ("json", "text", "verbose_json"):
+                raise BadInput("response_format must be json, text or verbose_json",
+                               field="response_format")
+            inputs = {"audio": fields["file"]}
+            if fields.get("language"):
+                inputs["language"] = fields["language"]
+            out, _ = await gw.call_model(model, "transcribe", inputs)
+            if fmt == "text":
+                return PlainTextResponse(out["text"])
+            body = {"text": out["text"]}
+            if fmt == "verbose_json":
+                body |= {"task": "transcribe", "language": out.get("language", "")}
+            return body
+
+        return await guarded(run)

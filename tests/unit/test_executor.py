@@ -1,0 +1,229 @@
+"""The executor against fake models: ordering, parallelism, conditions, timeouts, fusion."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fusion.errors import BadInput, NotFound, StepFailed, StepTimeout
+from fusion.executor import CachePolicy, Executor
+from fusion.fuse import fuse_labels
+from fusion.spec import load_spec
+from fusion.tasks import model_tasks
+from tests.fakes import FakeModels, png
+
+MODELS = {"captioner": model_tasks("caption"), "text": model_tasks("text"),
+          "clip": model_tasks("clip"), "diffusion": model_tasks("diffusion")}
+
+
+def make(fake: FakeModels) -> Executor:
+    async def fingerprint(model: str) -> str:
+        return (await fake.info(model))["fingerprint"]
+
+    return Executor(fake, MODELS, fingerprint)
+
+
+def spec(raw: dict):
+    return load_spec(raw, "test.yaml", MODELS)
+
+
+PARALLEL = {
+    "name": "p",
+    "inputs": {"image": "image", "labels": "list[text]"},
+    "steps": {
+        "a": {"model": "clip", "task": "zero_shot",
+              "with": {"image": "$inputs.image", "labels": "$inputs.labels"}},
+        "b": {"model": "captioner", "task": "caption", "with": {"image": "$inputs.image"}},
+    },
+    "outputs": {"a": "$steps.a.labels", "b": "$steps.b.text"},
+}
+
+
+async def test_independent_steps_run_concurrently():
+    fake = FakeModels(delays={"zero_shot": 0.2, "caption": 0.2})
+    started = time.perf_counter()
+    result = await make(fake).run(spec(PARALLEL), {"image": png(), "labels": ["x", "y"]})
+    elapsed = time.perf_counter() - started
+    assert 0.19 < elapsed < 0.35, elapsed  # one 200 ms wait, not two
+    assert result.outputs["b"].startswith("an image of")
+    assert {r["label"] for r in result.outputs["a"]} == {"x", "y"}
+
+
+async def test_sequence_feeds_outputs_forward():
+    raw = {"name": "s", "inputs": {"image": "image", "labels": "list[text]"},
+           "steps": {"cap": {"model": "captioner", "task": "caption",
+                             "with": {"image": "$inputs.image"}},
+                     "cls": {"model": "text", "task": "zero_shot",
+                             "with": {"text": "$steps.cap.text", "labels": "$inputs.labels"}}},
+           "outputs": {"caption": "$steps.cap.text", "top": "$steps.cls.labels[0].label"}}
+    fake = FakeModels(delays={"caption": 0.05})
+    result = await make(fake).run(spec(raw), {"image": png(), "labels": ["a", "b"]})
+    expected = FakeModels.compute("zero_shot", {"text": result.outputs["caption"],
+                                                "labels": ["a", "b"]})
+    assert result.outputs["top"] == expected["labels"][0]["label"]
+    assert list(result.steps) == ["cap", "cls"]
+    assert all(not s.skipped for s in result.steps.values())
+
+
+COND = {
+    "name": "c",
+    "inputs": {"prompt": "text", "check": {"type": "bool", "default": False}},
+    "steps": {
+        "gen": {"model": "diffusion", "task": "generate", "with": {"prompt": "$inputs.prompt"}},
+        "cap": {"model": "captioner", "task": "caption", "when": "$inputs.check",
+                "with": {"image": "$steps.gen.image"}},
+        "cls": {"model": "text", "task": "zero_shot",
+                "with": {"text": "$steps.cap.text", "labels": ["red", "blue"]}},
+    },
+    "outputs": {"image": "$steps.gen.image", "caption": "$steps.cap.text",
+                "labels": "$steps.cls.labels"},
+}
+
+
+async def test_false_condition_skips_step_and_its_dependents():
+    fake = FakeModels()
+    result = await make(fake).run(spec(COND), {"prompt": "a cat"})
+    assert result.steps["cap"].skipped and result.steps["cls"].skipped
+    assert result.outputs["caption"] is None and result.outputs["labels"] is None
+    assert result.outputs["image"].startswith(b"\x89PNG")
+    assert fake.calls == {"diffusion/generate": 1}
+
+
+async def test_true_condition_runs_step():
+    fake = FakeModels()
+    result = await make(fake).run(spec(COND), {"prompt": "a cat", "check": True})
+    assert result.outputs["caption"].startswith("an image of")
+    assert fake.calls["captioner/caption"] == 1
+
+
+async def test_comparison_condition():
+    raw = {"name": "cmp", "inputs": {"text": "text", "labels": "list[text]"},
+           "steps": {"zs": {"model": "text", "task": "zero_shot",
+                            "with": {"text": "$inputs.text", "labels": "$inputs.labels"}},
+                     "emb": {"model": "text", "task": "embed",
+                             "when": "$steps.zs.labels[0].score > 1.5",
+                             "with": {"text": "$inputs.text"}}},
+           "outputs": {"e": "$steps.emb.embedding"}}
+    result = await make(FakeModels()).run(spec(raw), {"text": "t", "labels": ["a"]})
+    assert result.steps["emb"].skipped and result.outputs["e"] is None
+
+
+async def test_step_timeout_names_the_step():
+    raw = {**PARALLEL, "steps": {**PARALLEL["steps"], "b": {**PARALLEL["steps"]["b"],
+                                                             "timeout_s": 0.05}}}
+    fake = FakeModels(delays={"caption": 1.0})
+    started = time.perf_counter()
+    with pytest.raises(StepTimeout) as info:
+        await make(fake).run(spec(raw), {"image": png(), "labels": ["x"]})
+    assert time.perf_counter() - started < 0.5
+    assert "step 'b'" in info.value.message and info.value.status == 504
+
+
+async def test_model_bad_input_stays_a_client_error_naming_the_step():
+    with pytest.raises(BadInput) as info:
+        await make(FakeModels()).run(spec(PARALLEL), {"image": b"junk", "labels": ["x"]})
+    assert info.value.status == 422 and "step 'b'" in info.value.message
+    assert info.value.field == "image"
+
+
+async def test_model_crash_is_a_5xx_naming_the_step():
+    fake = FakeModels(fail={"caption": RuntimeError("CUDA out of memory")})
+    with pytest.raises(StepFailed) as info:
+        await make(fake).run(spec(PARALLEL), {"image": png(), "labels": ["x"]})
+    assert info.value.status == 502 and "step 'b'" in info.value.message
+    assert "CUDA out of memory" in info.value.message
+
+
+async def test_pipeline_inputs_are_checked_with_field_names():
+    ex = make(FakeModels())
+    with pytest.raises(BadInput) as info:
+        await ex.run(spec(PARALLEL), {"image": png()})
+    assert info.value.field == "inputs.labels"
+    with pytest.raises(BadInput) as info:
+        await ex.run(spec(PARALLEL), {"image": png(), "labels": "x"})
+    assert info.value.field == "inputs.labels"
+    with pytest.raises(BadInput) as info:
+        await ex.run(spec(PARALLEL), {"image": png(), "labels": ["x"], "extra": 1})
+    assert info.value.field == "inputs.extra"
+
+
+async def test_call_model_unknown_model_and_task():
+    ex = make(FakeModels())
+    with pytest.raises(NotFound):
+        await ex.call_model("nope", "caption", {})
+    with pytest.raises(NotFound):
+        await ex.call_model("captioner", "generate", {})
+    with pytest.raises(BadInput) as info:
+        await ex.call_model("captioner", "caption", {"image": 3})
+    assert info.value.field == "inputs.image"
+
+
+async def test_progress_events_are_forwarded_before_the_step_event():
+    raw = {"name": "g", "inputs": {"prompt": "text"},
+           "steps": {"gen": {"model": "diffusion", "task": "generate",
+                             "with": {"prompt": "$inputs.prompt", "steps": 3}}},
+           "outputs": {"image": "$steps.gen.image"}}
+    events = []
+    await make(FakeModels()).run(spec(raw), {"prompt": "p"}, CachePolicy(), events.append)
+    kinds = [(e["event"], e.get("progress")) for e in events]
+    assert kinds == [("progress", 1), ("progress", 2), ("progress", 3), ("step", None)]
+
+
+FUSED = {
+    "name": "f", "inputs": {"image": "image", "labels": "list[text]"},
+    "steps": {
+        "clip": {"model": "clip", "task": "zero_shot",
+                 "with": {"image": "$inputs.image", "labels": "$inputs.labels"}},
+        "cap": {"model": "captioner", "task": "caption", "with": {"image": "$inputs.image"}},
+        "cls": {"model": "text", "task": "zero_shot",
+                "with": {"text": "$steps.cap.text", "labels": "$inputs.labels"}},
+        "fused": {"fuse": {"method": "weighted_mean", "weights": [0.25, 0.75]},
+                  "with": {"labels": ["$steps.clip.labels", "$steps.cls.labels"]}},
+    },
+    "outputs": {"labels": "$steps.fused.labels", "a": "$steps.clip.labels",
+                "b": "$steps.cls.labels"},
+}
+
+
+async def test_fuse_step_combines_parallel_rankings():
+    fake = FakeModels(delays={"zero_shot": 0.1, "caption": 0.1})
+    result = await make(fake).run(spec(FUSED), {"image": png(), "labels": ["cat", "dog", "car"]})
+    a = {x["label"]: x["score"] for x in result.outputs["a"]}
+    b = {x["label"]: x["score"] for x in result.outputs["b"]}
+    fused = {x["label"]: x["score"] for x in result.outputs["labels"]}
+    for label in ("cat", "dog", "car"):
+        assert fused[label] == pytest.approx(0.25 * a[label] + 0.75 * b[label])
+    assert result.steps["fused"].ms < 50
+
+
+def test_fuse_weighted_mean_normalises_each_model():
+    # model 2 scores on another scale; normalised per model it agrees with model 1 on "b"
+    fused = fuse_labels([[{"label": "a", "score": 0.4}, {"label": "b", "score": 0.6}],
+                         [{"label": "a", "score": 10.0}, {"label": "b", "score": 30.0}]])
+    assert [x["label"] for x in fused] == ["b", "a"]
+    assert fused[0]["score"] == pytest.approx((0.6 + 0.75) / 2)
+    assert sum(x["score"] for x in fused) == pytest.approx(1.0)
+
+
+def test_fuse_rank_uses_order_only():
+    fused = fuse_labels([[{"label": "a", "score": 0.9}, {"label": "b", "score": 0.1}],
+                         [{"label": "b", "score": 0.51}, {"label": "a", "score": 0.49}],
+                         [{"label": "a", "score": 100}, {"label": "b", "score": 1}]],
+                        method="rank")
+    assert fused[0]["label"] == "a"  # ranked first by two of three models
+
+
+def test_fuse_rejects_bad_weights_and_methods():
+    r = [{"label": "a", "score": 1.0}]
+    with pytest.raises(BadInput) as info:
+        fuse_labels([r, r], weights=[1.0])
+    assert info.value.field == "weights"
+    with pytest.raises(BadInput):
+        fuse_labels([r], method="vote")
+
+
+def test_cache_policy_from_header():
+    assert CachePolicy.from_header(None) == CachePolicy(True, True)
+    assert CachePolicy.from_header("no-cache") == CachePolicy(False, True)
+    assert CachePolicy.from_header("max-age=0, no-store") == CachePolicy(False, False)
