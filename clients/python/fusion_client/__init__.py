@@ -1,0 +1,63 @@
+"""Python SDK of the fusion multimodal model gateway.
+
+>>> from fusion_client import FusionClient
+>>> with FusionClient() as client:                     # $FUSION_URL, $FUSION_API_KEY
+...     result = client.run("caption_then_classify", image="cat.png", labels=["cat", "dog"])
+...     result.outputs["labels"][0]
+"""
+
+from fusion_client._version import __version__
+from fusion_client.client import AsyncFusionClient, FusionClient
+from fusion_client.encoding import decode_wav, encode_wav
+from fusion_client.errors import (
+    BadRequest,
+    ConnectionFailed,
+    Forbidden,
+    FusionError,
+    NotFound,
+    Overloaded,
+    ServerError,
+    Timeout,
+    Unauthorized,
+)
+from fusion_client.types import (
+    CacheStats,
+    CallResult,
+    Event,
+    ModelInfo,
+    PipelineInfo,
+    PipelineResult,
+    ProgressEvent,
+    ResultEvent,
+    StepEvent,
+    StepResult,
+    StepSpec,
+)
+
+__all__ = [
+    "AsyncFusionClient",
+    "BadRequest",
+    "CacheStats",
+    "CallResult",
+    "ConnectionFailed",
+    "Event",
+    "Forbidden",
+    "FusionClient",
+    "FusionError",
+    "ModelInfo",
+    "NotFound",
+    "Overloaded",
+    "PipelineInfo",
+    "PipelineResult",
+    "ProgressEvent",
+    "ResultEvent",
+    "ServerError",
+    "StepEvent",
+    "StepResult",
+    "StepSpec",
+    "Timeout",
+    "Unauthorized",
+    "__version__",
+    "decode_wav",
+    "encode_wav",
+]

@@ -1,0 +1,378 @@
+"""Everything the sync and async clients share, with no I/O ("sans-IO").
+
+Each API operation is a generator: it yields a :class:`Request`, receives the checked
+:class:`Response` back (errors already raised), may yield more requests (``run`` first looks up
+the pipeline's declared input types, once per client) and finally returns the typed result.
+The sync client drives these generators with ``httpx.Client``, the async one with
+``httpx.AsyncClient``; retries, error mapping, SSE parsing and value encoding live here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from fusion_client._version import __version__
+from fusion_client.encoding import decode_outputs, encode_inputs
+from fusion_client.errors import (
+    ConnectionFailed,
+    FusionError,
+    ServerError,
+    Timeout,
+    error_class_for_code,
+    error_class_for_status,
+)
+from fusion_client.sse import ServerSentEvent, SSEDecoder
+from fusion_client.types import (
+    CacheStats,
+    CallResult,
+    Event,
+    ModelInfo,
+    PipelineInfo,
+    PipelineResult,
+    ProgressEvent,
+    ResultEvent,
+    StepEvent,
+)
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8000"
+CACHE_CONTROL_VALUES = ("no-cache", "no-store")
+REQUEST_ID_HEADER = "x-request-id"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: Any  # decoded JSON (None for an empty body)
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get(REQUEST_ID_HEADER)
+
+
+Operation = Generator[Request, Response, T]
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+def _json_or_none(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def error_from_body(body: Any, *, status: int | None, request_id: str | None,
+                    fallback_text: str = "") -> FusionError:
+    """Build the typed error from a gateway error body (ours, OpenAI's or FastAPI's)."""
+    message, code, field_, rid = None, None, None, None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        message = err.get("message")
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        field_ = err.get("field") or err.get("param")
+        rid = err.get("request_id")
+    elif isinstance(body, dict) and "detail" in body:  # FastAPI's own errors
+        detail = body["detail"]
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            loc = [str(p) for p in first.get("loc", []) if p != "body"]
+            field_ = ".".join(loc) or None
+            message = first.get("msg")
+        elif isinstance(detail, str):
+            message = detail
+    if status is not None:
+        cls = error_class_for_status(status)
+    else:
+        cls, status = error_class_for_code(code)
+    if not message:
+        message = fallback_text.strip()[:500] or (f"HTTP {status}" if status else "error")
+    return cls(str(message), status=status, code=code, field=field_ if field_ else None,
+               request_id=rid or request_id)
+
+
+def check_response(status: int, headers: Mapping[str, str], content: bytes) -> Response:
+    """Decode a complete response; raise the typed error for a non-2xx status."""
+    rid = headers.get(REQUEST_ID_HEADER)
+    body = _json_or_none(content)
+    if status >= 400:
+        text = content.decode("utf-8", "replace") if body is None else ""
+        raise error_from_body(body, status=status, request_id=rid, fallback_text=text)
+    if content and body is None:
+        raise ServerError(f"the gateway answered {status} with a body that is not JSON",
+                          status=status, request_id=rid)
+    return Response(status, headers, body)
+
+
+def transport_error(exc: httpx.TransportError, timeout: float | None) -> FusionError:
+    """Map an httpx transport failure to ``Timeout`` or ``ConnectionFailed``."""
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(
+            exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return Timeout(f"no response within the client timeout ({timeout} s): {exc}",
+                       code="client_timeout")
+    return ConnectionFailed(f"cannot reach the gateway: {exc or type(exc).__name__}")
+
+
+# ---- retries -----------------------------------------------------------------------------
+
+class RetryPolicy:
+    """When and how long to wait before retrying.
+
+    Retried: HTTP 503 (the gateway sheds load) and transport failures where no answer came
+    (connection refused/reset, connect or pool timeouts, broken responses). Never retried: 4xx,
+    other 5xx, read timeouts (the request is likely still running). Waits grow exponentially
+    (``backoff`` · 2^attempt, capped at ``max_backoff``) with "equal jitter" (half fixed, half
+    random); a ``Retry-After`` header (seconds or HTTP date) replaces the computed wait, capped
+    at ``max_retry_after``.
+    """
+
+    retry_statuses = frozenset({503})
+
+    def __init__(self, retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0,
+                 max_retry_after: float = 60.0, rng: random.Random | None = None) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.rng = rng or random.Random()
+
+    def backoff_delay(self, attempt: int) -> float:
+        cap = min(self.max_backoff, self.backoff * (2 ** attempt))
+        return cap / 2 + self.rng.uniform(0, cap / 2)
+
+    def retry_after(self, value: str | None) -> float | None:
+        if not value:
+            return None
+        value = value.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when is None:
+                return None
+            seconds = when.timestamp() - time.time()
+        return max(0.0, min(self.max_retry_after, seconds))
+
+    def delay_after_status(self, attempt: int, status: int,
+                           headers: Mapping[str, str]) -> float | None:
+        """Seconds to wait before retrying after ``status``, or ``None``: do not retry."""
+        if attempt >= self.retries or status not in self.retry_statuses:
+            return None
+        after = self.retry_after(headers.get("retry-after"))
+        return after if after is not None else self.backoff_delay(attempt)
+
+    def delay_after_error(self, attempt: int, exc: BaseException) -> float | None:
+        """Seconds to wait before retrying after a transport error, or ``None``."""
+        if attempt >= self.retries:
+            return None
+        retryable = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.NetworkError
+                               | httpx.RemoteProtocolError)
+        return self.backoff_delay(attempt) if retryable else None
+
+
+# ---- the protocol ------------------------------------------------------------------------
+
+def _seg(name: str) -> str:
+    return quote(str(name), safe="")
+
+
+def _cache_headers(cache_control: str | None) -> dict[str, str]:
+    if cache_control is None:
+        return {}
+    if cache_control not in CACHE_CONTROL_VALUES:
+        raise ValueError(f"cache_control must be one of {CACHE_CONTROL_VALUES}, "
+                         f"got {cache_control!r}")
+    return {"Cache-Control": cache_control}
+
+
+def merge_inputs(inputs: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(inputs or {})
+    merged.update(kwargs)
+    return merged
+
+
+class Protocol:
+    """Request building and response parsing for one client (holds the pipeline types cache)."""
+
+    def __init__(self, api_key: str | None = None, decode_images: bool = True) -> None:
+        self.api_key = api_key
+        self.decode_images = decode_images
+        self._pipelines: dict[str, PipelineInfo] | None = None
+
+    def default_headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"fusion-client/{__version__}", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    # -- listings --
+    def health(self) -> Operation[dict]:
+        resp = yield Request("GET", "/healthz")
+        return resp.body
+
+    def pipelines(self) -> Operation[list[PipelineInfo]]:
+        resp = yield Request("GET", "/v1/pipelines")
+        items = [PipelineInfo.model_validate(p) for p in _list_field(resp, "pipelines")]
+        self._pipelines = {p.name: p for p in items}
+        return items
+
+    def models(self) -> Operation[list[ModelInfo]]:
+        resp = yield Request("GET", "/v1/models")
+        return [ModelInfo.model_validate(m) for m in _list_field(resp, "models")]
+
+    def cache_stats(self) -> Operation[CacheStats]:
+        resp = yield Request("GET", "/v1/cache/stats")
+        return CacheStats.model_validate(resp.body or {})
+
+    def clear_cache(self) -> Operation[int]:
+        resp = yield Request("DELETE", "/v1/cache")
+        body = resp.body if isinstance(resp.body, dict) else {}
+        return int(body.get("deleted", 0))
+
+    def pipeline_info(self, name: str) -> Operation[PipelineInfo | None]:
+        """The declared pipeline, from the cached listing (fetched again when name is new)."""
+        if self._pipelines is None or name not in self._pipelines:
+            yield from self.pipelines()
+        return (self._pipelines or {}).get(name)
+
+    # -- runs --
+    def _pipeline_request(self, name: str, inputs: Mapping[str, Any],
+                          cache_control: str | None, stream: bool) -> Operation[Request]:
+        headers = _cache_headers(cache_control)
+        info = yield from self.pipeline_info(name)
+        body = {"inputs": encode_inputs(inputs, info.inputs if info else None)}
+        params = None
+        if stream:
+            params = {"stream": "true"}
+            headers["Accept"] = "text/event-stream"
+        return Request("POST", f"/v1/pipelines/{_seg(name)}", params=params, json=body,
+                       headers=headers)
+
+    def run(self, name: str, inputs: Mapping[str, Any],
+            cache_control: str | None = None) -> Operation[PipelineResult]:
+        request = yield from self._pipeline_request(name, inputs, cache_control, stream=False)
+        resp = yield request
+        return self.parse_pipeline_result(resp.body, resp.request_id,
+                                          resp.headers.get("x-fusion-cache"))
+
+    def stream_request(self, name: str, inputs: Mapping[str, Any],
+                       cache_control: str | None = None) -> Operation[Request]:
+        return (yield from self._pipeline_request(name, inputs, cache_control, stream=True))
+
+    def call(self, model: str, task: str, inputs: Mapping[str, Any],
+             cache_control: str | None = None) -> Operation[CallResult]:
+        body = {"inputs": encode_inputs(inputs, None)}
+        resp = yield Request("POST", f"/v1/models/{_seg(model)}/{_seg(task)}", json=body,
+                             headers=_cache_headers(cache_control))
+        data = dict(resp.body) if isinstance(resp.body, dict) else {}
+        types = data.get("types") or {}
+        data["outputs"] = decode_outputs(data.get("outputs") or {}, types, self.decode_images)
+        data.setdefault("request_id", resp.request_id)
+        return CallResult.model_validate(data)
+
+    def parse_pipeline_result(self, body: Any, request_id: str | None = None,
+                              cache_header: str | None = None) -> PipelineResult:
+        if not isinstance(body, dict) or "outputs" not in body:
+            raise ServerError("the gateway's result has no 'outputs'", request_id=request_id)
+        data = dict(body)
+        types = data.get("types") or {}
+        data["outputs"] = decode_outputs(data.get("outputs") or {}, types, self.decode_images)
+        if not data.get("request_id"):
+            data["request_id"] = request_id
+        if not data.get("cache") and cache_header:
+            data["cache"] = cache_header
+        return PipelineResult.model_validate(data)
+
+    # -- streams --
+    def parse_event(self, sse: ServerSentEvent, request_id: str | None) -> Event | None:
+        """Typed event for one SSE event; raises the typed error on ``error``; ``None`` for
+        events this SDK does not know (ignored, for forward compatibility)."""
+        if sse.event not in ("step", "progress", "result", "error"):
+            return None
+        try:
+            data = json.loads(sse.data) if sse.data else {}
+        except ValueError as exc:
+            raise ServerError(f"malformed {sse.event!r} event from the gateway: {exc}",
+                              request_id=request_id) from exc
+        if sse.event == "error":
+            raise error_from_body(data, status=None, request_id=request_id,
+                                  fallback_text=sse.data)
+        if not isinstance(data, dict):
+            raise ServerError(f"malformed {sse.event!r} event from the gateway",
+                              request_id=request_id)
+        if sse.event == "step":
+            return StepEvent.model_validate(data)
+        if sse.event == "progress":
+            return ProgressEvent.model_validate(data)
+        return ResultEvent(result=self.parse_pipeline_result(data, request_id))
+
+
+def _list_field(resp: Response, key: str) -> list[Any]:
+    body = resp.body
+    if isinstance(body, dict):
+        body = body.get(key)
+    if not isinstance(body, list):
+        raise ServerError(f"the gateway's answer has no {key!r} list", status=resp.status,
+                          request_id=resp.request_id)
+    return body
+
+
+class EventStreamParser:
+    """SSE text chunks in, typed events out; done once the ``result`` event has come."""
+
+    def __init__(self, proto: Protocol, request_id: str | None) -> None:
+        self._proto = proto
+        self._request_id = request_id
+        self._decoder = SSEDecoder()
+        self.done = False
+
+    def _typed(self, events: list[ServerSentEvent]) -> list[Event]:
+        out: list[Event] = []
+        for sse in events:
+            if self.done:
+                break
+            event = self._proto.parse_event(sse, self._request_id)
+            if event is not None:
+                out.append(event)
+                self.done = isinstance(event, ResultEvent)
+        return out
+
+    def feed(self, chunk: str) -> list[Event]:
+        return self._typed(self._decoder.feed(chunk))
+
+    def close(self) -> list[Event]:
+        """The stream ended: the last events, or ``ServerError`` if no result came."""
+        events = [] if self.done else self._typed(self._decoder.close())
+        if not self.done:
+            raise ServerError("the stream ended before a result", request_id=self._request_id)
+        return events
+
+
+def is_event_stream(headers: Mapping[str, str]) -> bool:
+    return headers.get("content-type", "").split(";")[0].strip().lower() == "text/event-stream"

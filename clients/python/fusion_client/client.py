@@ -1,0 +1,413 @@
+"""The clients: :class:`FusionClient` (blocking) and :class:`AsyncFusionClient` (asyncio).
+
+Both expose the same methods and share all logic through :mod:`fusion_client._core`; the two
+classes here only perform I/O (send requests, sleep between retries, read streams).
+
+**Retries.** GET and DELETE are idempotent. POST ``run``/``call``/``stream`` are treated as
+idempotent too: the gateway caches every step by content address and coalesces identical
+requests in flight, so sending the same request twice computes it at most once and returns the
+same answer. They are retried on HTTP 503 and on connection failures (never on 4xx, other 5xx
+or a read timeout), ``retries`` times, with exponential backoff and jitter, honouring
+``Retry-After``. A stream is only retried before its first event arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from fusion_client._core import (
+    DEFAULT_URL,
+    REQUEST_ID_HEADER,
+    EventStreamParser,
+    Operation,
+    Protocol,
+    Request,
+    Response,
+    RetryPolicy,
+    check_response,
+    is_event_stream,
+    merge_inputs,
+    transport_error,
+)
+from fusion_client.types import (
+    CacheStats,
+    CallResult,
+    Event,
+    ModelInfo,
+    PipelineInfo,
+    PipelineResult,
+    ResultEvent,
+)
+
+TimeoutTypes = float | httpx.Timeout | None
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """``base_url``, else ``$FUSION_URL``, else ``http://127.0.0.1:8000`` (no trailing ``/``)."""
+    url = base_url or os.environ.get("FUSION_URL") or DEFAULT_URL
+    return url.rstrip("/")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """``api_key``, else ``$FUSION_API_KEY``, else none."""
+    if api_key is not None:
+        return api_key or None
+    return os.environ.get("FUSION_API_KEY") or None
+
+
+class _BaseClient:
+    def __init__(self, base_url: str | None, api_key: str | None, timeout: TimeoutTypes,
+                 retries: int, decode_images: bool, backoff: float, max_backoff: float) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.api_key = resolve_api_key(api_key)
+        self.timeout = timeout
+        self.retry_policy = RetryPolicy(retries=retries, backoff=backoff,
+                                        max_backoff=max_backoff)
+        self._proto = Protocol(self.api_key, decode_images=decode_images)
+
+    @property
+    def retries(self) -> int:
+        return self.retry_policy.retries
+
+    def _timeout_seconds(self) -> float | None:
+        if isinstance(self.timeout, httpx.Timeout):
+            return self.timeout.read
+        return self.timeout
+
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = self._proto.default_headers()
+        headers.update(extra or {})
+        return headers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+
+class FusionClient(_BaseClient):
+    """Blocking client of the fusion gateway.
+
+    ``base_url`` defaults to ``$FUSION_URL`` or ``http://127.0.0.1:8000``; ``api_key`` to
+    ``$FUSION_API_KEY`` (sent as ``Authorization: Bearer``). ``timeout`` is seconds per request
+    (or an ``httpx.Timeout``); ``retries`` how many times a failed attempt is repeated (see the
+    module doc). ``transport`` replaces the network: any ``httpx`` transport, e.g.
+    ``httpx.MockTransport`` or ``httpx.ASGITransport(app)`` for an in-process gateway (an
+    async transport is driven on a private event loop thread). ``decode_images=False`` leaves
+    image outputs as encoded bytes instead of PIL images.
+    """
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None,
+                 timeout: TimeoutTypes = 60.0, retries: int = 3, *,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+                 decode_images: bool = True, headers: Mapping[str, str] | None = None,
+                 backoff: float = 0.5, max_backoff: float = 8.0) -> None:
+        super().__init__(base_url, api_key, timeout, retries, decode_images, backoff,
+                         max_backoff)
+        if transport is not None and not isinstance(transport, httpx.BaseTransport):
+            transport = SyncOverAsyncTransport(transport)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
+                                  headers=self._headers(headers))
+        self._sleep: Callable[[float], Any] = time.sleep
+
+    # -- plumbing --
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> FusionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drive(self, op: Operation) -> Any:
+        try:
+            request = next(op)
+            while True:
+                request = op.send(self._send(request))
+        except StopIteration as stop:
+            return stop.value
+
+    def _send(self, req: Request) -> Response:
+        attempt = 0
+        while True:
+            try:
+                r = self._http.request(req.method, req.path, params=req.params, json=req.json,
+                                       headers=req.headers)
+            except httpx.TransportError as exc:
+                delay = self.retry_policy.delay_after_error(attempt, exc)
+                if delay is None:
+                    raise transport_error(exc, self._timeout_seconds()) from exc
+            else:
+                delay = self.retry_policy.delay_after_status(attempt, r.status_code, r.headers)
+                if delay is None:
+                    return check_response(r.status_code, r.headers, r.content)
+            self._sleep(delay)
+            attempt += 1
+
+    # -- API --
+    def health(self) -> dict:
+        """``GET /healthz``."""
+        return self._drive(self._proto.health())
+
+    def pipelines(self) -> list[PipelineInfo]:
+        """The pipelines the gateway serves, with their declared input/output types."""
+        return self._drive(self._proto.pipelines())
+
+    def pipeline(self, name: str) -> PipelineInfo | None:
+        """One pipeline's declaration (from a cached listing), or ``None``."""
+        return self._drive(self._proto.pipeline_info(name))
+
+    def models(self) -> list[ModelInfo]:
+        """The models the gateway serves."""
+        return self._drive(self._proto.models())
+
+    def run(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
+            cache_control: str | None = None, **kwargs: Any) -> PipelineResult:
+        """Run a pipeline: ``client.run("caption_then_classify", image=path, labels=[...])``.
+
+        Inputs come as keywords and/or a mapping; see :mod:`fusion_client.encoding` for the
+        accepted value kinds. ``cache_control`` is ``"no-cache"`` (recompute, then store) or
+        ``"no-store"`` (bypass the cache).
+        """
+        return self._drive(self._proto.run(pipeline, merge_inputs(inputs, kwargs),
+                                           cache_control))
+
+    def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
+               cache_control: str | None = None, **kwargs: Any) -> Iterator[Event]:
+        """Run a pipeline and iterate over its events: :class:`StepEvent` and
+        :class:`ProgressEvent` as they happen, then one :class:`ResultEvent`. An ``error``
+        event raises the typed error."""
+        request = self._drive(self._proto.stream_request(
+            pipeline, merge_inputs(inputs, kwargs), cache_control))
+        return self._stream(request)
+
+    def _stream(self, req: Request) -> Iterator[Event]:
+        attempt = 0
+        started = False
+        while True:
+            try:
+                with self._http.stream(req.method, req.path, params=req.params, json=req.json,
+                                       headers=req.headers) as r:
+                    rid = r.headers.get(REQUEST_ID_HEADER)
+                    if r.status_code >= 400 or not is_event_stream(r.headers):
+                        r.read()
+                        delay = self.retry_policy.delay_after_status(attempt, r.status_code,
+                                                                     r.headers)
+                        if delay is None:
+                            resp = check_response(r.status_code, r.headers, r.content)
+                            yield ResultEvent(result=self._proto.parse_pipeline_result(
+                                resp.body, rid, r.headers.get("x-fusion-cache")))
+                            return
+                    else:
+                        parser = EventStreamParser(self._proto, rid)
+                        for chunk in r.iter_text():
+                            for event in parser.feed(chunk):
+                                started = True
+                                yield event
+                            if parser.done:
+                                return
+                        yield from parser.close()
+                        return
+            except httpx.TransportError as exc:
+                delay = None if started else self.retry_policy.delay_after_error(attempt, exc)
+                if delay is None:
+                    raise transport_error(exc, self._timeout_seconds()) from exc
+            self._sleep(delay)
+            attempt += 1
+
+    def call(self, model: str, task: str, inputs: Mapping[str, Any] | None = None, /, *,
+             cache_control: str | None = None, **kwargs: Any) -> CallResult:
+        """Call one task of one model: ``client.call("captioner", "caption", image=path)``.
+
+        The models listing carries no input types, so ``image``/``audio`` inputs are recognised
+        by name (a ``str`` there is read as a file path when such a file exists)."""
+        return self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
+                                            cache_control))
+
+    def cache_stats(self) -> CacheStats:
+        """The gateway's cache counters."""
+        return self._drive(self._proto.cache_stats())
+
+    def clear_cache(self) -> int:
+        """Clear the gateway's cache namespace (admin key); returns the number deleted."""
+        return self._drive(self._proto.clear_cache())
+
+
+class AsyncFusionClient(_BaseClient):
+    """The asyncio twin of :class:`FusionClient`: same arguments, same methods, awaited
+    (``stream`` returns an async iterator)."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None,
+                 timeout: TimeoutTypes = 60.0, retries: int = 3, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 decode_images: bool = True, headers: Mapping[str, str] | None = None,
+                 backoff: float = 0.5, max_backoff: float = 8.0) -> None:
+        super().__init__(base_url, api_key, timeout, retries, decode_images, backoff,
+                         max_backoff)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       transport=transport, headers=self._headers(headers))
+        self._sleep: Callable[[float], Any] = asyncio.sleep
+
+    # -- plumbing --
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncFusionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _drive(self, op: Operation) -> Any:
+        try:
+            request = next(op)
+            while True:
+                request = op.send(await self._send(request))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _send(self, req: Request) -> Response:
+        attempt = 0
+        while True:
+            try:
+                r = await self._http.request(req.method, req.path, params=req.params,
+                                             json=req.json, headers=req.headers)
+            except httpx.TransportError as exc:
+                delay = self.retry_policy.delay_after_error(attempt, exc)
+                if delay is None:
+                    raise transport_error(exc, self._timeout_seconds()) from exc
+            else:
+                delay = self.retry_policy.delay_after_status(attempt, r.status_code, r.headers)
+                if delay is None:
+                    return check_response(r.status_code, r.headers, r.content)
+            await self._sleep(delay)
+            attempt += 1
+
+    # -- API --
+    async def health(self) -> dict:
+        return await self._drive(self._proto.health())
+
+    async def pipelines(self) -> list[PipelineInfo]:
+        return await self._drive(self._proto.pipelines())
+
+    async def pipeline(self, name: str) -> PipelineInfo | None:
+        return await self._drive(self._proto.pipeline_info(name))
+
+    async def models(self) -> list[ModelInfo]:
+        return await self._drive(self._proto.models())
+
+    async def run(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
+                  cache_control: str | None = None, **kwargs: Any) -> PipelineResult:
+        return await self._drive(self._proto.run(pipeline, merge_inputs(inputs, kwargs),
+                                                 cache_control))
+
+    async def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
+                     cache_control: str | None = None, **kwargs: Any) -> AsyncIterator[Event]:
+        """``async for event in client.stream(...)``."""
+        request = await self._drive(self._proto.stream_request(
+            pipeline, merge_inputs(inputs, kwargs), cache_control))
+        attempt = 0
+        started = False
+        while True:
+            try:
+                async with self._http.stream(request.method, request.path,
+                                             params=request.params, json=request.json,
+                                             headers=request.headers) as r:
+                    rid = r.headers.get(REQUEST_ID_HEADER)
+                    if r.status_code >= 400 or not is_event_stream(r.headers):
+                        await r.aread()
+                        delay = self.retry_policy.delay_after_status(attempt, r.status_code,
+                                                                     r.headers)
+                        if delay is None:
+                            resp = check_response(r.status_code, r.headers, r.content)
+                            yield ResultEvent(result=self._proto.parse_pipeline_result(
+                                resp.body, rid, r.headers.get("x-fusion-cache")))
+                            return
+                    else:
+                        parser = EventStreamParser(self._proto, rid)
+                        async for chunk in r.aiter_text():
+                            for event in parser.feed(chunk):
+                                started = True
+                                yield event
+                            if parser.done:
+                                return
+                        for event in parser.close():
+                            yield event
+                        return
+            except httpx.TransportError as exc:
+                delay = None if started else self.retry_policy.delay_after_error(attempt, exc)
+                if delay is None:
+                    raise transport_error(exc, self._timeout_seconds()) from exc
+            await self._sleep(delay)
+            attempt += 1
+
+    async def call(self, model: str, task: str, inputs: Mapping[str, Any] | None = None, /, *,
+                   cache_control: str | None = None, **kwargs: Any) -> CallResult:
+        return await self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
+                                                  cache_control))
+
+    async def cache_stats(self) -> CacheStats:
+        return await self._drive(self._proto.cache_stats())
+
+    async def clear_cache(self) -> int:
+        return await self._drive(self._proto.clear_cache())
+
+
+class SyncOverAsyncTransport(httpx.BaseTransport):
+    """Drive an async transport (e.g. ``httpx.ASGITransport``) from the blocking client.
+
+    Requests run on one private event loop in a daemon thread, so an in-process ASGI app keeps
+    a single loop for its lifetime. Response bodies are read whole before they are returned
+    (a stream then arrives at once, which is fine for tests).
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, coro: Any) -> Any:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever,
+                                                name="fusion-client-transport", daemon=True)
+                self._thread.start()
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        content = request.read()
+
+        async def go() -> httpx.Response:
+            forwarded = httpx.Request(request.method, request.url, headers=request.headers,
+                                      content=content, extensions=request.extensions)
+            response = await self._transport.handle_async_request(forwarded)
+            try:
+                raw = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  content=raw, extensions=response.extensions)
+
+        return self._run(go())
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._run(self._transport.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._loop.close()
+            self._loop = None
