@@ -89,7 +89,7 @@ class RunResult:
         return {k: asdict(v) for k, v in self.steps.items()}
 
 
-async def _emit(sink: EventSink | None, event: Event) -> None:
+async def emit(sink: EventSink | None, event: Event) -> None:
     if sink is not None:
         res = sink(event)
         if inspect.isawaitable(res):
@@ -157,7 +157,7 @@ class Executor:
         async for event in self.caller.stream(model, task, inputs):
             if "progress" in event:
                 p = event["progress"]
-                await _emit(on_event, {"event": "progress", "step": step,
+                await emit(on_event, {"event": "progress", "step": step,
                                        "progress": p["step"], "total": p["total"]})
             elif "result" in event:
                 result = event["result"]
@@ -199,7 +199,7 @@ class Executor:
                 self._starved(step, inputs):
             results[step.name] = None
             reports[step.name] = report = StepReport(skipped=True)
-            await _emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
+            await emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
             return
         inputs = {k: v for k, v in inputs.items() if v is not None}
         try:
@@ -219,7 +219,7 @@ class Executor:
         except Exception as exc:  # name the step; keep a client error a client error
             raise step_error(step.name, exc) from exc
         results[step.name], reports[step.name] = result, report
-        await _emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
+        await emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
 
     def _starved(self, step: StepSpec, inputs: dict[str, Any]) -> bool:
         """A required input is missing because the step producing it was skipped."""

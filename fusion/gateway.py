@@ -10,12 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from fusion.auth import KeyRing
+from fusion.cache.keys import digest
 from fusion.config import AppConfig
 from fusion.errors import NotFound
-from fusion.executor import CachePolicy, EventSink, Executor, RunResult, StepReport
+from fusion.executor import (
+    CachePolicy,
+    EventSink,
+    Executor,
+    RunResult,
+    StepReport,
+    check_pipeline_inputs,
+    emit,
+)
 from fusion.spec import PipelineSpec, load_pipelines
 from fusion.tasks import ModelTasks
 
@@ -80,4 +90,29 @@ class Gateway:
     async def run_pipeline(self, name: str, inputs: dict[str, Any],
                            policy: CachePolicy = CachePolicy(),
                            on_event: EventSink | None = None) -> RunResult:
-        return await self.executor.run(self.pipeline(name), inputs, policy, on_event)
+        """Run a pipeline; a whole-pipeline cache hit skips even the step-cache look-ups.
+
+        The pipeline key covers the spec's digest and the fingerprint of every model it
+        uses, so editing the pipeline or upgrading a model never serves an old answer.
+        """
+        spec = self.pipeline(name)
+        checked = check_pipeline_inputs(spec, inputs)
+        key = None
+        if self.cache is not None and (policy.read or policy.write):
+            models = sorted({s.model for s in spec.steps.values() if s.model})
+            prints = [await self.fingerprint(m) for m in models]
+            key = self.cache.pipeline_key(digest([spec.digest, models, prints]), checked)
+        if key is not None and policy.read:
+            hit = await self.cache.get(key, labels=("pipeline", name))
+            if hit is not None:
+                steps = {s: StepReport(cached=not skipped, skipped=skipped)
+                         for s, skipped in hit["skipped"].items()}
+                for step, report in steps.items():
+                    await emit(on_event, {"event": "step", "step": step, **asdict(report)})
+                return RunResult(hit["outputs"], steps)
+        result = await self.executor.run(spec, checked, policy, on_event)
+        if key is not None and policy.write:
+            ttl = spec.cache_ttl_s or self.config.cache.ttl_s
+            await self.cache.put(key, {"outputs": result.outputs, "skipped": {
+                s: r.skipped for s, r in result.steps.items()}}, ttl, labels=("pipeline", name))
+        return result

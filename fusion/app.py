@@ -1,0 +1,63 @@
+"""Build the Serve application from arguments: ``serve run ops/serve/local.yaml`` calls this.
+
+Validation happens here, in the driver, before any replica starts: a bad config or pipeline
+stops ``serve run`` with a message naming the file, the step and the problem.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from fusion.config import AppConfig, ModelConfig
+from fusion.errors import SpecError
+from fusion.gateway import served_tasks
+from fusion.spec import load_pipelines
+
+DEPLOYMENT_CLASSES = {
+    "text": "deployments.text:TextDeployment",
+    "caption": "deployments.caption:CaptionDeployment",
+    "clip": "deployments.clip:ClipDeployment",
+    "audio": "deployments.audio:AudioDeployment",
+    "diffusion": "deployments.diffusion:DiffusionDeployment",
+    "ocr": "deployments.ocr:OcrDeployment",
+    "tts": "deployments.tts:TtsDeployment",
+}
+
+
+def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SpecError("invalid gateway config:\n" + "\n".join(lines)) from None
+
+
+def model_deployment(model: ModelConfig, model_dir: str | None) -> Application:
+    module, cls = DEPLOYMENT_CLASSES[model.family].split(":")
+    deployment = getattr(importlib.import_module(module), cls)
+    return deployment.options(
+        name=model.name,
+        num_replicas=model.num_replicas,
+        ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+        max_ongoing_requests=max(16, model.max_batch_size * 4),
+    ).bind(model.model_dump(mode="json"), model_dir)
+
+
+def build_app(args: dict[str, Any] | AppConfig) -> Application:
+    """The application: one deployment per model, and the router in front of them."""
+    from fusion.ingress import Router
+
+    config = load_config(args)
+    load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)  # refuse early
+    handles = {m.name: model_deployment(m, config.model_dir) for m in config.models}
+    return Router.options(
+        num_replicas=config.router.num_replicas,
+        ray_actor_options={"num_cpus": config.router.num_cpus},
+        max_ongoing_requests=config.router.max_ongoing_requests,
+    ).bind(config.model_dump(mode="json"), handles)

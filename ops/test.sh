@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole test suite (unit, integration with one Serve app, end to end with serve run).
+# Uses the Redis at $REDIS_URL or 127.0.0.1:6379, or starts a private one if none answers.
+source "$(dirname "$0")/bootstrap.sh"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: treating as a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,138 @@
+"""The gateway with a real cache (in-process LRU and a real Redis), driven over HTTP in-process.
+
+Models are fakes that count their calls, so each test sees exactly what the cache spared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+
+import httpx
+import pytest
+
+from fusion.api import create_api
+from fusion.cache import StepCache
+from fusion.config import CacheConfig
+from fusion.gateway import Gateway
+from tests.fakes import FakeModels, fake_config, png
+from tests.redis_server import redis_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_config(request) -> CacheConfig:
+    url = redis_url() if request.param == "redis" else None
+    return CacheConfig(redis_url=url, namespace=f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def env(cache_config):
+    fake = FakeModels(delays={"caption": 0.05, "generate": 0.05})
+    cache = StepCache.from_config(cache_config)
+    gw = Gateway(fake_config(cache=cache_config.model_dump()), fake, cache)
+    app = create_api(lambda: gw)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://gw") as client:
+        yield client, fake, gw
+    await cache.clear()
+    await cache.aclose()
+
+
+def image_inputs(color=(1, 2, 3)) -> dict:
+    return {"image": base64.b64encode(png(color)).decode(), "labels": ["cat", "dog"]}
+
+
+async def test_second_identical_call_is_a_hit_with_identical_outputs(env):
+    client, fake, _ = env
+    first = await client.post("/v1/pipelines/caption_then_classify",
+                              json={"inputs": image_inputs()})
+    assert first.headers["x-fusion-cache"] == "miss"
+    calls = dict(fake.calls)
+    second = await client.post("/v1/pipelines/caption_then_classify",
+                               json={"inputs": image_inputs()})
+    assert second.headers["x-fusion-cache"] == "hit"
+    assert second.json()["outputs"] == first.json()["outputs"]
+    assert all(s["cached"] for s in second.json()["steps"].values())
+    assert dict(fake.calls) == calls  # no model ran again
+
+
+async def test_pipelines_sharing_a_first_step_reuse_its_result(env):
+    client, fake, _ = env
+    await client.post("/v1/pipelines/caption_then_classify", json={"inputs": image_inputs()})
+    r = await client.post("/v1/pipelines/fused_image_labels", json={"inputs": image_inputs()})
+    steps = r.json()["steps"]
+    assert steps["caption"]["cached"] and steps["classify"]["cached"]
+    assert not steps["clip"]["cached"]
+    assert r.headers["x-fusion-cache"] == "partial"
+    assert fake.calls["captioner/caption"] == 1
+
+
+async def test_a_different_input_misses(env):
+    client, fake, _ = env
+    await client.post("/v1/pipelines/caption_then_classify", json={"inputs": image_inputs()})
+    r = await client.post("/v1/pipelines/caption_then_classify",
+                          json={"inputs": image_inputs((9, 9, 9))})
+    assert r.json()["steps"]["caption"]["cached"] is False
+    assert fake.calls["captioner/caption"] == 2
+    # the fake's caption depends only on the PNG's length, which is the same here: the
+    # classify step then has identical inputs and is rightly served from the cache
+    assert r.headers["x-fusion-cache"] == "partial"
+
+
+async def test_model_fingerprint_is_part_of_the_key(env):
+    client, fake, gw = env
+    await client.post("/v1/models/captioner/caption", json={"inputs": {"image": image_inputs()[
+        "image"]}})
+    fake.fingerprints["captioner"] = "fake-captioner-v2"
+    gw._infos.clear()  # a new model version was deployed
+    r = await client.post("/v1/models/captioner/caption",
+                          json={"inputs": {"image": image_inputs()["image"]}})
+    assert r.json()["cached"] is False and fake.calls["captioner/caption"] == 2
+
+
+async def test_no_cache_recomputes_then_stores(env):
+    client, fake, _ = env
+    body = {"inputs": {"prompt": "a red fox", "seed": 3}}
+    await client.post("/v1/pipelines/text_to_image", json=body)
+    r = await client.post("/v1/pipelines/text_to_image", json=body,
+                          headers={"Cache-Control": "no-cache"})
+    assert r.headers["x-fusion-cache"] == "miss" and fake.calls["diffusion/generate"] == 2
+    r = await client.post("/v1/pipelines/text_to_image", json=body)
+    assert r.headers["x-fusion-cache"] == "hit" and fake.calls["diffusion/generate"] == 2
+
+
+async def test_no_store_neither_reads_nor_writes(env):
+    client, fake, _ = env
+    body = {"inputs": {"prompt": "a blue fox", "seed": 4}}
+    r = await client.post("/v1/pipelines/text_to_image", json=body,
+                          headers={"Cache-Control": "no-store"})
+    assert r.headers["x-fusion-cache"] == "miss"
+    r = await client.post("/v1/pipelines/text_to_image", json=body)
+    assert r.headers["x-fusion-cache"] == "miss" and fake.calls["diffusion/generate"] == 2
+
+
+async def test_64_concurrent_identical_requests_run_the_model_once(env):
+    client, fake, _ = env
+    body = {"inputs": {"prompt": "a green fox", "seed": 5}}
+    responses = await asyncio.gather(*(client.post("/v1/pipelines/text_to_image", json=body)
+                                       for _ in range(64)))
+    assert all(r.status_code == 200 for r in responses)
+    assert fake.calls["diffusion/generate"] == 1
+    images = {r.json()["outputs"]["image"] for r in responses}
+    assert len(images) == 1
+    coalesced = sum(r.json()["steps"]["generate"]["coalesced"] for r in responses)
+    assert coalesced == 63
+
+
+async def test_stats_and_clear(env):
+    client, _, _ = env
+    await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
+    await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
+    stats = (await client.get("/v1/cache/stats")).json()
+    assert stats["total"]["hits"] >= 1 and stats["total"]["stores"] >= 1
+    assert stats["by_label"]["clip/zero_shot"]["hits"] == 1
+    deleted = (await client.delete("/v1/cache")).json()["deleted"]
+    assert deleted >= 1
+    r = await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
+    assert r.json()["cached"] is False
