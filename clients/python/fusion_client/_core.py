@@ -266,7 +266,7 @@ class Protocol:
                           cache_control: str | None, stream: bool) -> Operation[Request]:
         headers = _cache_headers(cache_control)
         info = yield from self.pipeline_info(name)
-        body = {"inputs": encode_inputs(inputs, info.inputs if info else None)}
+        body = {"inputs": encode_inputs(inputs, info.input_types if info else None)}
         params = None
         if stream:
             params = {"stream": "true"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Model(BaseModel):
@@ -24,14 +24,39 @@ class StepSpec(_Model):
     when: str | None = None
 
 
+class InputSpec(_Model):
+    """A declared pipeline input: its type, whether it is required, and its default."""
+
+    type: str
+    required: bool = True
+    default: Any = None
+    description: str | None = None
+
+
 class PipelineInfo(_Model):
-    """A pipeline: its declared input and output types (``text``, ``image``, ``list[text]`` …)."""
+    """A pipeline: its declared inputs and output types (``text``, ``image``, ``list[text]`` …).
+
+    ``inputs`` maps each name to an :class:`InputSpec`; the gateway may list an input either as
+    a bare type string or as ``{"type", "required", "default", "description"}``.
+    """
 
     name: str
-    description: str = ""
-    inputs: dict[str, str] = Field(default_factory=dict)
+    description: str | None = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     steps: dict[str, StepSpec] = Field(default_factory=dict)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _bare_types(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: {"type": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @property
+    def input_types(self) -> dict[str, str]:
+        """Input name → declared type."""
+        return {name: spec.type for name, spec in self.inputs.items()}
 
 
 class ModelInfo(_Model):
@@ -81,6 +106,7 @@ class CallResult(_Model):
     task: str | None = None
     ms: float | None = None
     cached: bool = False
+    coalesced: bool = False
     request_id: str | None = None
 
 
