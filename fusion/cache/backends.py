@@ -146,9 +146,10 @@ class MemoryBackend(CacheBackend):
         doomed = [k for k in self._data if k.startswith(prefix)]
         for k in doomed:
             self._drop(k)
-        for k in [k for k in self._locks if k.startswith(prefix)]:
+        locks = [k for k in self._locks if k.startswith(prefix)]
+        for k in locks:
             del self._locks[k]
-        return len(doomed)
+        return len(doomed) + len(locks)
 
     def _lock_owner(self, lock_key: str) -> str | None:
         held = self._locks.get(lock_key)
