@@ -181,7 +181,8 @@ class TextModel(ModelBackend):
             out, start = [], 0
             for it in items:
                 n = len(it["prompts"])
-                out.append({"labels": ranked(it["labels"], entail[start:start + n].softmax(-1).tolist())})
+                scores = entail[start:start + n].softmax(-1).tolist()
+                out.append({"labels": ranked(it["labels"], scores)})
                 start += n
             return out
         if task == "zero_shot":
@@ -194,7 +195,8 @@ class TextModel(ModelBackend):
             for i, it in enumerate(items):
                 idx = [where[p] for p in it["prompts"]]
                 sims = prompt_emb[idx] @ text_emb[i]
-                out.append({"labels": ranked(it["labels"], (sims / self.temperature).softmax(-1).tolist())})
+                scores = (sims / self.temperature).softmax(-1).tolist()
+                out.append({"labels": ranked(it["labels"], scores)})
             return out
         raise BadInput(f"task {task!r} is not implemented by the text family", field="task")
 
@@ -241,12 +243,12 @@ class TextDeployment(ServedModel):
 # ---------------------------------------------------------------------------------------------
 # tiny random models (tests, offline profile): saved to a folder, loaded by load_weights()
 
-_WORDS = (
+_WORDS = str.split(
     "the a an this that it is was are be to of and in on for with as at by from not no yes "
     "i you he she we they my your love hate like good bad great terrible awful wonderful "
     "happy sad phone food movie day man woman dog cat photo picture text review positive "
     "negative neutral entailment contradiction about example sentence"
-).split()
+)
 
 
 def _tiny_tokenizer(folder: Path) -> int:
