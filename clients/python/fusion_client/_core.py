@@ -13,7 +13,7 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -352,26 +352,25 @@ class EventStreamParser:
         self._decoder = SSEDecoder()
         self.done = False
 
-    def _typed(self, events: list[ServerSentEvent]) -> list[Event]:
-        out: list[Event] = []
+    def _typed(self, events: list[ServerSentEvent]) -> Iterator[Event]:
+        # a generator: events before an ``error`` event in the same chunk still come out
         for sse in events:
             if self.done:
-                break
+                return
             event = self._proto.parse_event(sse, self._request_id)
             if event is not None:
-                out.append(event)
                 self.done = isinstance(event, ResultEvent)
-        return out
+                yield event
 
-    def feed(self, chunk: str) -> list[Event]:
+    def feed(self, chunk: str) -> Iterator[Event]:
         return self._typed(self._decoder.feed(chunk))
 
-    def close(self) -> list[Event]:
-        """The stream ended: the last events, or ``ServerError`` if no result came."""
-        events = [] if self.done else self._typed(self._decoder.close())
+    def close(self) -> Iterator[Event]:
+        """The stream ended: the last events, then ``ServerError`` if no result came."""
+        if not self.done:
+            yield from self._typed(self._decoder.close())
         if not self.done:
             raise ServerError("the stream ended before a result", request_id=self._request_id)
-        return events
 
 
 def is_event_stream(headers: Mapping[str, str]) -> bool:

@@ -203,7 +203,7 @@ def encode_value(value: Any, type_: str | None, field: str) -> Any:
             return b64(_wav_or_bad(value, DEFAULT_SAMPLE_RATE, field))
         if type_ == "image":
             return b64(array_to_png(value, field))
-        if value.dtype.kind in "fiub":
+        if value.dtype.kind in "fiubU":
             return value.tolist()
         raise BadRequest(f"{field}: cannot send a numpy array of dtype {value.dtype}",
                          field=field)
