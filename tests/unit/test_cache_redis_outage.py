@@ -1,0 +1,181 @@
+"""Redis down, slow, flushed or absent: requests still succeed, uncached, and caching resumes.
+
+Each test uses a dedicated throwaway redis-server that it may stop, pause or flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import pytest
+import redis
+
+from fusion.cache import RedisBackend, StepCache, lock_key
+from tests.redis_server import RedisServer, RedisUnavailable, free_port
+
+TIMEOUT_S = 0.05
+RETRY_AFTER_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def server():
+    try:
+        srv = RedisServer().start()
+    except RedisUnavailable as exc:
+        pytest.skip(f"cannot start redis-server: {exc}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def cache(server: RedisServer):
+    server.start()
+    backend = RedisBackend(server.url, timeout_s=TIMEOUT_S, retry_after_s=RETRY_AFTER_S)
+    c = StepCache(backend, namespace="t" + uuid.uuid4().hex[:12], lock_ttl_ms=2000)
+    yield c
+    await c.aclose()
+    server.start()
+
+
+def _warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == "fusion.cache" and r.levelno == logging.WARNING]
+
+
+async def _compute_n(n: int) -> dict:
+    return {"n": n, "blob": b"\x00" * 16}
+
+
+async def test_redis_stopped_mid_run_then_back(server: RedisServer, cache: StepCache,
+                                               caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fusion.cache")
+    key = cache.step_key("fp", "task", {"x": 1})
+    await cache.get_or_compute(key, lambda: _compute_n(1))
+    assert (await cache.get_or_compute(key, lambda: _compute_n(1)))[1].cached
+
+    server.stop()
+    slowest = 0.0
+    for i in range(30):
+        started = time.monotonic()
+        k = key if i % 2 else cache.step_key("fp", "task", {"x": i})
+        value, outcome = await cache.get_or_compute(k, lambda i=i: _compute_n(i))
+        slowest = max(slowest, time.monotonic() - started)
+        assert value["n"] == i and not outcome.cached
+        await asyncio.sleep(0.02)  # spans several breaker periods: probes fail quietly
+    assert slowest < 0.5
+    assert await cache.get(key) is None and not await cache.put(key, {"v": 1})
+    assert await cache.clear() == 0
+    with pytest.raises(Exception, match="redis"):
+        await cache.clear(strict=True)
+    s = cache.stats()
+    assert s["healthy"] is False and s["total"]["errors"] >= 30
+    assert len(_warnings(caplog)) == 1  # one warning for the whole outage
+
+    server.start()
+    deadline = time.monotonic() + 5
+    while True:
+        _, first = await cache.get_or_compute(key, lambda: _compute_n(1))
+        _, second = await cache.get_or_compute(key, lambda: _compute_n(1))
+        if second.cached:
+            break
+        assert time.monotonic() < deadline, "caching did not resume after Redis came back"
+        await asyncio.sleep(0.05)
+    assert cache.stats()["healthy"] is True
+    assert len(_warnings(caplog)) == 1
+    assert any(r.levelno == logging.INFO and "again" in r.getMessage()
+               for r in caplog.records if r.name == "fusion.cache")
+
+
+async def test_slow_redis_is_bounded(server: RedisServer, cache: StepCache, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fusion.cache")
+    key = cache.step_key("fp", "task", {"slow": True})
+    await cache.get_or_compute(key, lambda: _compute_n(0))  # warm the pool
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        timings = []
+        for i in range(5):
+            started = time.monotonic()
+            value, outcome = await cache.get_or_compute(
+                cache.step_key("fp", "task", {"i": i}), lambda i=i: _compute_n(i))
+            timings.append(time.monotonic() - started)
+            assert value["n"] == i and not outcome.cached
+        # each call: at most one command to its hard deadline, then the breaker skips Redis
+        assert max(timings) < 4 * TIMEOUT_S + 0.25, timings
+        assert len(_warnings(caplog)) == 1
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+
+
+async def test_flushed_redis_recomputes_and_frees_locks(server: RedisServer,
+                                                        cache: StepCache) -> None:
+    key = cache.step_key("fp", "task", {"f": 1})
+    calls = 0
+
+    async def compute() -> dict:
+        nonlocal calls
+        calls += 1
+        return {"v": calls}
+
+    await cache.get_or_compute(key, compute)
+    # a replica holds the lock for the key when someone flushes the dedicated server
+    await cache.backend.acquire(lock_key(cache.namespace, key), "other-replica", 60_000)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.flushall()
+    finally:
+        admin.close()
+    started = time.monotonic()
+    value, outcome = await cache.get_or_compute(key, compute)
+    assert value == {"v": 2} and not outcome.cached and time.monotonic() - started < 1
+    assert (await cache.get_or_compute(key, compute))[1].cached
+    assert cache.stats()["total"]["errors"] == 0
+
+
+async def test_redis_absent_from_the_start(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="fusion.cache")
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0", timeout_s=TIMEOUT_S,
+                           retry_after_s=RETRY_AFTER_S)
+    events: list[tuple] = []
+    cache = StepCache(backend, namespace="absent", on_event=lambda *e: events.append(e))
+    try:
+        results = await asyncio.gather(*(
+            cache.get_or_compute(cache.step_key("fp", "t", {"i": i % 4}),
+                                 lambda i=i: _compute_n(i % 4)) for i in range(40)))
+        assert [v["n"] for v, _ in results] == [i % 4 for i in range(40)]
+        assert len(_warnings(caplog)) == 1
+        assert ("healthy", {}, 0.0) in events
+        assert cache.stats()["healthy"] is False
+    finally:
+        await cache.aclose()
+
+
+async def test_cross_replica_single_flight_survives_owner_outage(server: RedisServer,
+                                                                  cache: StepCache) -> None:
+    """The owner loses Redis mid-compute: its waiters stop waiting and compute themselves."""
+    other = StepCache(RedisBackend(server.url, timeout_s=TIMEOUT_S, retry_after_s=RETRY_AFTER_S),
+                      namespace=cache.namespace, lock_ttl_ms=2000)
+    key = cache.step_key("fp", "task", {"outage": 1})
+    calls = 0
+
+    async def compute() -> dict:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return {"ok": True}
+
+    try:
+        owner = asyncio.ensure_future(cache.get_or_compute(key, compute))
+        await asyncio.sleep(0.05)
+        waiter = asyncio.ensure_future(other.get_or_compute(key, compute))
+        await asyncio.sleep(0.05)
+        server.stop()
+        results = await asyncio.wait_for(asyncio.gather(owner, waiter), 3)
+        assert all(v == {"ok": True} for v, _ in results)
+        assert calls in (1, 2)
+    finally:
+        await other.aclose()
