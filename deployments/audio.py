@@ -130,8 +130,9 @@ class AudioModel(ModelBackend):
             feats = self.processor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt")
         features = feats.input_features.to(self.device, self.dtype)
         kwargs: dict[str, Any] = {}
-        if long_form:
-            kwargs["attention_mask"] = feats.attention_mask.to(self.device)
+        if long_form:  # sequential long-form decoding: 30 s windows moved by timestamps
+            kwargs.update(attention_mask=feats.attention_mask.to(self.device),
+                          return_timestamps=True)
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = int(self.max_new_tokens)
         with torch.inference_mode():
@@ -232,6 +233,9 @@ def build_tiny_whisper(folder: str | Path) -> None:
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, model_max_length=64)
     specials = ["<|startoftranscript|>", *(f"<|{c}|>" for c in LANGUAGES), *_SPECIAL_TAIL]
     tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    # timestamp tokens right after <|notimestamps|>, as in the real vocabularies: long-form
+    # (> 30 s) generation predicts them to move its window
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
     ids = tokenizer.convert_tokens_to_ids
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
     lang_to_id = {f"<|{c}|>": ids(f"<|{c}|>") for c in LANGUAGES}

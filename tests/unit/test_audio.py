@@ -148,6 +148,18 @@ def test_tiny_whisper_batch_is_deterministic(tiny_whisper: AudioModel,
     assert alone[0] == first[0]  # batch-mates do not change a result
 
 
+def test_tiny_whisper_long_form(tiny_whisper: AudioModel) -> None:
+    """Over 30 s takes transformers' sequential long-form path (timestamps move the window)."""
+    noise = np.random.default_rng(0).normal(0, 0.1, 16000 * 35).astype(np.float32)
+    items = [tiny_whisper.prepare("transcribe", {"audio": encode_wav(noise, 16000)}),
+             tiny_whisper.prepare("transcribe", {"audio": encode_wav(noise[:16000], 16000),
+                                                 "language": "en"})]
+    out = tiny_whisper.run("transcribe", items)
+    assert [set(o) for o in out] == [{"text", "language"}] * 2
+    assert "<|" not in out[0]["text"]  # timestamp tokens are not text
+    assert out[1]["language"] == "en"
+
+
 def test_tiny_whisper_bad_language(tiny_whisper: AudioModel, speech_wav: bytes) -> None:
     with pytest.raises(BadInput) as err:
         tiny_whisper.prepare("transcribe", {"audio": speech_wav, "language": "klingon"})
