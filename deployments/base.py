@@ -129,7 +129,7 @@ class ServedModel:
         item = self.model.prepare(task, inputs)
         if self.model.task_spec(task).batched:
             return await self._run_batch((task, item))
-        return await asyncio.to_thread(self._run_locked, task, [item], None)
+        return (await asyncio.to_thread(self._run_locked, task, [item], None))[0]
 
     async def call_stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""

@@ -116,3 +116,18 @@ class Gateway:
             await self.cache.put(key, {"outputs": result.outputs, "skipped": {
                 s: r.skipped for s, r in result.steps.items()}}, ttl, labels=("pipeline", name))
         return result
+
+
+# The gateway of this process (one per router replica). A module-level slot, read and written
+# only through these functions: Ray pickles the ingress class by value, so a ``global`` written
+# in its constructor would land in a copy of the module's namespace, not in this module.
+_installed: Gateway | None = None
+
+
+def install(gateway: Gateway) -> None:
+    global _installed
+    _installed = gateway
+
+
+def installed() -> Gateway | None:
+    return _installed

@@ -17,17 +17,15 @@ from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import AppConfig
 from fusion.errors import NotFound, Overloaded
-from fusion.gateway import Gateway
+from fusion.gateway import Gateway, install, installed
 
 log = logging.getLogger("fusion.ingress")
 
-_gateway: Gateway | None = None
-
-
 def current_gateway() -> Gateway:
-    if _gateway is None:
+    gateway = installed()
+    if gateway is None:
         raise Overloaded("the gateway is still starting", field=None)
-    return _gateway
+    return gateway
 
 
 api = create_api(current_gateway)
@@ -90,8 +88,8 @@ class Router:
     """Ingress deployment: builds the gateway once per replica."""
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
-        global _gateway
         cfg = AppConfig.model_validate(config)
-        _gateway = Gateway(cfg, HandleClient(handles), make_cache(cfg))
+        gateway = Gateway(cfg, HandleClient(handles), make_cache(cfg))
+        install(gateway)
         log.info("router ready: %d models, pipelines %s", len(handles),
-                 sorted(_gateway.pipelines))
+                 sorted(gateway.pipelines))

@@ -1,0 +1,72 @@
+"""One Serve application for the whole integration package, driven over real HTTP.
+
+It serves the offline default profile (``ops/serve/local.yaml``'s models) with two router
+replicas, so cross-replica coalescing is exercised, and the shared Redis with a namespace of
+its own. Ray gets 4 logical CPUs; the replicas' shares fit in them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.redis_server import free_port, redis_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_profile_args() -> dict:
+    config = yaml.safe_load((ROOT / "ops/serve/local.yaml").read_text())
+    return config["applications"][0]["args"]
+
+
+@pytest.fixture(scope="package")
+def gateway_config() -> dict:
+    args = local_profile_args()
+    args["router"] = {"num_replicas": 2, "num_cpus": 0.1}
+    args["cache"] = {**args.get("cache", {}), "redis_url": redis_url(),
+                     "namespace": f"it-{uuid.uuid4().hex[:8]}"}
+    return args
+
+
+@pytest.fixture(scope="package")
+def gateway_url(gateway_config):
+    import ray
+    from ray import serve
+
+    from fusion.app import build_app
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    port = free_port()
+    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+                                       "FUSION_MODEL_DIR": os.environ.get(
+                                           "FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(gateway_config), name="fusion", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture
+def http(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=120) as client:
+        yield client
