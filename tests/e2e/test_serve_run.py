@@ -31,6 +31,13 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _own_group() -> None:
+    """A process group of its own (so SIGINT reaches all of it) and SIGINT handled as in a
+    terminal, even where this test itself was started in the background with SIGINT ignored."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_run_local_profile(tmp_path):
     assert port_free(8000), "port 8000 is taken: local.yaml serves there"
     serve_bin = Path(sys.executable).with_name("serve")
@@ -39,7 +46,7 @@ def test_serve_run_local_profile(tmp_path):
     env.pop("RAY_ADDRESS", None)  # its own local Ray, as a user's first run would
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([str(serve_bin), "run", "ops/serve/local.yaml"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group)
     try:
         deadline = time.monotonic() + 420
         healthy = False
