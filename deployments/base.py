@@ -10,7 +10,10 @@ keeps answering health checks while a model computes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -19,12 +22,11 @@ from typing import Any, ClassVar
 
 from ray import serve
 
+from deployments.sources import ResolvedSource, resolve
 from fusion.config import ModelConfig
 from fusion.errors import BadInput
 from fusion.tasks import TaskSpec
 from fusion.values import check_inputs
-
-from deployments.sources import ResolvedSource, resolve
 
 log = logging.getLogger("fusion.deployments")
 
@@ -47,6 +49,14 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
     return device, dtype
 
 
+def _quiet_progress_bars() -> None:
+    """Loading bars from transformers/diffusers/hub flood replica logs; a server wants none."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for module in ("transformers", "diffusers"):
+        with contextlib.suppress(ImportError, AttributeError):
+            importlib.import_module(f"{module}.utils.logging").disable_progress_bar()
+
+
 class ModelBackend(ABC):
     """One loaded model of a family. Subclasses set ``family`` and implement the hooks."""
 
@@ -65,6 +75,7 @@ class ModelBackend(ABC):
         import torch
 
         torch.set_num_threads(config.threads)
+        _quiet_progress_bars()
         resolved = resolve(config.source, Path(model_dir) if model_dir else None,
                            cls.marker_files)
         backend = cls(config, resolved)

@@ -20,8 +20,9 @@ from typing import Any
 from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.common import hub_kwargs, optimise
 from deployments.media import decode_image
-from deployments.text import _tiny_tokenizer, hub_kwargs, optimise
+from deployments.text import _tiny_tokenizer
 from fusion.errors import BadInput
 
 log = logging.getLogger("fusion.deployments.caption")

@@ -24,8 +24,8 @@ from typing import Any
 from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.common import check_text, fill_template, optimise, ranked
 from deployments.media import decode_image
-from deployments.text import check_text, fill_template, optimise, ranked
 from fusion.errors import BadInput, SpecError
 
 log = logging.getLogger("fusion.deployments.clip")

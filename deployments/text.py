@@ -22,82 +22,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
-from fusion.config import ModelConfig
+from deployments.common import check_text, fill_template, hub_kwargs, optimise, ranked
 from fusion.errors import BadInput, SpecError
 
 log = logging.getLogger("fusion.deployments.text")
 
 DEFAULT_TEMPERATURE = 0.05
 FORWARD_CHUNK = 64  # sequences per forward pass; bounds memory for many labels x items
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers shared by the families in this package (text, caption, clip)
-
-
-def optimise(module: Any, config: ModelConfig, device: str, name: str = "") -> Any:
-    """Apply ``config.quantize`` (int8 dynamic, CPU only) and ``config.compile`` to a module."""
-    import torch
-
-    if config.quantize == "int8":
-        if device != "cpu":
-            log.warning("%s: int8 dynamic quantisation runs on CPU only; skipped on %s",
-                        config.name, device)
-        else:
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            # per-channel weights: on MiniLM the embeddings keep cos ~0.97 to fp32 where
-            # per-tensor falls to ~0.93 (enough to flip close zero-shot calls)
-            with warnings.catch_warnings():  # deprecated in favour of torchao, still works
-                warnings.simplefilter("ignore")
-                module = quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                          dtype=torch.qint8)
-    if config.compile:
-        log.info("%s: torch.compile %s", config.name, name or type(module).__name__)
-        module = torch.compile(module, dynamic=True)
-    return module
-
-
-def fill_template(template: str, labels: list[str]) -> list[str]:
-    """One prompt per label; ``BadInput`` for a template without ``{}`` or bad labels."""
-    if "{}" not in template:
-        raise BadInput("template must contain '{}' where the label goes", field="template")
-    seen: set[str] = set()
-    for i, label in enumerate(labels):
-        if not label.strip():
-            raise BadInput(f"labels[{i}] is empty", field=f"labels[{i}]")
-        if label in seen:
-            raise BadInput(f"labels[{i}] {label!r} appears twice", field=f"labels[{i}]")
-        seen.add(label)
-    return [template.replace("{}", label) for label in labels]
-
-
-def ranked(labels: list[str], scores: Any) -> list[dict]:
-    """``[{"label", "score"}]`` sorted best first (stable for ties)."""
-    pairs = [{"label": str(label), "score": float(s)} for label, s in zip(labels, scores,
-                                                                           strict=True)]
-    return sorted(pairs, key=lambda p: -p["score"])
-
-
-def check_text(text: str, field: str = "text") -> str:
-    if not text.strip():
-        raise BadInput(f"{field} is empty", field=field)
-    return text
-
-
-def hub_kwargs(backend: ModelBackend) -> dict[str, Any]:
-    return {} if backend.resolved.local or not backend.resolved.revision else {
-        "revision": backend.resolved.revision}
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class TextModel(ModelBackend):

@@ -83,7 +83,7 @@ TASKS: dict[str, dict[str, TaskSpec]] = {
     },
     "audio": {
         "transcribe": TaskSpec({"audio": _p("audio"), "language": _p("text", "", False)},
-                               {"text": "text", "language": "text"}, batched=False),
+                               {"text": "text", "language": "text"}),
     },
     "diffusion": {
         "generate": TaskSpec(
