@@ -198,7 +198,9 @@ class RedisBackend(CacheBackend):
     """Redis through ``redis.asyncio`` with one bounded connection pool and a circuit breaker.
 
     ``timeout_s`` bounds connects and reads (socket timeouts); every command also has a hard
-    deadline of ``deadline_factor * timeout_s`` (it may have to connect first). There are no
+    deadline of ``deadline_factor * timeout_s`` (it may have to connect, or wait for one of
+    the pool's ``max_connections``, first). Size ``timeout_s`` so that reading the largest
+    value (``max_value_bytes``) over your network fits in it. There are no
     client-side retries: a failure opens the breaker for ``retry_after_s``; afterwards one
     caller probes while the others still skip, and the first successful probe closes it.
     """
@@ -206,7 +208,7 @@ class RedisBackend(CacheBackend):
     name = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.05, retry_after_s: float = 1.0,
-                 max_connections: int = 64, deadline_factor: float = 4.0,
+                 max_connections: int = 256, deadline_factor: float = 4.0,
                  scan_count: int = 1000) -> None:
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
@@ -218,7 +220,7 @@ class RedisBackend(CacheBackend):
         self.deadline_s = timeout_s * deadline_factor
         self.scan_count = scan_count
         self._pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s,
+            url, max_connections=max_connections, timeout=self.deadline_s,
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), client_name="fusion-cache")
         self._redis = Redis(connection_pool=self._pool)

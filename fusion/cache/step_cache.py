@@ -142,13 +142,15 @@ class StepCache:
         lock, token = lock_key(self.namespace, key), uuid.uuid4().hex
         deadline = time.monotonic() + self.wait_timeout_s
         delay = self.poll_initial_s
+        waited = False
         while not call.degraded:
             if await self._backend(call, self.backend.acquire(lock, token, self.lock_ttl_ms)):
                 try:
                     value = await self._read(key, call)  # it may have landed meanwhile
                     if value is not _MISS:
-                        self._stats.add("hits", labels)
-                        return value, Outcome(cached=True)
+                        # after waiting, it is the other owner's fresh result
+                        self._stats.add("coalesced" if waited else "hits", labels)
+                        return value, Outcome(cached=True, coalesced=waited)
                     return await self._compute_and_store(key, compute, ttl, call, lock, token)
                 finally:
                     await self._backend(call, self.backend.release(lock, token), count=False)
@@ -158,6 +160,7 @@ class StepCache:
                 log.info("waited %.1fs for another replica to compute %s; computing here",
                          self.wait_timeout_s, key)
                 break
+            waited = True
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, self.poll_max_s)
             value = await self._read(key, call)

@@ -29,7 +29,7 @@ async def backend(request, ns):
     if request.param == "memory":
         b: CacheBackend = MemoryBackend(1 << 20)
     else:
-        b = RedisBackend(request.getfixturevalue("shared_redis_url"), timeout_s=0.5)
+        b = RedisBackend(request.getfixturevalue("shared_redis_url"), timeout_s=2.0)
     yield b
     await b.clear_namespace(ns)
     await b.aclose()
@@ -82,11 +82,11 @@ async def test_lock_expires(backend: CacheBackend, ns: str) -> None:
 
 async def test_refresh_keeps_lock_alive(backend: CacheBackend, ns: str) -> None:
     lock = f"{ns}:lock:k"
-    assert await backend.acquire(lock, "a", 200)
+    assert await backend.acquire(lock, "a", 400)
     for _ in range(3):
-        await asyncio.sleep(0.1)
-        assert await backend.refresh(lock, "a", 200)
-    assert not await backend.acquire(lock, "b", 200)
+        await asyncio.sleep(0.15)  # 0.45 s in all: alive only thanks to the refreshes
+        assert await backend.refresh(lock, "a", 400)
+    assert not await backend.acquire(lock, "b", 400)
     assert await backend.release(lock, "a")
 
 

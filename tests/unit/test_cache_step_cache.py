@@ -67,7 +67,7 @@ async def make(request) -> Callable[..., StepCache]:
             backend: CacheBackend = (like.backend if like is not None
                                      else MemoryBackend(memory_max_bytes))
         else:
-            backend = RedisBackend(request.getfixturevalue("shared_redis_url"), timeout_s=0.5)
+            backend = RedisBackend(request.getfixturevalue("shared_redis_url"), timeout_s=2.0)
         cache = StepCache(backend, namespace=namespace or ns, **kw)
         made.append(cache)
         return cache
@@ -229,10 +229,10 @@ async def test_crashed_owner_is_taken_over(make) -> None:
 
 
 async def test_owner_heartbeat_keeps_waiters_waiting(make) -> None:
-    a = make(lock_ttl_ms=150)
-    b = make(like=a, lock_ttl_ms=150)
+    a = make(lock_ttl_ms=240)
+    b = make(like=a, lock_ttl_ms=240)
     key = key_of(a)
-    slow = Counter(delay=0.5)  # longer than the lock TTL: the owner's heartbeat extends it
+    slow = Counter(delay=0.6)  # longer than the lock TTL: the owner's heartbeat extends it
     first = asyncio.ensure_future(a.get_or_compute(key, slow))
     await asyncio.sleep(0.05)
     value, outcome = await b.get_or_compute(key, Counter())
@@ -283,12 +283,17 @@ async def test_last_cancelled_caller_cancels_compute_and_releases(make) -> None:
             raise
         return {}
 
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(cache.get_or_compute(key, hangs), 0.1)
-    await asyncio.wait_for(cancelled.wait(), 1)
-    await asyncio.sleep(0.05)
+    task = asyncio.ensure_future(cache.get_or_compute(key, hangs))
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()  # e.g. the executor's step timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), 5)
     lock = lock_key(cache.namespace, key)
-    assert await cache.backend.acquire(lock, "probe", 1000)
+    deadline = time.monotonic() + 5
+    while not await cache.backend.acquire(lock, "probe", 1000):  # released by the owner
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
     await cache.backend.release(lock, "probe")
     assert cache.stats()["in_flight"] == 0
 
