@@ -47,7 +47,8 @@ def request_id(request: Request) -> str:
 
 def error_response(request: Request, err: FusionError) -> JSONResponse:
     body = {"error": {**err.to_dict(), "request_id": request_id(request)}}
-    return JSONResponse(body, status_code=err.status)
+    headers = {"Retry-After": "1"} if err.status == 503 else None
+    return JSONResponse(body, status_code=err.status, headers=headers)
 
 
 async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -> dict[str, Any]:

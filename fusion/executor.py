@@ -133,6 +133,20 @@ class Executor:
                 return await self._stream(model, task, checked, on_event, step or task)
             return await self.caller.call(model, task, checked)
 
+        try:
+            return await self._cached_call(model, task, checked, compute, policy, ttl_s,
+                                           use_cache, timeout_s, step, started)
+        except Exception as exc:
+            err = unwrap(exc)  # Ray wraps a replica's exception; the client wants the original
+            if not isinstance(err, FusionError) or step:
+                raise  # a step's errors are qualified by ``step_error``
+            if err.field and not err.field.startswith(("inputs.", "steps.")):
+                err.field = f"inputs.{err.field}"  # a replica names its own input
+            raise err from None
+
+    async def _cached_call(self, model: str, task: str, checked: dict, compute, policy,
+                           ttl_s: float | None, use_cache: bool, timeout_s: float | None,
+                           step: str, started: float) -> tuple[dict, StepReport]:
         outcome: Any = Outcome()
         try:
             if self.cache is not None and use_cache and (policy.read or policy.write):
@@ -217,7 +231,7 @@ class Executor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # name the step; keep a client error a client error
-            raise step_error(step.name, exc) from exc
+            raise step_error(step, exc) from exc
         results[step.name], reports[step.name] = result, report
         await emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
 
@@ -254,15 +268,25 @@ def check_pipeline_inputs(spec: PipelineSpec, inputs: dict[str, Any]) -> dict[st
     return values
 
 
-def step_error(step: str, exc: BaseException) -> FusionError:
-    """The error a client sees for a failed step: same class and field, the step named."""
+def step_error(step: StepSpec, exc: BaseException) -> FusionError:
+    """The error a client sees for a failed step: same class, the step named, and the field
+    traced back to the pipeline input it came from (``inputs.image``) where there is one."""
     err = unwrap(exc)
-    if isinstance(err, FusionError):
-        if err.message.startswith(f"step {step!r}"):
-            return err
-        wrapped = type(err)(f"step {step!r}: {err.message}", field=err.field)
-        return wrapped
-    return StepFailed(f"step {step!r} failed: {type(err).__name__}: {err}", field=f"steps.{step}")
+    if not isinstance(err, FusionError):
+        return StepFailed(f"step {step.name!r} failed: {type(err).__name__}: {err}",
+                          field=f"steps.{step.name}")
+    field = err.field
+    if field and not field.startswith(("inputs.", "steps.")):
+        name = field.split("[")[0].split(".")[0]
+        binding = step.bindings.get(name)
+        ref = binding.ref if binding is not None else None
+        if ref is not None and ref.kind == "inputs" and not ref.path:
+            field = f"inputs.{ref.name}{field[len(name):]}"
+        else:
+            field = f"steps.{step.name}.{field}"
+    message = err.message if err.message.startswith(f"step {step.name!r}") else \
+        f"step {step.name!r}: {err.message}"
+    return type(err)(message, field=field)
 
 
 def _where(step: str, model: str, task: str) -> str:

@@ -74,7 +74,12 @@ class Gateway:
         return (await self.model_info(name))["fingerprint"]
 
     async def list_models(self) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self.model_info(n) for n in self.models)))
+        """Each model's info, with every task's input types (so clients can encode inputs)."""
+        infos = await asyncio.gather(*(self.model_info(n) for n in self.models))
+        return [{**info, "inputs": {task: {k: p.type for k, p in
+                                           self.models[name].spec(task).inputs.items()}
+                                    for task in self.models[name].tasks}}
+                for name, info in zip(self.models, infos, strict=True)]
 
     def pipeline(self, name: str) -> PipelineSpec:
         if name not in self.pipelines:

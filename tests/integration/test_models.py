@@ -90,11 +90,11 @@ def test_multipart_upload_like_curl(http):
 
 
 @pytest.mark.parametrize("model, task, inputs, field", [
-    ("captioner", "caption", {"image": b64(b"definitely not a png")}, "image"),
+    ("captioner", "caption", {"image": b64(b"definitely not a png")}, "inputs.image"),
     ("clip", "zero_shot", {"image": b64(png()), "labels": []}, "inputs.labels"),
-    ("whisper", "transcribe", {"audio": b64(b"RIFF....WAVEjunk")}, "audio"),
+    ("whisper", "transcribe", {"audio": b64(b"RIFF....WAVEjunk")}, "inputs.audio"),
     ("text", "embed", {"text": 42}, "inputs.text"),
-    ("diffusion", "generate", {"prompt": "x", "width": 63}, "width"),
+    ("diffusion", "generate", {"prompt": "x", "width": 63}, "inputs.width"),
     ("diffusion", "generate", {"prompt": "x", "steps": "many"}, "inputs.steps"),
 ])
 def test_bad_input_is_4xx_naming_the_field_and_replica_survives(http, model, task, inputs,

@@ -48,6 +48,9 @@ async def test_models_list(client):
     names = {m["name"] for m in r.json()["models"]}
     assert names == {"captioner", "text", "clip", "whisper", "diffusion"}
     assert all(m["fingerprint"] for m in r.json()["models"])
+    clip = next(m for m in r.json()["models"] if m["name"] == "clip")
+    assert clip["inputs"]["zero_shot"]["image"] == "image"
+    assert clip["inputs"]["zero_shot"]["labels"] == "list[text]"
 
 
 async def test_model_call_json_and_multipart(client):
@@ -124,7 +127,7 @@ async def test_sse_error_event(client):
 
 @pytest.mark.parametrize("body, field, status", [
     ({"inputs": {"image": "%%%not base64", "labels": ["a"]}}, "inputs.image", 422),
-    ({"inputs": {"image": b64(b"not an image"), "labels": ["a"]}}, "image", 422),
+    ({"inputs": {"image": b64(b"not an image"), "labels": ["a"]}}, "inputs.image", 422),
     ({"inputs": {"image": "", "labels": ["a"]}}, "inputs.image", 422),
     ({"inputs": {"labels": ["a"]}}, "inputs.image", 422),
     ({"inputs": {"image": b64(png()), "labels": "a"}}, "inputs.labels", 422),

@@ -124,7 +124,7 @@ async def test_model_bad_input_stays_a_client_error_naming_the_step():
     with pytest.raises(BadInput) as info:
         await make(FakeModels()).run(spec(PARALLEL), {"image": b"junk", "labels": ["x"]})
     assert info.value.status == 422 and "step 'b'" in info.value.message
-    assert info.value.field == "image"
+    assert info.value.field == "inputs.image"  # traced back to the pipeline input
 
 
 async def test_model_crash_is_a_5xx_naming_the_step():
@@ -227,3 +227,16 @@ def test_cache_policy_from_header():
     assert CachePolicy.from_header(None) == CachePolicy(True, True)
     assert CachePolicy.from_header("no-cache") == CachePolicy(False, True)
     assert CachePolicy.from_header("max-age=0, no-store") == CachePolicy(False, False)
+
+
+async def test_bad_input_from_an_upstream_step_names_that_step():
+    raw = {"name": "s", "inputs": {"image": "image"},
+           "steps": {"cap": {"model": "captioner", "task": "caption",
+                             "with": {"image": "$inputs.image"}},
+                     "cls": {"model": "text", "task": "zero_shot",
+                             "with": {"text": "$steps.cap.text", "labels": ["a"]}}},
+           "outputs": {"labels": "$steps.cls.labels"}}
+    fake = FakeModels(fail={"zero_shot": BadInput("text is empty", field="text")})
+    with pytest.raises(BadInput) as info:
+        await make(fake).run(spec(raw), {"image": png()})
+    assert info.value.field == "steps.cls.text" and "step 'cls'" in info.value.message
