@@ -36,7 +36,9 @@ The cache (``StepCache``)::
         key, compute, ttl_s=None, read=True, write=True, labels=(model, task))
     outcome.cached, outcome.coalesced
     await cache.get(key) -> dict | None ; await cache.put(key, value, ttl_s=None) -> bool
-    await cache.clear() -> int          # this namespace only
+    await cache.delete(key)
+    await cache.clear(strict=False) -> int  # this namespace only; 0 (or CacheUnavailable
+                                            # if strict) when the backend is down
     cache.stats() -> {"backend", "namespace", "enabled", "healthy", "in_flight",
                       "total": {counter: n}, "by_label": {"model/task": {counter: n}}}
     await cache.aclose()
@@ -47,9 +49,11 @@ write=False``. Only read+write calls join in-flight work. Single-flight: in one 
 callers of one key share one task (followers: ``coalesced=True``; a cancelled caller
 cancels the work only if it was the last one); across replicas, the owner of the lock
 ``ns:lock:<rest of key>`` computes, stores, releases, and heartbeats the lock (TTL
-``lock_ttl_ms``) while computing. Errors of ``compute`` reach all sharing callers and are not
-cached. Values larger than ``max_value_bytes`` are returned but not stored. Returned values
-may be shared between callers: treat them as read-only.
+``lock_ttl_ms``, extended every third of it) while computing; waiters give up after
+``wait_timeout_s`` (default 4 × lock TTL) and compute themselves. Errors of ``compute``
+reach all sharing callers and are not cached. Values larger than ``max_value_bytes`` are
+returned but not stored. Returned values may be shared between callers: treat them as
+read-only.
 
 Degradation: if the backend is down, slow or flushed, every operation is a miss or a no-op
 within a few ``redis_timeout_s``; one warning per outage and one info at recovery are logged

@@ -67,6 +67,7 @@ class StepCache:
         self._stats = CacheStats(on_event)
         self._flights: SingleFlight[tuple[Any, Outcome]] = SingleFlight()
         self._corrupt_logged = False
+        self._background: set[asyncio.Task] = set()
         self.backend.on_health_change(self._health_changed)
 
     @classmethod
@@ -153,7 +154,7 @@ class StepCache:
                         return value, Outcome(cached=True, coalesced=waited)
                     return await self._compute_and_store(key, compute, ttl, call, lock, token)
                 finally:
-                    await self._backend(call, self.backend.release(lock, token), count=False)
+                    await self._release(lock, token)
             if call.degraded:
                 break
             if time.monotonic() >= deadline:
@@ -183,6 +184,27 @@ class StepCache:
         if not call.degraded:
             await self._write(key, value, ttl, call)
         return value, Outcome()
+
+    async def _release(self, lock: str, token: str) -> None:
+        """Release the lock; if the backend is unavailable, keep trying in the background for a
+        while, so other replicas need not wait for the lock's TTL after a short blip."""
+        try:
+            await self.backend.release(lock, token)
+        except CacheUnavailable:
+            task = asyncio.ensure_future(self._release_later(lock, token))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release_later(self, lock: str, token: str) -> None:
+        pause = float(getattr(self.backend, "retry_after_s", 1.0))
+        deadline = time.monotonic() + self.lock_ttl_ms / 1000
+        while time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            try:
+                await self.backend.release(lock, token)
+                return
+            except CacheUnavailable:
+                continue
 
     async def _heartbeat(self, lock: str, token: str) -> None:
         """Keep the owner's lock alive while it computes; a crashed owner stops extending it."""
@@ -240,6 +262,8 @@ class StepCache:
                 "in_flight": len(self._flights), **self._stats.snapshot()}
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.backend.aclose()
 
     # -- plumbing -----------------------------------------------------------------------------

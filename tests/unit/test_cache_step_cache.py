@@ -13,6 +13,7 @@ import pytest
 
 from fusion.cache import (
     CacheBackend,
+    CacheUnavailable,
     MemoryBackend,
     Outcome,
     RedisBackend,
@@ -385,3 +386,43 @@ async def test_from_config(shared_redis_url: str) -> None:
         assert red.stats()["backend"] == "redis"
     finally:
         await red.aclose()
+
+
+async def test_waiter_gives_up_after_wait_timeout(make) -> None:
+    cache = make(wait_timeout_s=0.2)
+    key, compute = key_of(cache), Counter()
+    await cache.backend.acquire(lock_key(cache.namespace, key), "stuck-owner", 10_000)
+    started = time.monotonic()
+    value, outcome = await cache.get_or_compute(key, compute)
+    assert value == VALUE and outcome == Outcome() and compute.calls == 1
+    assert 0.15 <= time.monotonic() - started < 2
+
+
+class _FlakyRelease(MemoryBackend):
+    """A backend whose first lock releases fail, as during a short Redis blip."""
+
+    retry_after_s = 0.05
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def release(self, lock_key: str, owner_token: str) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise CacheUnavailable("blip", skipped=True)
+        return await super().release(lock_key, owner_token)
+
+
+async def test_lock_release_retried_after_a_blip() -> None:
+    backend = _FlakyRelease(failures=2)
+    cache = StepCache(backend, namespace="flaky", lock_ttl_ms=10_000)
+    key = cache.step_key("fp", "t", {})
+    value, _ = await cache.get_or_compute(key, Counter())
+    assert value == VALUE
+    lock = lock_key("flaky", key)
+    assert not await backend.acquire(lock, "other", 1000)  # still held right after the blip
+    deadline = time.monotonic() + 2
+    while not await backend.acquire(lock, "other", 1000):
+        assert time.monotonic() < deadline, "the lock was not released after the blip"
+        await asyncio.sleep(0.02)
