@@ -126,8 +126,12 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def on_validation_error(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
-        return error_response(request, BadInput(f"{field or 'request'}: "
-                                                f"{first.get('msg', 'invalid')}", field=field))
+        bad = BadInput(f"{field or 'request'}: {first.get('msg', 'invalid')}", field=field)
+        from fusion.openai_compat import is_openai_path, openai_error
+
+        if is_openai_path(request.url.path):  # the openai clients parse only OpenAI's body
+            return openai_error(bad)
+        return error_response(request, bad)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:

@@ -23,6 +23,12 @@ from fusion.payloads import read_form
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 413: "invalid_request_error",
           422: "invalid_request_error", 503: "server_error", 504: "server_error"}
+OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions")
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of the OpenAI-compatible routes (which answer OpenAI's errors)."""
+    return path.rstrip("/").endswith(OPENAI_PATHS)
 
 
 def openai_error(err: FusionError) -> JSONResponse:
