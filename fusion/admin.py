@@ -16,7 +16,10 @@ def add_admin_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key,
     async def cache_stats(gw: Gateway = Depends(gateway)) -> dict:
         if gw.cache is None:
             return {"backend": "disabled"}
-        return gw.cache.stats()
+        stats = gw.cache.stats()
+        # the documented shape (docs/api.md, read by the SDK): counters at the top level and
+        # per model/task under "per_task"; "total"/"by_label" kept for existing readers
+        return {**stats, **stats.get("total", {}), "per_task": stats.get("by_label", {})}
 
     @app.delete("/v1/cache", tags=["cache"], dependencies=[Depends(require_admin)])
     async def clear_cache(gw: Gateway = Depends(gateway)) -> dict:

@@ -31,9 +31,12 @@ def is_openai_path(path: str) -> bool:
     return path.rstrip("/").endswith(OPENAI_PATHS)
 
 
-def openai_error(err: FusionError) -> JSONResponse:
+def openai_error(err: FusionError, params: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error body for ``err``; ``params`` renames a model input to the request field
+    it came from (``audio`` → ``file``), so ``param`` names what the client sent."""
     code = "model_not_found" if isinstance(err, NotFound) and err.field == "model" else err.code
     param = (err.field or "").removeprefix("inputs.") or None
+    param = (params or {}).get(param, param)
     return JSONResponse({"error": {"message": err.message,
                                    "type": _TYPES.get(err.status, "server_error"),
                                    "param": param, "code": code}}, status_code=err.status)
@@ -71,11 +74,11 @@ class ImageRequest(BaseModel):
 
 
 def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key) -> None:
-    async def guarded(fn, *args) -> Any:
+    async def guarded(fn, params: dict[str, str] | None = None) -> Any:
         try:
-            return await fn(*args)
+            return await fn()
         except FusionError as err:
-            return openai_error(err)
+            return openai_error(err, params)
 
     @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
     async def embeddings(req: EmbeddingRequest, gw: Gateway = Depends(gateway)):
@@ -98,7 +101,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key)
             return {"object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-        return await guarded(run)
+        return await guarded(run, {"text": "input"})
 
     @app.post("/v1/images/generations", tags=["openai"], dependencies=[Depends(require_key)])
     async def images(req: ImageRequest, gw: Gateway = Depends(gateway)):
@@ -123,7 +126,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key)
                              "revised_prompt": req.prompt})
             return {"created": int(time.time()), "data": data}
 
-        return await guarded(run)
+        return await guarded(run, {"width": "size", "height": "size"})
 
     @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)])
     async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
@@ -152,4 +155,4 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key)
                 body |= {"task": "transcribe", "language": out.get("language", "")}
             return body
 
-        return await guarded(run)
+        return await guarded(run, {"audio": "file"})

@@ -173,6 +173,7 @@ BAD = (openai.BadRequestError, openai.UnprocessableEntityError)
 @pytest.mark.parametrize(("kwargs", "param"), [
     ({"response_format": "url"}, "response_format"),
     ({"size": "abc"}, "size"),
+    ({"size": "60x64"}, "size"),  # refused by the model (width), reported as the size sent
     ({"n": 9}, "n"),  # request validation (pydantic), answered in OpenAI's shape too
 ])
 def test_bad_image_requests(oai, kwargs, param):
@@ -214,4 +215,5 @@ def test_bad_transcription_requests(oai, speech_wav):
     assert openai_error_body(info.value, info.value.status_code)["param"] == "response_format"
     with pytest.raises(BAD) as info:
         oai.audio.transcriptions.create(model="whisper", file=("speech.wav", b"not audio"))
+    # the model's "audio" input is reported as the "file" the client sent
     assert openai_error_body(info.value, info.value.status_code)["param"] == "file"
