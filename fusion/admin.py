@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, FastAPI
 
@@ -10,7 +10,7 @@ from fusion.errors import NotFound
 from fusion.gateway import Gateway
 
 
-def add_admin_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key,
+def add_admin_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key,
                      require_admin) -> None:
     @app.get("/v1/cache/stats", tags=["cache"], dependencies=[Depends(require_key)])
     async def cache_stats(gw: Gateway = Depends(gateway)) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -73,7 +73,7 @@ class ImageRequest(BaseModel):
     user: str | None = None
 
 
-def add_openai_routes(app: FastAPI, gateway: Callable[[], Gateway], require_key) -> None:
+def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key) -> None:
     async def guarded(fn, params: dict[str, str] | None = None) -> Any:
         try:
             return await fn()

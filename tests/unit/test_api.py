@@ -14,9 +14,10 @@ from fusion.gateway import Gateway
 from tests.fakes import FakeModels, fake_config, png
 
 
-def client_for(gw: Gateway) -> httpx.AsyncClient:
+def client_for(gw: Gateway, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
     app = create_api(lambda: gw)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://gw")
 
 
 @pytest.fixture
@@ -180,7 +181,8 @@ async def test_unexpected_error_is_500_with_request_id():
         async def info(self, model):
             raise KeyError("boom")
 
-    async with client_for(Gateway(fake_config(), Broken())) as c:
+    # Starlette answers, then re-raises for the server to log; a real server swallows it
+    async with client_for(Gateway(fake_config(), Broken()), raise_app_exceptions=False) as c:
         r = await c.get("/v1/models")
     assert r.status_code == 500
     assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
