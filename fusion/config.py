@@ -92,7 +92,8 @@ class CacheConfig(BaseModel):
     ttl_s: float = Field(24 * 3600, gt=0)
     max_value_bytes: int = Field(8 * 1024 * 1024, gt=0)
     memory_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
-    redis_timeout_s: float = Field(0.05, gt=0)
+    redis_timeout_s: float = Field(0.1, gt=0, description="per Redis command; past it the "
+                                   "request goes on uncached")
     lock_ttl_ms: int = Field(30_000, gt=0)
 
 
