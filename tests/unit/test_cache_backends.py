@@ -16,7 +16,7 @@ def shared_redis_url() -> str:
     try:
         return redis_url()
     except RedisUnavailable as exc:
-        pytest.skip(f"no Redis: {exc}")
+        pytest.fail(f"no Redis answers and none could be started: {exc}")
 
 
 @pytest.fixture

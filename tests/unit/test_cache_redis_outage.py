@@ -26,7 +26,7 @@ def server():
     try:
         srv = RedisServer().start()
     except RedisUnavailable as exc:
-        pytest.skip(f"cannot start redis-server: {exc}")
+        pytest.fail(f"cannot start redis-server: {exc}")
     yield srv
     srv.stop()
 

@@ -34,7 +34,7 @@ def shared_redis_url() -> str:
     try:
         return redis_url()
     except RedisUnavailable as exc:
-        pytest.skip(f"no Redis: {exc}")
+        pytest.fail(f"no Redis answers and none could be started: {exc}")
 
 
 class Counter:
@@ -123,12 +123,11 @@ async def test_ttl_expiry(make) -> None:
     assert compute.calls == 2
 
 
-async def test_lru_eviction_by_bytes(make) -> None:
-    if make.kind != "memory":
-        pytest.skip("Redis evicts by its own maxmemory policy")
-    probe = make()
+async def test_lru_eviction_by_bytes() -> None:
+    """The in-process LRU only: Redis evicts by its own ``maxmemory`` policy."""
+    probe = StepCache(MemoryBackend(1 << 20), namespace="lru")
     one = len(encode(VALUE)) + len(key_of(probe))  # the LRU counts keys and values
-    cache = make(memory_max_bytes=3 * one, namespace=probe.namespace)
+    cache = StepCache(MemoryBackend(3 * one), namespace="lru")
     keys = [key_of(cache, image=bytes([i])) for i in range(4)]
     compute = Counter()
     for key in keys[:3]:
