@@ -56,6 +56,9 @@ class Load:
     latencies_ms: list[float]
     seconds: float
 
+    def __add__(self, other: Load) -> Load:
+        return Load(self.latencies_ms + other.latencies_ms, self.seconds + other.seconds)
+
     @property
     def median(self) -> float:
         return statistics.median(self.latencies_ms)

@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import base64
 
-from _common import ROOT, closed_loop, row, start_serve, stop_serve  # noqa: F401
+from _common import Load, closed_loop, row, start_serve, stop_serve
 from fastapi import FastAPI, Request
 from ray import serve
 
@@ -123,13 +123,14 @@ async def measure(base_url: str, requests: int) -> None:
           "instance, HTTP through Serve's proxy\n")
     for concurrency in (1, 16):
         n = requests if concurrency == 1 else requests * 2
-        # interleave halves so drift in the machine's load hits both paths alike
-        r1 = await closed_loop(router, n // 2, concurrency, base_url)
-        c1 = await closed_loop(chain, n // 2, concurrency, base_url)
-        c2 = await closed_loop(chain, n // 2, concurrency, base_url)
-        r2 = await closed_loop(router, n // 2, concurrency, base_url)
-        r = type(r1)(r1.latencies_ms + r2.latencies_ms, r1.seconds + r2.seconds)
-        c = type(c1)(c1.latencies_ms + c2.latencies_ms, c1.seconds + c2.seconds)
+        # many short alternating rounds (ABBA...), so drift in the machine's load hits both
+        # paths alike; on 2 shared cores a single long run of each swings by ±10 %
+        rounds = 10
+        totals = {router: Load([], 0.0), chain: Load([], 0.0)}
+        for i in range(rounds):
+            for send in (router, chain) if i % 2 == 0 else (chain, router):
+                totals[send] += await closed_loop(send, n // rounds, concurrency, base_url)
+        r, c = totals[router], totals[chain]
         print(row(f"router        concurrency {concurrency:>2}", r))
         print(row(f"hand chain    concurrency {concurrency:>2}", c))
         print(f"{'ratio router / chain':<44} median {r.median / c.median:8.3f} x   "

@@ -2,7 +2,7 @@
 
 It serves the offline default profile (``ops/serve/local.yaml``'s models) with two router
 replicas, so cross-replica coalescing is exercised, and the shared Redis with a namespace of
-its own. Ray gets 4 logical CPUs; the replicas' shares fit in them.
+its own. Ray sees the machine's 2 CPUs; the replicas' shares (0.1 each) fit in them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def gateway_url(gateway_config):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, configure_logging=False,
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
                                        "FUSION_MODEL_DIR": os.environ.get(
                                            "FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}})
