@@ -20,10 +20,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion import __version__
+from fusion.admin import add_admin_routes
 from fusion.auth import require_admin, require_key
 from fusion.errors import BadInput, FusionError, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
+from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error
 from fusion.payloads import decode_json_inputs, encode_value, read_form
 
 log = logging.getLogger("fusion.api")
@@ -145,15 +147,17 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def on_fusion_error(request: Request, err: FusionError):
         if err.status >= 500:
             log.warning("request %s failed: %s", request_id(request), err.message)
+        if is_openai_path(request.url.path):  # the openai clients parse only OpenAI's body
+            return openai_error(err)
         return error_response(request, err)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        if first.get("type") == "json_invalid":  # its loc is a character offset
+            field = "body"
         bad = BadInput(f"{field or 'request'}: {first.get('msg', 'invalid')}", field=field)
-        from fusion.openai_compat import is_openai_path, openai_error
-
         if is_openai_path(request.url.path):  # the openai clients parse only OpenAI's body
             return openai_error(bad)
         return error_response(request, bad)
@@ -211,9 +215,6 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
                 and isinstance(result.outputs.get(images[0]), bytes):
             return Response(result.outputs[images[0]], media_type="image/png", headers=headers)
         return JSONResponse(body(result), headers=headers)
-
-    from fusion.admin import add_admin_routes
-    from fusion.openai_compat import add_openai_routes
 
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)

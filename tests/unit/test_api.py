@@ -210,3 +210,18 @@ async def test_openapi_docs(client):
     paths = r.json()["paths"]
     assert "/v1/pipelines/{name}" in paths and "/v1/embeddings" in paths
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_openai_routes_answer_errors_in_openai_shape(monkeypatch):
+    monkeypatch.setenv("FUSION_API_KEYS", "k")
+    async with client_for(Gateway(fake_config(), FakeModels())) as c:
+        r = await c.post("/v1/embeddings", json={"model": "text", "input": "hi"})
+        assert r.status_code == 401
+        assert r.json()["error"].keys() == {"message", "type", "param", "code"}
+        assert r.json()["error"]["type"] == "authentication_error"
+        r = await c.post("/v1/embeddings", content=b"{oops",
+                         headers={"Authorization": "Bearer k",
+                                  "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "body"
+        r = await c.post("/v1/pipelines/embed", json={"inputs": {"text": "x"}})
+        assert r.json()["error"]["code"] == "unauthorized"  # the gateway's own routes: own body
