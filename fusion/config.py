@@ -110,10 +110,10 @@ class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    max_text_chars: int = Field(20_000, gt=0)
-    max_labels: int = Field(256, gt=0)
-    max_image_pixels: int = Field(4096 * 4096, gt=0)
-    max_audio_seconds: float = Field(600, gt=0)
+    max_text_chars: int = Field(20_000, gt=0, description="longest text input")
+    max_list_items: int = Field(256, gt=0, description="longest list input (e.g. labels)")
+    # images (4096x4096 pixels) and audio (600 s) are bounded where they are decoded:
+    # deployments/media.py
 
 
 class RouterConfig(BaseModel):

@@ -28,6 +28,7 @@ from fusion.executor import (
 )
 from fusion.spec import PipelineSpec, load_pipelines
 from fusion.tasks import ModelTasks
+from fusion.values import check_limits
 
 log = logging.getLogger("fusion.gateway")
 
@@ -90,7 +91,13 @@ class Gateway:
     async def call_model(self, model: str, task: str, inputs: dict[str, Any],
                          policy: CachePolicy = CachePolicy(),
                          on_event: EventSink | None = None) -> tuple[dict, StepReport]:
+        self._check_limits(inputs)
         return await self.executor.call_model(model, task, inputs, policy, on_event=on_event)
+
+    def _check_limits(self, inputs: dict[str, Any]) -> None:
+        if isinstance(inputs, dict):
+            limits = self.config.limits
+            check_limits(inputs, limits.max_text_chars, limits.max_list_items)
 
     async def run_pipeline(self, name: str, inputs: dict[str, Any],
                            policy: CachePolicy = CachePolicy(),
@@ -101,6 +108,7 @@ class Gateway:
         uses, so editing the pipeline or upgrading a model never serves an old answer.
         """
         spec = self.pipeline(name)
+        self._check_limits(inputs)
         checked = check_pipeline_inputs(spec, inputs)
         key = None
         if self.cache is not None and (policy.read or policy.write):

@@ -81,3 +81,19 @@ def check_inputs(spec: TaskSpec, inputs: dict[str, Any], where: str = "",
             continue
         out[name] = check_value(param.type, inputs[name], field)
     return out
+
+
+def check_limits(inputs: dict[str, Any], max_text_chars: int, max_list_items: int,
+                 prefix: str = "inputs.") -> None:
+    """Refuse texts and lists past the configured limits before any model sees them."""
+    for name, value in inputs.items():
+        field = prefix + name
+        if isinstance(value, str) and len(value) > max_text_chars:
+            raise BadInput(f"{field} is {len(value)} characters, over the {max_text_chars} "
+                           "limit", field=field)
+        if isinstance(value, list):
+            if len(value) > max_list_items:
+                raise BadInput(f"{field} has {len(value)} items, over the {max_list_items} "
+                               "limit", field=field)
+            check_limits({f"{name}[{i}]": v for i, v in enumerate(value)}, max_text_chars,
+                         max_list_items, prefix)

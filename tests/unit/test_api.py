@@ -225,3 +225,19 @@ async def test_openai_routes_answer_errors_in_openai_shape(monkeypatch):
         assert r.status_code == 422 and r.json()["error"]["param"] == "body"
         r = await c.post("/v1/pipelines/embed", json={"inputs": {"text": "x"}})
         assert r.json()["error"]["code"] == "unauthorized"  # the gateway's own routes: own body
+
+
+async def test_text_and_list_limits_are_4xx_naming_the_field():
+    gw = Gateway(fake_config(limits={"max_text_chars": 10, "max_list_items": 3}), FakeModels())
+    async with client_for(gw) as c:
+        r = await c.post("/v1/pipelines/embed", json={"inputs": {"text": "x" * 11}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "inputs.text"
+        r = await c.post("/v1/models/clip/zero_shot", json={"inputs": {
+            "image": b64(png()), "labels": ["a", "b", "c", "d"]}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "inputs.labels"
+        r = await c.post("/v1/models/clip/zero_shot", json={"inputs": {
+            "image": b64(png()), "labels": ["a", "much too long a label"]}})
+        assert r.json()["error"]["field"] == "inputs.labels[1]"
+        r = await c.post("/v1/models/clip/zero_shot", json={"inputs": {
+            "image": b64(png()), "labels": ["a", "b", "c"]}})
+        assert r.status_code == 200
