@@ -332,6 +332,14 @@ class Protocol:
             return ProgressEvent.model_validate(data)
         return ResultEvent(result=self.parse_pipeline_result(data, request_id))
 
+    def plain_stream_answer(self, status: int, headers: Mapping[str, str],
+                            content: bytes) -> ResultEvent:
+        """A stream request answered without an event stream: raise its error, or wrap the
+        plain JSON result as the stream's one event."""
+        resp = check_response(status, headers, content)
+        return ResultEvent(result=self.parse_pipeline_result(
+            resp.body, resp.request_id, headers.get("x-fusion-cache")))
+
 
 def _list_field(resp: Response, key: str) -> list[Any]:
     body = resp.body

@@ -43,7 +43,6 @@ from fusion_client.types import (
     ModelInfo,
     PipelineInfo,
     PipelineResult,
-    ResultEvent,
 )
 
 TimeoutTypes = float | httpx.Timeout | None
@@ -200,9 +199,8 @@ class FusionClient(_BaseClient):
                         delay = self.retry_policy.delay_after_status(attempt, r.status_code,
                                                                      r.headers)
                         if delay is None:
-                            resp = check_response(r.status_code, r.headers, r.content)
-                            yield ResultEvent(result=self._proto.parse_pipeline_result(
-                                resp.body, rid, r.headers.get("x-fusion-cache")))
+                            yield self._proto.plain_stream_answer(r.status_code, r.headers,
+                                                                  r.content)
                             return
                     else:
                         parser = EventStreamParser(self._proto, rid)
@@ -327,9 +325,8 @@ class AsyncFusionClient(_BaseClient):
                         delay = self.retry_policy.delay_after_status(attempt, r.status_code,
                                                                      r.headers)
                         if delay is None:
-                            resp = check_response(r.status_code, r.headers, r.content)
-                            yield ResultEvent(result=self._proto.parse_pipeline_result(
-                                resp.body, rid, r.headers.get("x-fusion-cache")))
+                            yield self._proto.plain_stream_answer(r.status_code, r.headers,
+                                                                  r.content)
                             return
                     else:
                         parser = EventStreamParser(self._proto, rid)
