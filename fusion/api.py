@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fusion import __version__
 from fusion.admin import add_admin_routes
 from fusion.auth import require_admin, require_key
-from fusion.errors import BadInput, FusionError, PayloadTooLarge
+from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error
@@ -81,6 +81,17 @@ def error_response(request: Request, err: FusionError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused as soon as it passes ``max_bytes`` (chunked uploads have no length)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body is over the {max_bytes} byte limit", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -> dict[str, Any]:
     """The ``inputs`` of a JSON or multipart body, with binary fields turned into bytes."""
     length = request.headers.get("content-length")
@@ -96,17 +107,13 @@ async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -
             raise BadInput(f"body is not valid multipart form data ({exc})", field="body") \
                 from None
         return await read_form(form, types, max_bytes)
-    raw = await request.body()
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"body is over the {max_bytes} byte limit", field="body")
+    raw = await read_body(request, max_bytes)
     if not raw.strip():
         raise BadInput("body is empty; send {\"inputs\": {...}}", field="body")
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        err = BadInput(f"body is not valid JSON ({exc})", field="body")
-        err.status = 400
-        raise err from None
+        raise MalformedBody(f"body is not valid JSON ({exc})", field="body") from None
     if not isinstance(body, dict):
         raise BadInput("body must be a JSON object", field="body")
     inputs = body["inputs"] if isinstance(body.get("inputs"), dict) else body

@@ -36,6 +36,13 @@ class BadInput(FusionError):
     code = "bad_input"
 
 
+class MalformedBody(BadInput):
+    """The body is not what its content type says (JSON that does not parse)."""
+
+    status = 400
+    code = "malformed_body"
+
+
 class PayloadTooLarge(BadInput):
     status = 413
     code = "payload_too_large"

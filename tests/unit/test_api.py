@@ -241,3 +241,17 @@ async def test_text_and_list_limits_are_4xx_naming_the_field():
         r = await c.post("/v1/models/clip/zero_shot", json={"inputs": {
             "image": b64(png()), "labels": ["a", "b", "c"]}})
         assert r.status_code == 200
+
+
+async def test_chunked_oversize_body_is_refused_without_a_length():
+    gw = Gateway(fake_config(limits={"max_body_bytes": 1000}), FakeModels())
+
+    async def chunks():
+        for _ in range(10):
+            yield b" " * 500
+
+    async with client_for(gw) as c:
+        r = await c.post("/v1/pipelines/embed", content=chunks(),
+                         headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["error"]["field"] == "body"
