@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,6 +120,20 @@ class ModelBackend(ABC):
         }
 
 
+async def run_grouped(requests: list[tuple[str, Any]],
+                      run: Callable[[str, list[Any]], Awaitable[list[dict]]]) -> list[dict]:
+    """Run a mixed batch one task at a time; results come back in the requests' order."""
+    by_task: dict[str, list[int]] = {}
+    for i, (task, _) in enumerate(requests):
+        by_task.setdefault(task, []).append(i)
+    out: list[dict] = [{} for _ in requests]
+    for task, idx in by_task.items():
+        results = await run(task, [requests[i][1] for i in idx])
+        for i, res in zip(idx, results, strict=True):
+            out[i] = res
+    return out
+
+
 class ServedModel:
     """Base of every ``*Deployment`` class; subclasses set ``backend_cls``."""
 
@@ -168,16 +182,8 @@ class ServedModel:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _run_batch(self, requests: list[tuple[str, Any]]) -> list[dict]:
-        by_task: dict[str, list[int]] = {}
-        for i, (task, _) in enumerate(requests):
-            by_task.setdefault(task, []).append(i)
-        out: list[dict] = [{} for _ in requests]
-        for task, idx in by_task.items():
-            results = await asyncio.to_thread(
-                self._run_locked, task, [requests[i][1] for i in idx], None)
-            for i, res in zip(idx, results, strict=True):
-                out[i] = res
-        return out
+        return await run_grouped(requests, lambda task, items: asyncio.to_thread(
+            self._run_locked, task, items, None))
 
     def check_health(self) -> None:  # Serve calls this periodically
         return None
