@@ -41,6 +41,9 @@ The cache (``StepCache``)::
                                             # if strict) when the backend is down
     cache.stats() -> {"backend", "namespace", "enabled", "healthy", "in_flight",
                       "total": {counter: n}, "by_label": {"model/task": {counter: n}}}
+    await cache.shared_stats() -> {"total", "by_label"} summed over all replicas, or None
+                       (each replica adds its counts to the hash ``ns:v1:stats`` at most
+                       once a second in the background, and on ``flush_stats()``)
     await cache.aclose()
 
 Request policy (``Cache-Control``): none → ``read=True, write=True``; ``no-cache`` →

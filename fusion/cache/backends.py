@@ -48,6 +48,7 @@ class CacheBackend:
     """The async interface every backend implements (see the module docstring)."""
 
     name = "abstract"
+    shared = False  # whether other processes (replicas) see the same store
 
     @property
     def healthy(self) -> bool:
@@ -74,6 +75,13 @@ class CacheBackend:
     async def refresh(self, lock_key: str, owner_token: str, ttl_ms: int) -> bool:
         raise NotImplementedError
 
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` to the integer fields of the hash ``key`` (created as needed)."""
+        raise NotImplementedError
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         return None
 
@@ -95,6 +103,7 @@ class MemoryBackend(CacheBackend):
         self._locks: dict[str, tuple[str, float]] = {}
         self.nbytes = 0
         self.evictions = 0
+        self._counters: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -149,7 +158,18 @@ class MemoryBackend(CacheBackend):
         locks = [k for k in self._locks if k.startswith(prefix)]
         for k in locks:
             del self._locks[k]
-        return len(doomed) + len(locks)
+        counters = [k for k in self._counters if k.startswith(prefix)]
+        for k in counters:
+            del self._counters[k]
+        return len(doomed) + len(locks) + len(counters)
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        fields = self._counters.setdefault(key, {})
+        for field, n in deltas.items():
+            fields[field] = fields.get(field, 0) + n
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        return dict(self._counters.get(key, {}))
 
     def _lock_owner(self, lock_key: str) -> str | None:
         held = self._locks.get(lock_key)
@@ -206,6 +226,7 @@ class RedisBackend(CacheBackend):
     """
 
     name = "redis"
+    shared = True
 
     def __init__(self, url: str, *, timeout_s: float = 0.05, retry_after_s: float = 1.0,
                  max_connections: int = 256, deadline_factor: float = 4.0,
@@ -334,6 +355,19 @@ class RedisBackend(CacheBackend):
         return bool(await self._run(
             "refresh", lambda: self._refresh_script(keys=[lock_key],
                                                     args=[owner_token, int(ttl_ms)])))
+
+    async def add_counters(self, key: str, deltas: dict[str, int]) -> None:
+        async def incr() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for field, n in deltas.items():
+                pipe.hincrby(key, field, n)
+            await pipe.execute()
+
+        await self._run("hincrby", incr)
+
+    async def read_counters(self, key: str) -> dict[str, int]:
+        raw = await self._run("hgetall", lambda: self._redis.hgetall(key))
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
     async def aclose(self) -> None:
         try:

@@ -57,8 +57,26 @@ class CacheStats:
                 log.warning("cache on_event hook failed; further failures are not logged",
                             exc_info=True)
 
+    def flat(self) -> dict[str, int]:
+        """Per-label counters as one mapping ``"model/task|counter" -> n`` (non-zero only):
+        the shape replicas add into a shared hash (``StepCache.flush_stats``)."""
+        return {f"{m}/{t}|{name}": n for (m, t), per in self.by_label.items()
+                for name, n in per.items() if n}
+
     def snapshot(self) -> dict:
         return {
             "total": dict(self.total),
             "by_label": {f"{m}/{t}": dict(c) for (m, t), c in sorted(self.by_label.items())},
         }
+
+
+def unflatten(flat: dict[str, int]) -> dict:
+    """The inverse of ``CacheStats.flat``, summed: ``{"total": ..., "by_label": ...}``."""
+    total = dict.fromkeys(COUNTERS, 0)
+    by_label: dict[str, dict[str, int]] = {}
+    for field, n in flat.items():
+        label, _, name = field.rpartition("|")
+        if name in total and label:
+            total[name] += n
+            by_label.setdefault(label, dict.fromkeys(COUNTERS, 0))[name] += n
+    return {"total": total, "by_label": dict(sorted(by_label.items()))}

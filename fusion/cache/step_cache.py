@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from fusion.cache.backends import CacheBackend, CacheUnavailable, MemoryBackend, RedisBackend
 from fusion.cache.codec import CorruptValue, UnencodableValue, decode, encode
-from fusion.cache.keys import check_namespace, lock_key, pipeline_key, step_key
+from fusion.cache.keys import KEY_VERSION, check_namespace, lock_key, pipeline_key, step_key
 from fusion.cache.single_flight import SingleFlight
-from fusion.cache.stats import CacheStats, EventHook, Labels
+from fusion.cache.stats import CacheStats, EventHook, Labels, unflatten
 
 if TYPE_CHECKING:
     from fusion.config import CacheConfig
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fusion.cache")
 
 PIPELINE_LABELS: Labels = ("pipeline", "run")
+STATS_FLUSH_S = 1.0  # how often a replica adds its counts to the shared statistics
 _MISS = object()
 
 
@@ -68,6 +69,9 @@ class StepCache:
         self._flights: SingleFlight[tuple[Any, Outcome]] = SingleFlight()
         self._corrupt_logged = False
         self._background: set[asyncio.Task] = set()
+        self._flushed: dict[str, int] = {}  # counters already added to the shared hash
+        self._last_flush = 0.0
+        self._flush_lock = asyncio.Lock()
         self.backend.on_health_change(self._health_changed)
 
     @classmethod
@@ -108,6 +112,7 @@ class StepCache:
         """
         labels = (str(labels[0]), str(labels[1]))
         ttl = self.ttl_s if ttl_s is None else ttl_s
+        self._maybe_flush_stats()
         if not self.enabled or not (read and write):
             return await self._direct(key, compute, ttl, read and self.enabled,
                                       write and self.enabled, labels)
@@ -255,6 +260,44 @@ class StepCache:
             if strict:
                 raise
             return 0
+
+    def _maybe_flush_stats(self) -> None:
+        """At most once a second, add this replica's new counts to the shared hash (in the
+        background: a request never waits for statistics)."""
+        if (self.backend.shared and not self._flush_lock.locked()
+                and time.monotonic() - self._last_flush >= STATS_FLUSH_S):
+            self._last_flush = time.monotonic()
+            task = asyncio.create_task(self.flush_stats())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def flush_stats(self) -> bool:
+        """Add the counts since the last flush to ``<ns>:v1:stats``; False if unavailable."""
+        async with self._flush_lock:
+            current = self._stats.flat()
+            delta = {k: n - self._flushed.get(k, 0) for k, n in current.items()
+                     if n != self._flushed.get(k, 0)}
+            try:
+                if delta:
+                    await self.backend.add_counters(self._stats_key, delta)
+            except CacheUnavailable:
+                return False
+            self._flushed = current
+            return True
+
+    async def shared_stats(self) -> dict | None:
+        """Counters summed over every replica sharing the backend (``{"total", "by_label"}``),
+        or None when the backend is not shared or not answering."""
+        if not self.backend.shared or not await self.flush_stats():
+            return None
+        try:
+            return unflatten(await self.backend.read_counters(self._stats_key))
+        except CacheUnavailable:
+            return None
+
+    @property
+    def _stats_key(self) -> str:
+        return f"{self.namespace}:{KEY_VERSION}:stats"
 
     def stats(self) -> dict:
         return {"backend": self.backend.name, "namespace": self.namespace,

@@ -130,9 +130,44 @@ async def test_stats_and_clear(env):
     await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
     await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
     stats = (await client.get("/v1/cache/stats")).json()
-    assert stats["total"]["hits"] >= 1 and stats["total"]["stores"] >= 1
-    assert stats["by_label"]["clip/zero_shot"]["hits"] == 1
+    assert stats["hits"] >= 1 and stats["stores"] >= 1
+    assert stats["per_task"]["clip/zero_shot"]["hits"] == 1
+    assert stats["scope"] == ("cluster" if stats["backend"] == "redis" else "replica")
+    assert stats["replica"]["per_task"]["clip/zero_shot"]["hits"] == 1
     deleted = (await client.delete("/v1/cache")).json()["deleted"]
     assert deleted >= 1
     r = await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
     assert r.json()["cached"] is False
+
+
+async def test_stats_add_up_across_replicas_sharing_redis():
+    """Two gateways (two router replicas) on one Redis namespace: each sees the sum."""
+    cfg = CacheConfig(redis_url=redis_url(), namespace=f"test-{uuid.uuid4().hex[:8]}")
+    caches = [StepCache.from_config(cfg), StepCache.from_config(cfg)]
+    clients = []
+    for cache in caches:
+        gw = Gateway(fake_config(cache=cfg.model_dump()), FakeModels(), cache)
+        clients.append(httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=create_api(lambda gw=gw: gw)), base_url="http://gw"))
+    body = {"inputs": {"text": "hello"}}
+    try:
+        await clients[0].post("/v1/models/text/embed", json=body)  # miss + store
+        for _ in range(3):
+            await clients[1].post("/v1/models/text/embed", json=body)  # hits
+        # a replica adds its counts when asked for stats, and otherwise at most once a
+        # second: ask each once so both have added theirs, then each sees the sum
+        await clients[0].get("/v1/cache/stats")
+        two = (await clients[1].get("/v1/cache/stats")).json()
+        one = (await clients[0].get("/v1/cache/stats")).json()
+        for stats in (one, two):
+            assert stats["scope"] == "cluster"
+            assert stats["per_task"]["text/embed"]["hits"] == 3
+            assert stats["per_task"]["text/embed"]["misses"] == 1
+        assert one["replica"]["per_task"]["text/embed"]["hits"] == 0
+        assert two["replica"]["per_task"]["text/embed"]["hits"] == 3
+    finally:
+        for client in clients:
+            await client.aclose()
+        await caches[0].clear()
+        for cache in caches:
+            await cache.aclose()
