@@ -113,8 +113,9 @@ async def measure(base_url: str, requests: int, settings: list[tuple[int, int]])
           f"execution(s), {sum(f['coalesced'] for f in flags)} coalesced, "
           f"{sum(f['cached'] for f in flags)} served from the cache, "
           f"{len({r.json()['outputs']['image'] for r in responses})} distinct image(s)")
-    print("cache stats before the burst (this router replica):",
-          json.dumps(before.get("total", {})))
+    print(f"cache stats before the burst ({before['scope']}):",
+          json.dumps({k: before[k] for k in ("hits", "misses", "coalesced", "stores",
+                                             "errors", "corrupt")}))
 
 
 def main() -> None:
