@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -108,18 +108,18 @@ def test_second_call_is_cached_with_identical_outputs(http):
     assert second.json()["outputs"] == first.json()["outputs"]
 
 
-def test_concurrent_identical_requests_across_router_replicas_compute_once(http, gateway_url):
+async def test_64_concurrent_identical_requests_across_router_replicas_compute_once(
+        gateway_url):
     body = {"inputs": {"prompt": "coalesce me", "seed": 4242, "steps": 4}}
-
-    def post(_):
-        with httpx.Client(base_url=gateway_url, timeout=120) as c:  # new connections: both
-            return c.post("/v1/pipelines/text_to_image", json=body)  # router replicas serve
-
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(post, range(32)))
+    limits = httpx.Limits(max_connections=64)  # 64 connections: both router replicas serve
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=120, limits=limits) as client:
+        responses = await asyncio.gather(*(client.post("/v1/pipelines/text_to_image",
+                                                       json=body) for _ in range(64)))
     assert all(r.status_code == 200 for r in responses)
     images = {r.json()["outputs"]["image"] for r in responses}
     assert len(images) == 1
     computed = [r for r in responses if not r.json()["steps"]["generate"]["cached"]
                 and not r.json()["steps"]["generate"]["coalesced"]]
     assert len(computed) == 1, [r.json()["steps"] for r in responses]
+    stats = httpx.get(f"{gateway_url}/v1/cache/stats", timeout=30).json()
+    assert stats["scope"] == "cluster"
