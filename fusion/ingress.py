@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import AppConfig
-from fusion.errors import NotFound, Overloaded
+from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
 from fusion.gateway import Gateway, install, installed
 
 log = logging.getLogger("fusion.ingress")
@@ -43,15 +45,35 @@ class HandleClient:
         return self.handles[model]
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        return await self._handle(model).call.remote(task, inputs)
+        try:
+            return await self._handle(model).call.remote(task, inputs)
+        except Exception as exc:
+            raise model_error(model, task, exc) from exc
 
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         gen = self._handle(model).options(stream=True).call_stream.remote(task, inputs)
-        async for event in gen:
-            yield event
+        try:
+            async for event in gen:
+                yield event
+        except Exception as exc:
+            raise model_error(model, task, exc) from exc
 
     async def info(self, model: str) -> dict[str, Any]:
         return await self._handle(model).info.remote()
+
+
+def model_error(model: str, task: str, exc: BaseException) -> BaseException:
+    """What a failed model call means to a client: its own mistake (the replica's
+    ``FusionError``, unwrapped), a busy or restarting model (503, worth a retry), or a model
+    that failed on valid input (502)."""
+    err = unwrap(exc)
+    if isinstance(err, FusionError):
+        return err
+    if isinstance(err, BackPressureError):
+        return Overloaded(f"model {model!r} is at its queue limit; retry shortly")
+    if isinstance(err, RayActorError | DeploymentUnavailableError):
+        return Overloaded(f"model {model!r} has no live replica right now; retry shortly")
+    return StepFailed(f"{model}/{task} failed: {type(err).__name__}: {err}")
 
 
 def serve_metrics_hook() -> Callable[[str, dict, float], None]:
