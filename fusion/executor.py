@@ -32,12 +32,6 @@ class ModelCaller(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    cached: bool = False
-    coalesced: bool = False
-
-
 class StepStore(Protocol):
     """What the executor needs from a cache (``fusion.cache.StepCache`` provides it)."""
 
@@ -45,7 +39,9 @@ class StepStore(Protocol):
 
     async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[dict]], *,
                              ttl_s: float | None = None, read: bool = True, write: bool = True,
-                             labels: tuple[str, str] = ("", "")) -> tuple[dict, Any]: ...
+                             labels: tuple[str, str] = ("", "")) -> tuple[dict, Any]:
+        """The value and how it was had: an object with ``cached`` and ``coalesced``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,7 @@ class Executor:
     async def _cached_call(self, model: str, task: str, checked: dict, compute, policy,
                            ttl_s: float | None, use_cache: bool, timeout_s: float | None,
                            step: str, started: float) -> tuple[dict, StepReport]:
-        outcome: Any = Outcome()
+        cached = coalesced = False
         try:
             if self.cache is not None and use_cache and (policy.read or policy.write):
                 key = self.cache.step_key(await self.fingerprint(model), task, checked)
@@ -155,15 +151,14 @@ class Executor:
                     key, compute, ttl_s=ttl_s or self.default_ttl_s, read=policy.read,
                     write=policy.write, labels=(model, task))
                 result, outcome = await asyncio.wait_for(job, timeout_s)
+                cached, coalesced = outcome.cached, outcome.coalesced
             else:
                 result = await asyncio.wait_for(compute(), timeout_s)
         except asyncio.TimeoutError:
             raise StepTimeout(f"{_where(step, model, task)} did not finish within "
                               f"{timeout_s}s", field=f"steps.{step}" if step else None) from None
-        report = StepReport(round((time.perf_counter() - started) * 1000, 3),
-                            bool(getattr(outcome, "cached", False)),
-                            bool(getattr(outcome, "coalesced", False)))
-        return result, report
+        return result, StepReport(round((time.perf_counter() - started) * 1000, 3), cached,
+                                  coalesced)
 
     async def _stream(self, model: str, task: str, inputs: dict, on_event: EventSink,
                       step: str) -> dict:
