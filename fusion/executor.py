@@ -177,7 +177,13 @@ class Executor:
     async def run(self, spec: PipelineSpec, inputs: dict[str, Any],
                   policy: CachePolicy = CachePolicy(),
                   on_event: EventSink | None = None) -> RunResult:
-        values = check_pipeline_inputs(spec, inputs)
+        return await self.run_checked(spec, check_pipeline_inputs(spec, inputs), policy,
+                                      on_event)
+
+    async def run_checked(self, spec: PipelineSpec, values: dict[str, Any],
+                          policy: CachePolicy = CachePolicy(),
+                          on_event: EventSink | None = None) -> RunResult:
+        """``run`` for inputs that ``check_pipeline_inputs`` has already checked."""
         results: dict[str, dict | None] = {}
         reports: dict[str, StepReport] = {}
         tasks: dict[str, asyncio.Task] = {}

@@ -123,7 +123,7 @@ class Gateway:
                 for step, report in steps.items():
                     await emit(on_event, {"event": "step", "step": step, **asdict(report)})
                 return RunResult(hit["outputs"], steps)
-        result = await self.executor.run(spec, checked, policy, on_event)
+        result = await self.executor.run_checked(spec, checked, policy, on_event)
         if key is not None and policy.write:
             ttl = spec.cache_ttl_s or self.config.cache.ttl_s
             await self.cache.put(key, {"outputs": result.outputs, "skipped": {
