@@ -21,11 +21,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion import __version__
 from fusion.admin import add_admin_routes
+from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.auth import require_admin, require_key
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
-from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error
+from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
 from fusion.payloads import decode_json_inputs, encode_value, read_form
 
 log = logging.getLogger("fusion.api")
@@ -77,8 +78,7 @@ def request_id(request: Request) -> str:
 
 def error_response(request: Request, err: FusionError) -> JSONResponse:
     body = {"error": {**err.to_dict(), "request_id": request_id(request)}}
-    headers = {"Retry-After": "1"} if err.status == 503 else None
-    return JSONResponse(body, status_code=err.status, headers=headers)
+    return JSONResponse(body, status_code=err.status, headers=retry_headers(err))
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -185,7 +185,8 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
         types = {k: p.type for k, p in spec.inputs.items()}
         inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
-        outputs, report = await gw.call_model(name, task, inputs, policy)
+        deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
+        outputs, report = await gw.call_model(name, task, inputs, policy, deadline=deadline)
         return JSONResponse({
             "outputs": encode_value(outputs), "types": dict(spec.outputs), "model": name,
             "task": task, "ms": report.ms, "cached": report.cached,
@@ -201,6 +202,8 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def run_pipeline(name: str, request: Request, stream: bool = False,
                            gw: Gateway = Depends(gateway)):
         spec = gw.pipeline(name)
+        # the deadline counts from arrival: reading a slow upload spends it too
+        deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
         types = {k: i.type for k, i in spec.inputs.items()}
         inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
@@ -211,11 +214,12 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
                     "steps": result.steps_dict(), "cache": result.cache, "request_id": rid}
 
         if _wants_sse(request, stream):
-            return StreamingResponse(_stream_run(gw, name, inputs, policy, body, rid),
+            gw.admission.check(name)  # refused here: a plain 503, not an error event
+            return StreamingResponse(_stream_run(gw, name, inputs, policy, body, rid, deadline),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"})
-        result = await gw.run_pipeline(name, inputs, policy)
+        result = await gw.run_pipeline(name, inputs, policy, deadline=deadline)
         headers = {"X-Fusion-Cache": result.cache}
         images = [k for k, t in spec.output_types.items() if t == "image"]
         if "image/png" in request.headers.get("accept", "") and len(images) == 1 \
@@ -229,8 +233,13 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
 
 async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
-                      body: Callable[[RunResult], dict], rid: str):
-    """SSE: step and progress events as they happen, then the result (or the error)."""
+                      body: Callable[[RunResult], dict], rid: str, deadline: float | None):
+    """SSE: step and progress events as they happen, then the result (or the error).
+
+    The run takes its admission slot when it starts (a slot taken before the response
+    would leak if the client left before the stream began); the client going away
+    cancels it (Starlette closes this generator).
+    """
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     async def on_event(event: dict) -> None:
@@ -239,7 +248,7 @@ async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
 
     async def run() -> None:
         try:
-            result = await gw.run_pipeline(name, inputs, policy, on_event)
+            result = await gw.run_pipeline(name, inputs, policy, on_event, deadline)
             await queue.put(("result", body(result)))
         except FusionError as err:
             await queue.put(("error", {"error": {**err.to_dict(), "request_id": rid}}))

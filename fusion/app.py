@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from fusion.config import AppConfig, ModelConfig
 from fusion.errors import SpecError
-from fusion.gateway import served_tasks
+from fusion.gateway import admission_for, served_tasks
 from fusion.spec import load_pipelines
 
 DEPLOYMENT_CLASSES = {
@@ -45,7 +45,8 @@ def model_deployment(model: ModelConfig, model_dir: str | None) -> Application:
         name=model.name,
         num_replicas=model.num_replicas,
         ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
-        max_ongoing_requests=max(16, model.max_batch_size * 4),
+        max_ongoing_requests=model.max_ongoing_requests,
+        max_queued_requests=model.max_queued_requests,
     ).bind(model.model_dump(mode="json"), model_dir)
 
 
@@ -54,7 +55,8 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     from fusion.ingress import Router
 
     config = load_config(args)
-    load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)  # refuse early
+    pipelines = load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)
+    admission_for(config, pipelines)  # refuse early: a bad pipeline or limit stops serve run
     handles = {m.name: model_deployment(m, config.model_dir) for m in config.models}
     return Router.options(
         num_replicas=config.router.num_replicas,

@@ -64,6 +64,13 @@ class ModelConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="requests one replica works on at once (Serve's); default "
+        "2 x max_batch_size (one batch computing, one filling), at least 2")
+    max_queued_requests: int | None = Field(
+        None, ge=-1, description="requests each caller (router replica) queues for this "
+        "model before answering 503 overloaded (Serve's; -1: unbounded); default "
+        "4 x max_ongoing_requests, at least 8")
     quantize: Literal["none", "int8"] = "none"
     compile: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific")
@@ -76,6 +83,21 @@ class ModelConfig(BaseModel):
         elif self.backend not in known:
             raise ValueError(f"backend {self.backend!r} is not one of {sorted(known)} "
                              f"for family {self.family!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _size_queues(self) -> ModelConfig:
+        """Bound every model's queue by default: an unbounded one answers late, not "busy"."""
+        if self.max_ongoing_requests is None:
+            self.max_ongoing_requests = max(2, 2 * self.max_batch_size)
+        elif self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be at "
+                             f"least max_batch_size ({self.max_batch_size}), or a batch can "
+                             "never fill")
+        if self.max_queued_requests is None:
+            self.max_queued_requests = max(8, 4 * self.max_ongoing_requests)
+        elif self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
         return self
 
     @property
@@ -122,6 +144,22 @@ class RouterConfig(BaseModel):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    max_in_flight: int = Field(128, ge=1, description="pipeline runs and model calls one "
+                               "router replica works on at once; past it, 503 overloaded")
+    pipeline_max_in_flight: dict[str, int] = Field(
+        default_factory=dict, description="per pipeline bound (overrides the pipeline "
+        "spec's own max_in_flight)")
+
+    @model_validator(mode="after")
+    def _check_in_flight(self) -> RouterConfig:
+        if self.max_in_flight > self.max_ongoing_requests:
+            raise ValueError(f"max_in_flight ({self.max_in_flight}) must not exceed "
+                             f"max_ongoing_requests ({self.max_ongoing_requests}): Serve would "
+                             "queue the excess in the proxy instead of refusing it")
+        bad = {k: v for k, v in self.pipeline_max_in_flight.items() if v < 1}
+        if bad:
+            raise ValueError(f"pipeline_max_in_flight values must be at least 1: {bad}")
+        return self
 
 
 class AppConfig(BaseModel):

@@ -7,6 +7,8 @@ replica's exception to the caller; ``__reduce__`` keeps the extra attributes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class FusionError(Exception):
     """Base class: an error with an HTTP status, a stable code and an optional field."""
@@ -64,8 +66,22 @@ class Forbidden(FusionError):
 
 
 class Overloaded(FusionError):
+    """Refused before any work started: retry after ``retry_after_s`` (sent as
+    ``Retry-After`` and ``Retry-After-Ms``), computed from how fast the queue drains."""
+
     status = 503
     code = "overloaded"
+
+    def __init__(self, message: str, field: str | None = None,
+                 retry_after_s: float = 1.0) -> None:
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.field, self.retry_after_s))
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "retry_after_ms": round(self.retry_after_s * 1000)}
 
 
 class StepTimeout(FusionError):
@@ -84,6 +100,48 @@ class SpecError(FusionError):
     """A pipeline spec or app config is invalid: the application refuses to start."""
 
     code = "invalid_spec"
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One row of the error table: what a code means on each surface."""
+
+    code: str
+    status: int
+    openai_type: str  # the ``type`` of OpenAI's error body on the OpenAI-compatible routes
+    sdk_exception: str  # the class ``fusion_client`` raises for it
+    meaning: str
+
+
+# The one table of error codes a client can see. The server's error classes, the OpenAI
+# routes' ``type``, ``docs/api.md`` and the SDK's code table all follow it
+# (tests/unit/test_error_table.py compares them), so a new code cannot reach one surface only.
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode("malformed_body", 400, "invalid_request_error", "BadRequest",
+              "the body does not parse as its content type says (JSON)"),
+    ErrorCode("unauthorized", 401, "authentication_error", "Unauthorized",
+              "no API key, or an unknown one"),
+    ErrorCode("forbidden", 403, "permission_error", "Forbidden",
+              "the key may not use this route (admin routes)"),
+    ErrorCode("not_found", 404, "invalid_request_error", "NotFound",
+              "unknown pipeline, model or task"),
+    ErrorCode("payload_too_large", 413, "invalid_request_error", "BadRequest",
+              "the body is over `limits.max_body_bytes`"),
+    ErrorCode("bad_input", 422, "invalid_request_error", "BadRequest",
+              "an input is missing, of the wrong type, undecodable or over a limit; "
+              "`field` names it"),
+    ErrorCode("internal_error", 500, "server_error", "ServerError",
+              "a bug in the gateway; quote the request id"),
+    ErrorCode("step_failed", 502, "server_error", "StepFailed",
+              "a model failed on valid input (crash, out of memory); `field` names the step"),
+    ErrorCode("overloaded", 503, "server_error", "Overloaded",
+              "refused before any work started (over the admission limit, model queue full, "
+              "no live replica, gateway still starting); retry after `Retry-After`"),
+    ErrorCode("step_timeout", 504, "server_error", "Timeout",
+              "a step ran past its `timeout_s` or the request's `X-Request-Timeout`; "
+              "`field` names the step"),
+)
+ERRORS_BY_CODE = {e.code: e for e in ERROR_CODES}
 
 
 def unwrap(exc: BaseException) -> BaseException:

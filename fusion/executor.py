@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from fusion.admission import Admission
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.fuse import fuse_labels
 from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
@@ -97,8 +98,10 @@ class Executor:
 
     def __init__(self, caller: ModelCaller, models: dict[str, ModelTasks],
                  fingerprint: Callable[[str], Awaitable[str]],
-                 cache: StepStore | None = None, default_ttl_s: float | None = None) -> None:
+                 cache: StepStore | None = None, default_ttl_s: float | None = None,
+                 admission: Admission | None = None) -> None:
         self.caller = caller
+        self.admission = admission or Admission(1 << 30)
         self.models = models
         self.fingerprint = fingerprint
         self.cache = cache
@@ -116,12 +119,24 @@ class Executor:
     async def call_model(self, model: str, task: str, inputs: dict[str, Any],
                          policy: CachePolicy = CachePolicy(), *, ttl_s: float | None = None,
                          use_cache: bool = True, timeout_s: float | None = None,
-                         on_event: EventSink | None = None, step: str = "") -> tuple[dict,
-                                                                                    StepReport]:
-        """One cached model call; inputs are checked against the task catalog first."""
+                         on_event: EventSink | None = None, step: str = "",
+                         deadline: float | None = None) -> tuple[dict, StepReport]:
+        """One cached model call; inputs are checked against the task catalog first.
+
+        ``deadline`` (``time.monotonic`` seconds) is the request's: the call gets what is left
+        of it (or ``timeout_s`` if smaller), and is refused, uncalled, if nothing is left.
+        """
         spec = self.task_spec(model, task)
         checked = check_inputs(spec, inputs, where=f"{model}/{task}",
                                prefix=f"steps.{step}." if step else "inputs.")
+        by_deadline = False
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.admission.expired_before_start(
+                    _where(step, model, task), f"steps.{step}" if step else None)
+            if timeout_s is None or left < timeout_s:
+                timeout_s, by_deadline = left, True
         started = time.perf_counter()
 
         async def compute() -> dict:
@@ -131,7 +146,7 @@ class Executor:
 
         try:
             return await self._cached_call(model, task, checked, compute, policy, ttl_s,
-                                           use_cache, timeout_s, step, started)
+                                           use_cache, timeout_s, step, started, by_deadline)
         except Exception as exc:
             err = unwrap(exc)  # Ray wraps a replica's exception; the client wants the original
             if not isinstance(err, FusionError) or step:
@@ -142,7 +157,8 @@ class Executor:
 
     async def _cached_call(self, model: str, task: str, checked: dict, compute, policy,
                            ttl_s: float | None, use_cache: bool, timeout_s: float | None,
-                           step: str, started: float) -> tuple[dict, StepReport]:
+                           step: str, started: float, by_deadline: bool = False
+                           ) -> tuple[dict, StepReport]:
         cached = coalesced = False
         try:
             if self.cache is not None and use_cache and (policy.read or policy.write):
@@ -155,8 +171,10 @@ class Executor:
             else:
                 result = await asyncio.wait_for(compute(), timeout_s)
         except asyncio.TimeoutError:
-            raise StepTimeout(f"{_where(step, model, task)} did not finish within "
-                              f"{timeout_s}s", field=f"steps.{step}" if step else None) from None
+            limit = (f"the request's deadline (X-Request-Timeout; {timeout_s:.3g}s were left)"
+                     if by_deadline else f"{timeout_s}s")
+            raise StepTimeout(f"{_where(step, model, task)} did not finish within {limit}",
+                              field=f"steps.{step}" if step else None) from None
         return result, StepReport(round((time.perf_counter() - started) * 1000, 3), cached,
                                   coalesced)
 
@@ -176,13 +194,15 @@ class Executor:
 
     async def run(self, spec: PipelineSpec, inputs: dict[str, Any],
                   policy: CachePolicy = CachePolicy(),
-                  on_event: EventSink | None = None) -> RunResult:
+                  on_event: EventSink | None = None, deadline: float | None = None
+                  ) -> RunResult:
         return await self.run_checked(spec, check_pipeline_inputs(spec, inputs), policy,
-                                      on_event)
+                                      on_event, deadline)
 
     async def run_checked(self, spec: PipelineSpec, values: dict[str, Any],
                           policy: CachePolicy = CachePolicy(),
-                          on_event: EventSink | None = None) -> RunResult:
+                          on_event: EventSink | None = None, deadline: float | None = None
+                          ) -> RunResult:
         """``run`` for inputs that ``check_pipeline_inputs`` has already checked."""
         results: dict[str, dict | None] = {}
         reports: dict[str, StepReport] = {}
@@ -190,7 +210,8 @@ class Executor:
         for name, step in spec.steps.items():  # topological order: deps exist already
             deps = [tasks[d] for d in step.needs]
             tasks[name] = asyncio.create_task(
-                self._run_step(step, deps, values, results, reports, policy, on_event))
+                self._run_step(step, deps, values, results, reports, policy, on_event,
+                               deadline))
         try:
             await asyncio.gather(*tasks.values())
         except BaseException:
@@ -206,7 +227,7 @@ class Executor:
 
     async def _run_step(self, step: StepSpec, deps: list[asyncio.Task], values: dict,
                         results: dict, reports: dict, policy: CachePolicy,
-                        on_event: EventSink | None) -> None:
+                        on_event: EventSink | None, deadline: float | None) -> None:
         for dep in deps:
             await dep
         inputs = {k: b.resolve(values, results) for k, b in step.bindings.items()}
@@ -228,7 +249,7 @@ class Executor:
                 result, report = await self.call_model(
                     step.model, step.task, inputs, policy, ttl_s=step.cache_ttl_s,
                     use_cache=step.cache, timeout_s=step.timeout_s, on_event=on_event,
-                    step=step.name)
+                    step=step.name, deadline=deadline)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # name the step; keep a client error a client error

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from fusion.admission import Admission
 from fusion.auth import KeyRing
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.errors import NotFound
+from fusion.errors import NotFound, Overloaded, SpecError
 from fusion.executor import (
     CachePolicy,
     EventSink,
@@ -49,7 +50,8 @@ def served_tasks(config: AppConfig) -> dict[str, ModelTasks]:
 
 class Gateway:
     def __init__(self, config: AppConfig, client: ModelBackendClient, cache: Any = None,
-                 pipelines: dict[str, PipelineSpec] | None = None) -> None:
+                 pipelines: dict[str, PipelineSpec] | None = None,
+                 admission: Admission | None = None) -> None:
         self.config = config
         self.client = client
         self.models = served_tasks(config)
@@ -59,8 +61,9 @@ class Gateway:
         self.keyring = KeyRing.from_config(config.auth)
         self._infos: dict[str, dict] = {}
         self._info_lock = asyncio.Lock()
+        self.admission = admission or admission_for(config, self.pipelines)
         self.executor = Executor(client, self.models, self.fingerprint, cache,
-                                 default_ttl_s=config.cache.ttl_s)
+                                 default_ttl_s=config.cache.ttl_s, admission=self.admission)
 
     async def model_info(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -90,9 +93,13 @@ class Gateway:
 
     async def call_model(self, model: str, task: str, inputs: dict[str, Any],
                          policy: CachePolicy = CachePolicy(),
-                         on_event: EventSink | None = None) -> tuple[dict, StepReport]:
+                         on_event: EventSink | None = None,
+                         deadline: float | None = None) -> tuple[dict, StepReport]:
         self._check_limits(inputs)
-        return await self.executor.call_model(model, task, inputs, policy, on_event=on_event)
+        self.executor.task_spec(model, task)  # an unknown name is a 404, not a 503
+        with self.admission.admit(f"model:{model}"):
+            return await self.executor.call_model(model, task, inputs, policy,
+                                                  on_event=on_event, deadline=deadline)
 
     def _check_limits(self, inputs: dict[str, Any]) -> None:
         if isinstance(inputs, dict):
@@ -101,15 +108,25 @@ class Gateway:
 
     async def run_pipeline(self, name: str, inputs: dict[str, Any],
                            policy: CachePolicy = CachePolicy(),
-                           on_event: EventSink | None = None) -> RunResult:
+                           on_event: EventSink | None = None, deadline: float | None = None
+                           ) -> RunResult:
         """Run a pipeline; a whole-pipeline cache hit skips even the step-cache look-ups.
 
         The pipeline key covers the spec's digest and the fingerprint of every model it
         uses, so editing the pipeline or upgrading a model never serves an old answer.
+        ``deadline`` (monotonic seconds) bounds every step. The run holds one admission slot
+        (``fusion.admission``) throughout, or is refused at once with 503.
         """
         spec = self.pipeline(name)
         self._check_limits(inputs)
         checked = check_pipeline_inputs(spec, inputs)
+        with self.admission.admit(name):
+            return await self._run_checked(spec, checked, policy, on_event, deadline)
+
+    async def _run_checked(self, spec: PipelineSpec, checked: dict[str, Any],
+                           policy: CachePolicy, on_event: EventSink | None,
+                           deadline: float | None) -> RunResult:
+        name = spec.name
         key = None
         if self.cache is not None and (policy.read or policy.write):
             models = sorted({s.model for s in spec.steps.values() if s.model})
@@ -123,12 +140,24 @@ class Gateway:
                 for step, report in steps.items():
                     await emit(on_event, {"event": "step", "step": step, **asdict(report)})
                 return RunResult(hit["outputs"], steps)
-        result = await self.executor.run_checked(spec, checked, policy, on_event)
+        result = await self.executor.run_checked(spec, checked, policy, on_event, deadline)
         if key is not None and policy.write:
             ttl = spec.cache_ttl_s or self.config.cache.ttl_s
             await self.cache.put(key, {"outputs": result.outputs, "skipped": {
                 s: r.skipped for s, r in result.steps.items()}}, ttl, labels=("pipeline", name))
         return result
+
+
+def admission_for(config: AppConfig, pipelines: dict[str, PipelineSpec]) -> Admission:
+    """The router's admission limits: the total, and each pipeline's own bound (the router
+    config's ``pipeline_max_in_flight`` over the spec's ``max_in_flight``)."""
+    limits = {n: p.max_in_flight for n, p in pipelines.items() if p.max_in_flight}
+    unknown = sorted(set(config.router.pipeline_max_in_flight) - set(pipelines))
+    if unknown:
+        raise SpecError(f"router.pipeline_max_in_flight names unknown pipeline(s) {unknown}; "
+                        f"served: {sorted(pipelines)}")
+    limits.update(config.router.pipeline_max_in_flight)
+    return Admission(config.router.max_in_flight, limits)
 
 
 # The gateway of this process (one per router replica). A module-level slot, read and written
@@ -137,10 +166,18 @@ class Gateway:
 _installed: Gateway | None = None
 
 
-def install(gateway: Gateway) -> None:
+def install(gateway: Gateway | None) -> None:
     global _installed
     _installed = gateway
 
 
 def installed() -> Gateway | None:
     return _installed
+
+
+def current_gateway() -> Gateway:
+    """This process's gateway, or 503 ``overloaded`` while the replica is still starting."""
+    gateway = installed()
+    if gateway is None:
+        raise Overloaded("the gateway is still starting; retry shortly", retry_after_s=1.0)
+    return gateway

@@ -19,16 +19,9 @@ from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import AppConfig
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
-from fusion.gateway import Gateway, install, installed
+from fusion.gateway import Gateway, current_gateway, install
 
 log = logging.getLogger("fusion.ingress")
-
-def current_gateway() -> Gateway:
-    gateway = installed()
-    if gateway is None:
-        raise Overloaded("the gateway is still starting", field=None)
-    return gateway
-
 
 api = create_api(current_gateway)
 

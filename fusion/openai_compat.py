@@ -16,13 +16,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
-from fusion.errors import BadInput, FusionError, NotFound
+from fusion.errors import ERRORS_BY_CODE, BadInput, FusionError, NotFound, Overloaded
 from fusion.gateway import Gateway
 from fusion.payloads import read_form
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 413: "invalid_request_error",
-          422: "invalid_request_error", 503: "server_error", 504: "server_error"}
 OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions")
 
 
@@ -37,9 +34,20 @@ def openai_error(err: FusionError, params: dict[str, str] | None = None) -> JSON
     code = "model_not_found" if isinstance(err, NotFound) and err.field == "model" else err.code
     param = (err.field or "").removeprefix("inputs.") or None
     param = (params or {}).get(param, param)
+    row = ERRORS_BY_CODE.get(err.code)
     return JSONResponse({"error": {"message": err.message,
-                                   "type": _TYPES.get(err.status, "server_error"),
-                                   "param": param, "code": code}}, status_code=err.status)
+                                   "type": row.openai_type if row else "server_error",
+                                   "param": param, "code": code}}, status_code=err.status,
+                        headers=retry_headers(err))
+
+
+def retry_headers(err: FusionError) -> dict[str, str] | None:
+    """``Retry-After`` (whole seconds, as HTTP says) and ``Retry-After-Ms`` (what the SDK and
+    OpenAI's clients read first) for a refusal; ``None`` for other errors."""
+    if not isinstance(err, Overloaded):
+        return None
+    ms = max(1, round(err.retry_after_s * 1000))
+    return {"Retry-After": str(max(1, -(-ms // 1000))), "Retry-After-Ms": str(ms)}
 
 
 def _pick_model(gw: Gateway, name: str | None, task: str) -> str:

@@ -88,6 +88,7 @@ class PipelineSpec:
     source: str
     digest: str
     cache_ttl_s: float | None = None
+    max_in_flight: int | None = None  # runs of this pipeline one router replica admits at once
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
@@ -136,7 +137,8 @@ class _Checker:
         raw = self.raw
         if not isinstance(raw, Mapping):
             raise SpecError(f"{self.source}: a pipeline must be a mapping")
-        unknown = set(raw) - {"name", "description", "inputs", "steps", "outputs", "cache"}
+        unknown = set(raw) - {"name", "description", "inputs", "steps", "outputs", "cache",
+                              "max_in_flight"}
         if unknown:
             raise self.fail("top level", f"unknown key(s) {sorted(unknown)}")
         if not isinstance(self.name, str) or not self.name:
@@ -151,10 +153,14 @@ class _Checker:
             self._check_types(steps[name], inputs, steps)
         outputs, output_types = self._outputs(raw.get("outputs"), inputs, steps)
         cache = raw.get("cache") or {}
+        limit = raw.get("max_in_flight")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise self.fail("max_in_flight", f"must be a positive integer, got {limit!r}")
         digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
         return PipelineSpec(self.name, str(raw.get("description", "")).strip(), inputs,
                             {n: steps[n] for n in order}, outputs, output_types, self.source,
-                            digest[:16], cache.get("ttl_s"), dict(raw))
+                            digest[:16], cache.get("ttl_s"), limit, dict(raw))
 
     def _inputs(self, raw: Any) -> dict[str, InputSpec]:
         if not isinstance(raw, Mapping):

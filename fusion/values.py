@@ -25,7 +25,7 @@ def check_value(type_: str, value: Any, field: str) -> Any:
     if type_ == "text":
         if not isinstance(value, str):
             raise BadInput(f"{field} must be a string", field=field)
-        return value
+        return check_unicode(value, field)
     if type_ in ("image", "audio"):
         if isinstance(value, bytearray | memoryview):
             value = bytes(value)
@@ -60,6 +60,20 @@ def check_value(type_: str, value: Any, field: str) -> Any:
             raise BadInput(f"{field} must be a list of {{label, score}} objects", field=field)
         return value
     return value  # json: anything that decoded
+
+
+def check_unicode(text: str, field: str) -> str:
+    """``text`` if it is valid Unicode. JSON's ``\\udc80`` escapes decode to lone surrogates,
+    which no tokenizer or codec accepts: refuse them here, naming the field, rather than let a
+    model fail on them with a 502."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadInput(f"{field} is not valid Unicode (a lone surrogate "
+                           f"{text[exc.start]!r} at character {exc.start})",
+                           field=field) from None
+    return text
 
 
 def check_inputs(spec: TaskSpec, inputs: dict[str, Any], where: str = "",
