@@ -23,6 +23,7 @@ from fusion import __version__
 from fusion.admin import add_admin_routes
 from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.auth import require_admin, require_key
+from fusion.config import LimitsConfig
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
@@ -70,6 +71,74 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class BodyLimitMiddleware:
+    """Stop reading any request body at ``limits.max_body_bytes`` and answer 413.
+
+    Every route, including the OpenAI ones whose bodies FastAPI parses before our code runs:
+    counted here, below the framework, a 60 MB body costs at most the limit in memory. A
+    declared ``Content-Length`` over the limit is refused before reading a byte; a chunked
+    body at the first chunk past it. Whatever the app made of the interrupted read (FastAPI
+    turns it into a 400) is dropped for the 413.
+    """
+
+    def __init__(self, app, get_gateway: Callable[[], Gateway]) -> None:
+        self.app = app
+        self.get_gateway = get_gateway
+
+    def _limit(self) -> int:
+        try:
+            return self.get_gateway().config.limits.max_body_bytes
+        except FusionError:  # still starting: the default limit
+            return LimitsConfig().max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        limit = self._limit()
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, receive, send, f"body is {int(length)} bytes, "
+                                      f"over the {limit} byte limit")
+        seen, over, started = 0, False, False
+
+        async def counted() -> dict:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    over = True
+                    raise PayloadTooLarge(f"body is over the {limit} byte limit", field="body")
+            return message
+
+        async def guarded(message) -> None:
+            nonlocal started
+            if over:
+                return  # the app's answer to the interrupted read; ours follows
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
+            await self._refuse(scope, receive, send, f"body is over the {limit} byte limit")
+
+    @staticmethod
+    async def _refuse(scope, receive, send, message: str) -> None:
+        err = PayloadTooLarge(message, field="body")
+        if is_openai_path(scope.get("path", "")):
+            response = openai_error(err)
+        else:
+            rid = scope.get("state", {}).get("request_id", "-")
+            response = JSONResponse({"error": {**err.to_dict(), "request_id": rid}},
+                                    status_code=err.status)
+        response.headers["Connection"] = "close"  # the rest of the body stays unread
+        await response(scope, receive, send)
 
 
 def request_id(request: Request) -> str:
@@ -140,7 +209,8 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def gateway() -> Gateway:  # async: a sync dependency would hop to a thread pool
         return get_gateway()
 
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, get_gateway=get_gateway)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so 413s carry the id
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception):  # a bug: 500 with the id

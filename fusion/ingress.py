@@ -15,6 +15,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from fusion.admission import Admission
 from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import AppConfig
@@ -29,8 +30,10 @@ api = create_api(current_gateway)
 class HandleClient:
     """``ModelBackendClient`` over Serve handles: one per model deployment."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle],
+                 admission: Admission | None = None) -> None:
         self.handles = handles
+        self.admission = admission or Admission(1 << 30)
 
     def _handle(self, model: str) -> DeploymentHandle:
         if model not in self.handles:
@@ -38,10 +41,13 @@ class HandleClient:
         return self.handles[model]
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        handle = self._handle(model)
         try:
-            return await self._handle(model).call.remote(task, inputs)
+            result = await handle.call.remote(task, inputs)
         except Exception as exc:
-            raise model_error(model, task, exc) from exc
+            raise model_error(model, task, exc, self.admission) from exc
+        self.admission.model_done(model)
+        return result
 
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         gen = self._handle(model).options(stream=True).call_stream.remote(task, inputs)
@@ -49,21 +55,27 @@ class HandleClient:
             async for event in gen:
                 yield event
         except Exception as exc:
-            raise model_error(model, task, exc) from exc
+            raise model_error(model, task, exc, self.admission) from exc
+        self.admission.model_done(model)
 
     async def info(self, model: str) -> dict[str, Any]:
         return await self._handle(model).info.remote()
 
 
-def model_error(model: str, task: str, exc: BaseException) -> BaseException:
+def model_error(model: str, task: str, exc: BaseException,
+                admission: Admission | None = None) -> BaseException:
     """What a failed model call means to a client: its own mistake (the replica's
     ``FusionError``, unwrapped), a busy or restarting model (503, worth a retry), or a model
-    that failed on valid input (502)."""
+    that failed on valid input (502). A full queue's Retry-After comes from how fast the
+    model has been answering this router (``Admission.model_full``)."""
     err = unwrap(exc)
     if isinstance(err, FusionError):
+        if admission is not None:
+            admission.model_done(model)  # the replica answered: it drained one request
         return err
     if isinstance(err, BackPressureError):
-        return Overloaded(f"model {model!r} is at its queue limit; retry shortly")
+        queued = err.args[0] if err.args and isinstance(err.args[0], int) else None
+        return (admission or Admission(1 << 30)).model_full(model, queued)
     if isinstance(err, RayActorError | DeploymentUnavailableError):
         return Overloaded(f"model {model!r} has no live replica right now; retry shortly")
     return StepFailed(f"{model}/{task} failed: {type(err).__name__}: {err}")
@@ -104,7 +116,9 @@ class Router:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
-        gateway = Gateway(cfg, HandleClient(handles), make_cache(cfg))
+        client = HandleClient(handles)
+        gateway = Gateway(cfg, client, make_cache(cfg))
+        client.admission = gateway.admission  # one place for every refusal and its hooks
         install(gateway)
         log.info("router ready: %d models, pipelines %s", len(handles),
                  sorted(gateway.pipelines))

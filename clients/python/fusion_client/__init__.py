@@ -17,6 +17,7 @@ from fusion_client.errors import (
     NotFound,
     Overloaded,
     ServerError,
+    StepFailed,
     Timeout,
     Unauthorized,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "ResultEvent",
     "ServerError",
     "StepEvent",
+    "StepFailed",
     "StepResult",
     "StepSpec",
     "Timeout",

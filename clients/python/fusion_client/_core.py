@@ -23,6 +23,7 @@ import httpx
 from fusion_client._version import __version__
 from fusion_client.encoding import decode_outputs, encode_inputs
 from fusion_client.errors import (
+    ERROR_CODES,
     ConnectionFailed,
     FusionError,
     ServerError,
@@ -47,6 +48,7 @@ T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 CACHE_CONTROL_VALUES = ("no-cache", "no-store")
 REQUEST_ID_HEADER = "x-request-id"
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 @dataclass
@@ -104,6 +106,8 @@ def error_from_body(body: Any, *, status: int | None, request_id: str | None,
             message = detail
     if status is not None:
         cls = error_class_for_status(status)
+        if code in ERROR_CODES and ERROR_CODES[code][1] == status:
+            cls = ERROR_CODES[code][0]  # the gateway's own code: its exact class (StepFailed)
     else:
         cls, status = error_class_for_code(code)
     if not message:
@@ -179,12 +183,25 @@ class RetryPolicy:
             seconds = when.timestamp() - time.time()
         return max(0.0, min(self.max_retry_after, seconds))
 
+    def retry_after_ms(self, value: str | None) -> float | None:
+        """``Retry-After-Ms`` (the gateway's exact estimate; ``Retry-After`` rounds up to
+        whole seconds), in seconds."""
+        try:
+            ms = float(value) if value else None
+        except ValueError:
+            return None
+        if ms is None or ms != ms:
+            return None
+        return max(0.0, min(self.max_retry_after, ms / 1000))
+
     def delay_after_status(self, attempt: int, status: int,
                            headers: Mapping[str, str]) -> float | None:
         """Seconds to wait before retrying after ``status``, or ``None``: do not retry."""
         if attempt >= self.retries or status not in self.retry_statuses:
             return None
-        after = self.retry_after(headers.get("retry-after"))
+        after = self.retry_after_ms(headers.get("retry-after-ms"))
+        if after is None:
+            after = self.retry_after(headers.get("retry-after"))
         return after if after is not None else self.backoff_delay(attempt)
 
     def delay_after_error(self, attempt: int, exc: BaseException) -> float | None:
@@ -209,6 +226,16 @@ def _cache_headers(cache_control: str | None) -> dict[str, str]:
         raise ValueError(f"cache_control must be one of {CACHE_CONTROL_VALUES}, "
                          f"got {cache_control!r}")
     return {"Cache-Control": cache_control}
+
+
+def _deadline_headers(timeout_s: float | None) -> dict[str, str]:
+    """``X-Request-Timeout``: the gateway refuses steps it cannot start in time and answers
+    504 naming the step that ran out, instead of computing an answer nobody waits for."""
+    if timeout_s is None:
+        return {}
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    return {TIMEOUT_HEADER: f"{timeout_s:g}"}
 
 
 def merge_inputs(inputs: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,8 +290,9 @@ class Protocol:
 
     # -- runs --
     def _pipeline_request(self, name: str, inputs: Mapping[str, Any],
-                          cache_control: str | None, stream: bool) -> Operation[Request]:
-        headers = _cache_headers(cache_control)
+                          cache_control: str | None, stream: bool,
+                          timeout_s: float | None = None) -> Operation[Request]:
+        headers = {**_cache_headers(cache_control), **_deadline_headers(timeout_s)}
         info = yield from self.pipeline_info(name)
         body = {"inputs": encode_inputs(inputs, info.input_types if info else None)}
         params = None
@@ -274,22 +302,27 @@ class Protocol:
         return Request("POST", f"/v1/pipelines/{_seg(name)}", params=params, json=body,
                        headers=headers)
 
-    def run(self, name: str, inputs: Mapping[str, Any],
-            cache_control: str | None = None) -> Operation[PipelineResult]:
-        request = yield from self._pipeline_request(name, inputs, cache_control, stream=False)
+    def run(self, name: str, inputs: Mapping[str, Any], cache_control: str | None = None,
+            timeout_s: float | None = None) -> Operation[PipelineResult]:
+        request = yield from self._pipeline_request(name, inputs, cache_control, stream=False,
+                                                    timeout_s=timeout_s)
         resp = yield request
         return self.parse_pipeline_result(resp.body, resp.request_id,
                                           resp.headers.get("x-fusion-cache"))
 
     def stream_request(self, name: str, inputs: Mapping[str, Any],
-                       cache_control: str | None = None) -> Operation[Request]:
-        return (yield from self._pipeline_request(name, inputs, cache_control, stream=True))
+                       cache_control: str | None = None,
+                       timeout_s: float | None = None) -> Operation[Request]:
+        return (yield from self._pipeline_request(name, inputs, cache_control, stream=True,
+                                                  timeout_s=timeout_s))
 
     def call(self, model: str, task: str, inputs: Mapping[str, Any],
-             cache_control: str | None = None) -> Operation[CallResult]:
+             cache_control: str | None = None,
+             timeout_s: float | None = None) -> Operation[CallResult]:
         body = {"inputs": encode_inputs(inputs, None)}
         resp = yield Request("POST", f"/v1/models/{_seg(model)}/{_seg(task)}", json=body,
-                             headers=_cache_headers(cache_control))
+                             headers={**_cache_headers(cache_control),
+                                      **_deadline_headers(timeout_s)})
         data = dict(resp.body) if isinstance(resp.body, dict) else {}
         types = data.get("types") or {}
         data["outputs"] = decode_outputs(data.get("outputs") or {}, types, self.decode_images)

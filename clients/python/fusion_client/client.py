@@ -167,23 +167,27 @@ class FusionClient(_BaseClient):
         return self._drive(self._proto.models())
 
     def run(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-            cache_control: str | None = None, **kwargs: Any) -> PipelineResult:
+            cache_control: str | None = None, timeout_s: float | None = None,
+            **kwargs: Any) -> PipelineResult:
         """Run a pipeline: ``client.run("caption_then_classify", image=path, labels=[...])``.
 
         Inputs come as keywords and/or a mapping; see :mod:`fusion_client.encoding` for the
         accepted value kinds. ``cache_control`` is ``"no-cache"`` (recompute, then store) or
-        ``"no-store"`` (bypass the cache).
+        ``"no-store"`` (bypass the cache). ``timeout_s`` is the deadline the gateway works
+        to (``X-Request-Timeout``): a step it cannot finish in time raises :class:`Timeout`
+        naming the step; keep the client's own ``timeout`` above it.
         """
         return self._drive(self._proto.run(pipeline, merge_inputs(inputs, kwargs),
-                                           cache_control))
+                                           cache_control, timeout_s))
 
     def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-               cache_control: str | None = None, **kwargs: Any) -> Iterator[Event]:
+               cache_control: str | None = None, timeout_s: float | None = None,
+               **kwargs: Any) -> Iterator[Event]:
         """Run a pipeline and iterate over its events: :class:`StepEvent` and
         :class:`ProgressEvent` as they happen, then one :class:`ResultEvent`. An ``error``
         event raises the typed error."""
         request = self._drive(self._proto.stream_request(
-            pipeline, merge_inputs(inputs, kwargs), cache_control))
+            pipeline, merge_inputs(inputs, kwargs), cache_control, timeout_s))
         return self._stream(request)
 
     def _stream(self, req: Request) -> Iterator[Event]:
@@ -220,13 +224,14 @@ class FusionClient(_BaseClient):
             attempt += 1
 
     def call(self, model: str, task: str, inputs: Mapping[str, Any] | None = None, /, *,
-             cache_control: str | None = None, **kwargs: Any) -> CallResult:
+             cache_control: str | None = None, timeout_s: float | None = None,
+             **kwargs: Any) -> CallResult:
         """Call one task of one model: ``client.call("captioner", "caption", image=path)``.
 
         The models listing carries no input types, so ``image``/``audio`` inputs are recognised
         by name (a ``str`` there is read as a file path when such a file exists)."""
         return self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
-                                            cache_control))
+                                            cache_control, timeout_s))
 
     def cache_stats(self) -> CacheStats:
         """The gateway's cache counters."""
@@ -303,15 +308,17 @@ class AsyncFusionClient(_BaseClient):
         return await self._drive(self._proto.models())
 
     async def run(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-                  cache_control: str | None = None, **kwargs: Any) -> PipelineResult:
+                  cache_control: str | None = None, timeout_s: float | None = None,
+                  **kwargs: Any) -> PipelineResult:
         return await self._drive(self._proto.run(pipeline, merge_inputs(inputs, kwargs),
-                                                 cache_control))
+                                                 cache_control, timeout_s))
 
     async def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-                     cache_control: str | None = None, **kwargs: Any) -> AsyncIterator[Event]:
+                     cache_control: str | None = None, timeout_s: float | None = None,
+                     **kwargs: Any) -> AsyncIterator[Event]:
         """``async for event in client.stream(...)``."""
         request = await self._drive(self._proto.stream_request(
-            pipeline, merge_inputs(inputs, kwargs), cache_control))
+            pipeline, merge_inputs(inputs, kwargs), cache_control, timeout_s))
         attempt = 0
         started = False
         while True:
@@ -347,9 +354,10 @@ class AsyncFusionClient(_BaseClient):
             attempt += 1
 
     async def call(self, model: str, task: str, inputs: Mapping[str, Any] | None = None, /, *,
-                   cache_control: str | None = None, **kwargs: Any) -> CallResult:
+                   cache_control: str | None = None, timeout_s: float | None = None,
+                   **kwargs: Any) -> CallResult:
         return await self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
-                                                  cache_control))
+                                                  cache_control, timeout_s))
 
     async def cache_stats(self) -> CacheStats:
         return await self._drive(self._proto.cache_stats())

@@ -102,23 +102,37 @@ class ServerError(FusionError):
     default_code = "internal_error"
 
 
+class StepFailed(ServerError):
+    """502: a model failed on valid input (a crash, out of memory); ``field`` names the step.
+    Not retried: the same input would most likely fail the same way."""
+
+    default_code = "step_failed"
+
+
 class ConnectionFailed(FusionError):
     """The gateway could not be reached (refused, reset, DNS), after the configured retries."""
 
     default_code = "connection_failed"
 
 
-_BY_CODE: dict[str, tuple[type[FusionError], int]] = {
-    "bad_input": (BadRequest, 422),
-    "bad_request": (BadRequest, 400),
-    "payload_too_large": (BadRequest, 413),
+# The gateway's error codes (its table is ``fusion.errors.ERROR_CODES``, also in
+# ``docs/api.md``; a test in the gateway's suite compares the three).
+ERROR_CODES: dict[str, tuple[type[FusionError], int]] = {
+    "malformed_body": (BadRequest, 400),
     "unauthorized": (Unauthorized, 401),
     "forbidden": (Forbidden, 403),
     "not_found": (NotFound, 404),
+    "payload_too_large": (BadRequest, 413),
+    "bad_input": (BadRequest, 422),
+    "internal_error": (ServerError, 500),
+    "step_failed": (StepFailed, 502),
     "overloaded": (Overloaded, 503),
     "step_timeout": (Timeout, 504),
+}
+_BY_CODE: dict[str, tuple[type[FusionError], int]] = {
+    **ERROR_CODES,
+    "bad_request": (BadRequest, 400),  # older gateways
     "timeout": (Timeout, 504),
-    "internal_error": (ServerError, 500),
 }
 
 
