@@ -16,8 +16,10 @@ survives Redis restarts; only one task per replica and key polls (in-process sin
 
 ``MemoryBackend`` never raises. ``RedisBackend`` raises only ``CacheUnavailable``, quickly:
 each command is bounded by socket timeouts and a hard deadline, and after a failure a
-circuit breaker skips Redis for ``retry_after_s`` before one probe tries again. It logs one
-warning when an outage starts and one info line when Redis answers again.
+circuit breaker skips Redis for ``retry_after_s`` before one probe tries again; when it trips,
+the pool's idle connections are closed, so a restarted Redis costs one outage, not a second one
+when a burst draws the dead connections. It logs one warning when an outage starts and one
+info line when Redis answers again.
 """
 
 from __future__ import annotations
@@ -304,7 +306,10 @@ class RedisBackend(CacheBackend):
                     self._set_health(True)
                 raise CacheUnavailable(f"redis {what}: {exc}") from exc
             self._open_until = time.monotonic() + self.retry_after_s
+            tripped = self._healthy or probe
             self._set_health(False, exc)
+            if tripped:
+                await self._drop_idle_connections()
             raise CacheUnavailable(f"redis {what}: {type(exc).__name__}: {exc}") from exc
         finally:
             if probe:
@@ -312,6 +317,20 @@ class RedisBackend(CacheBackend):
         if probe:
             self._set_health(True)
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        """Close every idle connection when the breaker trips.
+
+        After a Redis restart each pooled connection is dead, and one failure opens the
+        breaker. Were they kept, the first wide burst after recovery would draw them and fail
+        by the dozen, opening the breaker a second time (two outages for one restart). Closed
+        now, each reconnects on its next use. Connections in use are closed by the client when
+        their own command fails.
+        """
+        try:
+            await self._pool.disconnect(inuse_connections=False)
+        except Exception:  # closing a dead socket may fail; the next use reconnects anyway
+            log.debug("dropping idle Redis connections failed", exc_info=True)
 
     async def ping(self) -> bool:
         try:

@@ -202,3 +202,33 @@ async def test_one_pool_no_per_request_connects(server: RedisServer, make) -> No
         admin.close()
     # 100 sequential calls reuse one pooled connection; a burst of 20 opens a few more
     assert 1 <= len(ours) <= 21 and opened <= 21
+
+
+async def test_restart_under_a_full_pool_costs_one_outage(server: RedisServer, make) -> None:
+    """Two replicas with 64 pooled connections each; Redis restarts; the first request trips
+    the breaker, narrow traffic recovers, then one 64-wide burst: no second outage (the dead
+    connections were dropped at the trip), and each distinct request is computed once across
+    both replicas (coalescing through Redis works again)."""
+    a, b = make(timeout_s=1.0), make(timeout_s=1.0)
+    for cache in (a, b):  # fill each pool: 64 commands in flight at once
+        await asyncio.gather(*(cache.backend.get(f"fill:{i}") for i in range(64)))
+        assert len(cache.backend._pool._available_connections) == 64
+    server.stop()
+    server.start()
+    for cache in (a, b):
+        await _until_cached(cache, cache.step_key("fp", "warm", {"restart": 1}))
+        assert cache.backend.outages <= 1
+    calls: dict[int, int] = {}
+
+    async def compute(i: int) -> dict:
+        calls[i] = calls.get(i, 0) + 1
+        await asyncio.sleep(0.05)  # model time: the twin finds the lock (or, later, the value)
+        return {"n": i}
+
+    results = await asyncio.gather(*(
+        cache.get_or_compute(cache.step_key("fp", "burst", {"i": i}), lambda i=i: compute(i))
+        for i in range(32) for cache in (a, b)))
+    assert [v for v, _ in results] == [{"n": i} for i in range(32) for _ in (a, b)]
+    assert a.backend.outages <= 1 and b.backend.outages <= 1
+    assert a.backend.healthy and b.backend.healthy
+    assert calls == {i: 1 for i in range(32)}, "a request was computed more than once"
