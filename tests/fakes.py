@@ -74,6 +74,8 @@ class FakeModels:
             await asyncio.sleep(self.delays.get(task, 0) / max(steps, 1))
             yield {"progress": {"step": i, "total": steps}}
         self.calls[f"{model}/{task}"] += 1
+        if task in self.fail:
+            raise self.fail[task]
         yield {"result": self.compute(task, inputs)}
 
     @staticmethod
