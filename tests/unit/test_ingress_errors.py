@@ -29,3 +29,24 @@ def test_a_model_crash_is_502_naming_model_and_task():
     err = model_error("clip", "zero_shot", wrapped.as_instanceof_cause())
     assert isinstance(err, StepFailed) and err.status == 502
     assert "clip/zero_shot" in err.message and "CUDA out of memory" in err.message
+
+
+def test_a_full_model_queue_retry_after_comes_from_its_drain_rate():
+    from fusion.admission import Admission
+
+    class Clock:
+        now = 50.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    admission = Admission(10, clock=clock)
+    for _ in range(5):  # the model answered 5 calls over 2 s
+        admission.model_done("diffusion")
+        clock.now += 0.5
+    busy = model_error("diffusion", "generate", BackPressureError(num_queued_requests=8,
+                                                                  max_queued_requests=8),
+                       admission)
+    assert isinstance(busy, Overloaded) and admission.rejected == 1
+    assert abs(busy.retry_after_s - 8 / (5 / 2.5)) < 1e-9

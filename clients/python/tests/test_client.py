@@ -263,3 +263,16 @@ def test_real_connection_refused_is_connection_failed():
         client._sleep = lambda s: None
         with pytest.raises(ConnectionFailed):
             client.models()
+
+
+def test_timeout_s_is_sent_as_the_request_deadline(gateway, client):
+    gateway.route("POST", "/v1/pipelines/text_to_image", pipeline_result({}, {}))
+    gateway.route("POST", "/v1/models/text/embed", {"outputs": {}, "types": {}})
+    client.run("text_to_image", prompt="p", timeout_s=2.5)
+    assert gateway.requests[-1].headers["x-request-timeout"] == "2.5"
+    client.call("text", "embed", text="p", timeout_s=10)
+    assert gateway.requests[-1].headers["x-request-timeout"] == "10"
+    client.run("text_to_image", prompt="p")
+    assert "x-request-timeout" not in gateway.requests[-1].headers
+    with pytest.raises(ValueError, match="timeout_s"):
+        client.run("text_to_image", prompt="p", timeout_s=0)

@@ -128,3 +128,17 @@ def test_default_codes():
     assert ConnectionFailed("x").code == "connection_failed"
     assert Timeout("x").code == "step_timeout"
     assert repr(NotFound("gone", status=404)).startswith("NotFound('gone', status=404")
+
+
+def test_a_model_crash_is_step_failed_naming_the_step(gateway, client):
+    from fusion_client import StepFailed
+
+    body = error_body("step_failed", "step 'caption' failed: RuntimeError", field="steps.caption")
+    gateway.route("GET", "/v1/models", httpx.Response(502, json=body))
+    with pytest.raises(StepFailed) as info:
+        client.models()
+    assert isinstance(info.value, ServerError) and info.value.field == "steps.caption"
+    assert info.value.status == 502 and info.value.code == "step_failed"
+    err = error_from_body({"error": {"code": "step_failed", "message": "m"}}, status=None,
+                          request_id=None)
+    assert type(err) is StepFailed and err.status == 502  # as an SSE error event

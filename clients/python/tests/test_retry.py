@@ -181,3 +181,12 @@ def test_async_gives_up(gateway, make_async, sleeps):
 def test_negative_retries_rejected():
     with pytest.raises(ValueError):
         FusionClient(retries=-1)
+
+
+def test_retry_after_ms_is_preferred_over_whole_seconds(gateway, client, sleeps):
+    gateway.queue("GET", "/v1/models", httpx.Response(
+        503, headers={"Retry-After": "1", "Retry-After-Ms": "250"}, json=error_body("o", "b")))
+    client.models()
+    assert sleeps == [0.25]
+    assert RetryPolicy(max_retry_after=10).retry_after_ms("99999") == 10
+    assert RetryPolicy().retry_after_ms("soon") is None
