@@ -30,8 +30,10 @@ def local_profile_args() -> dict:
 def gateway_config() -> dict:
     args = local_profile_args()
     args["router"] = {"num_replicas": 2, "num_cpus": 0.1}
+    # redis_timeout_s: the exact one-computation checks need Redis healthy throughout, and
+    # with models computing on 2 cores a command can take longer than the 0.1 s default
     args["cache"] = {**args.get("cache", {}), "redis_url": redis_url(),
-                     "namespace": f"it-{uuid.uuid4().hex[:8]}"}
+                     "namespace": f"it-{uuid.uuid4().hex[:8]}", "redis_timeout_s": 2.0}
     return args
 
 

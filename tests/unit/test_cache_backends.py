@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -47,12 +48,22 @@ async def test_get_set_delete(backend: CacheBackend, ns: str) -> None:
     await backend.delete(key)  # deleting a missing key is fine
 
 
+async def _until(read, expected, within_s: float = 10.0) -> None:
+    """Poll ``await read()`` until it returns ``expected``: expiry is awaited as an event, so
+    a loaded machine cannot make the test miss its moment; fail after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while await read() != expected:
+        assert time.monotonic() < deadline, f"still not {expected!r} after {within_s}s"
+        await asyncio.sleep(0.02)
+
+
 async def test_ttl(backend: CacheBackend, ns: str) -> None:
-    await backend.set(f"{ns}:short", b"v", 0.15)
+    started = time.monotonic()
+    await backend.set(f"{ns}:short", b"v", 0.6)
     await backend.set(f"{ns}:long", b"v", 60)
     assert await backend.get(f"{ns}:short") == b"v"
-    await asyncio.sleep(0.3)
-    assert await backend.get(f"{ns}:short") is None
+    await _until(lambda: backend.get(f"{ns}:short"), None)
+    assert time.monotonic() - started >= 0.59  # gone by its TTL, not before
     assert await backend.get(f"{ns}:long") == b"v"
 
 
@@ -72,20 +83,19 @@ async def test_locks_compare_and_delete(backend: CacheBackend, ns: str) -> None:
 
 async def test_lock_expires(backend: CacheBackend, ns: str) -> None:
     lock = f"{ns}:lock:k"
-    assert await backend.acquire(lock, "crashed", 150)
-    assert not await backend.acquire(lock, "waiter", 150)
-    await asyncio.sleep(0.25)
-    assert await backend.acquire(lock, "waiter", 1000)
+    assert await backend.acquire(lock, "crashed", 600)
+    assert not await backend.acquire(lock, "waiter", 600)
+    await _until(lambda: backend.acquire(lock, "waiter", 60_000), True)
     assert not await backend.release(lock, "crashed")  # a late owner cannot free another's lock
     assert await backend.release(lock, "waiter")
 
 
 async def test_refresh_keeps_lock_alive(backend: CacheBackend, ns: str) -> None:
     lock = f"{ns}:lock:k"
-    assert await backend.acquire(lock, "a", 400)
+    assert await backend.acquire(lock, "a", 800)
     for _ in range(3):
-        await asyncio.sleep(0.15)  # 0.45 s in all: alive only thanks to the refreshes
-        assert await backend.refresh(lock, "a", 400)
+        await asyncio.sleep(0.3)  # 0.9 s in all: alive only thanks to the refreshes
+        assert await backend.refresh(lock, "a", 800)
     assert not await backend.acquire(lock, "b", 400)
     assert await backend.release(lock, "a")
 

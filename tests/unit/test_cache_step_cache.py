@@ -37,6 +37,15 @@ def shared_redis_url() -> str:
         pytest.fail(f"no Redis answers and none could be started: {exc}")
 
 
+async def _until(read, expected, within_s: float) -> None:
+    """Poll ``await read()`` until it returns ``expected`` (an event no wall-clock margin can
+    miss on a loaded machine); fail after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while await read() != expected:
+        assert time.monotonic() < deadline, f"still not {expected!r} after {within_s}s"
+        await asyncio.sleep(0.02)
+
+
 class Counter:
     """A compute function that counts its calls and can be slow or fail."""
 
@@ -116,9 +125,9 @@ async def test_key_changes_recompute(make) -> None:
 async def test_ttl_expiry(make) -> None:
     cache = make(ttl_s=60)
     key, compute = key_of(cache), Counter()
-    await cache.get_or_compute(key, compute, ttl_s=0.15)
+    await cache.get_or_compute(key, compute, ttl_s=0.6)  # the step's TTL, not the cache's 60 s
     assert (await cache.get_or_compute(key, compute))[1].cached
-    await asyncio.sleep(0.3)
+    await _until(lambda: cache.get(key), None, within_s=10)  # expires by itself
     assert not (await cache.get_or_compute(key, compute))[1].cached
     assert compute.calls == 2
 
@@ -218,26 +227,46 @@ async def test_two_replicas_compute_once(make) -> None:
 async def test_crashed_owner_is_taken_over(make) -> None:
     cache = make(lock_ttl_ms=300)
     key, compute = key_of(cache), Counter()
+    started = time.monotonic()  # before the lock is taken: its TTL cannot end sooner
     # another replica took the lock and died: never stores, never releases
     assert await cache.backend.acquire(lock_key(cache.namespace, key), "dead-owner", 300)
-    started = time.monotonic()
     value, outcome = await cache.get_or_compute(key, compute)
     waited = time.monotonic() - started
     assert value == VALUE and compute.calls == 1 and outcome == Outcome()
-    assert 0.2 <= waited < 3.0
+    assert 0.29 <= waited < cache.wait_timeout_s  # took over at expiry, not at giving up
     assert (await cache.get_or_compute(key, compute))[1].cached
 
 
 async def test_owner_heartbeat_keeps_waiters_waiting(make) -> None:
-    a = make(lock_ttl_ms=240)
-    b = make(like=a, lock_ttl_ms=240)
+    a = make(lock_ttl_ms=900)
+    b = make(like=a, lock_ttl_ms=900)
     key = key_of(a)
-    slow = Counter(delay=0.6)  # longer than the lock TTL: the owner's heartbeat extends it
+    beats = 0
+    refresh = a.backend.refresh
+
+    async def counted(*args) -> bool:
+        nonlocal beats
+        ok = await refresh(*args)
+        beats += ok
+        return ok
+
+    a.backend.refresh = counted  # type: ignore[method-assign]
+    started = asyncio.Event()
+
+    async def slow() -> dict:
+        # outlive the lock's TTL: beats come every TTL/3, so four of them take 4/3 of it;
+        # without them the lock would expire and the waiter would compute too
+        started.set()
+        while beats < 4:
+            await asyncio.sleep(0.01)
+        return VALUE
+
     first = asyncio.ensure_future(a.get_or_compute(key, slow))
-    await asyncio.sleep(0.05)
-    value, outcome = await b.get_or_compute(key, Counter())
+    await asyncio.wait_for(started.wait(), 10)  # a holds the lock and computes
+    computed = Counter()
+    value, outcome = await b.get_or_compute(key, computed)
     assert value == VALUE and outcome == Outcome(cached=True, coalesced=True)
-    assert (await first)[1] == Outcome() and slow.calls == 1
+    assert (await first)[1] == Outcome() and computed.calls == 0
 
 
 async def test_errors_reach_followers_and_are_not_cached(make) -> None:
@@ -257,12 +286,24 @@ async def test_errors_reach_followers_and_are_not_cached(make) -> None:
 
 async def test_cancelled_caller_does_not_cancel_others(make) -> None:
     cache = make()
-    key, compute = key_of(cache), Counter(delay=0.2)
-    first = asyncio.ensure_future(cache.get_or_compute(key, compute))
-    await asyncio.sleep(0.02)
-    second = asyncio.ensure_future(cache.get_or_compute(key, compute))
-    await asyncio.sleep(0.02)
+    key, release = key_of(cache), asyncio.Event()
+    compute = Counter()
+
+    async def gated() -> dict:
+        await release.wait()  # still computing until both callers are in and one is gone
+        return await compute()
+
+    first = asyncio.ensure_future(cache.get_or_compute(key, gated))
+    second = asyncio.ensure_future(cache.get_or_compute(key, gated))
+    for _ in range(1000):  # until both callers share the one flight
+        flight = cache._flights._flights.get(key)
+        if flight is not None and flight.waiters == 2:
+            break
+        await asyncio.sleep(0)
+    assert cache._flights._flights[key].waiters == 2
     first.cancel()
+    await asyncio.sleep(0)
+    release.set()
     value, outcome = await second
     assert value == VALUE and outcome.coalesced and compute.calls == 1
     with pytest.raises(asyncio.CancelledError):
@@ -421,7 +462,7 @@ async def test_lock_release_retried_after_a_blip() -> None:
     assert value == VALUE
     lock = lock_key("flaky", key)
     assert not await backend.acquire(lock, "other", 1000)  # still held right after the blip
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 10
     while not await backend.acquire(lock, "other", 1000):
         assert time.monotonic() < deadline, "the lock was not released after the blip"
         await asyncio.sleep(0.02)

@@ -23,7 +23,11 @@ from tests.redis_server import redis_url
 @pytest.fixture(params=["memory", "redis"])
 def cache_config(request) -> CacheConfig:
     url = redis_url() if request.param == "redis" else None
-    return CacheConfig(redis_url=url, namespace=f"test-{uuid.uuid4().hex[:8]}")
+    # these tests count computations exactly: a command slowed past the 0.1 s default by a
+    # loaded machine would open the breaker and let a request compute again. Outages have
+    # their own tests (test_gateway_redis_outage.py).
+    return CacheConfig(redis_url=url, namespace=f"test-{uuid.uuid4().hex[:8]}",
+                       redis_timeout_s=2.0)
 
 
 @pytest.fixture
