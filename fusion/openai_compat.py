@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
+from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.errors import ERRORS_BY_CODE, BadInput, FusionError, NotFound, Overloaded
 from fusion.gateway import Gateway
 from fusion.payloads import read_form
@@ -48,6 +49,11 @@ def retry_headers(err: FusionError) -> dict[str, str] | None:
         return None
     ms = max(1, round(err.retry_after_s * 1000))
     return {"Retry-After": str(max(1, -(-ms // 1000))), "Retry-After-Ms": str(ms)}
+
+
+def request_deadline(request: Request) -> float | None:
+    """The deadline of ``X-Request-Timeout``, counted from now (see ``fusion.admission``)."""
+    return deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
 
 
 def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
@@ -89,8 +95,10 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
             return openai_error(err, params)
 
     @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
-    async def embeddings(req: EmbeddingRequest, gw: Gateway = Depends(gateway)):
+    async def embeddings(req: EmbeddingRequest, request: Request,
+                         gw: Gateway = Depends(gateway)):
         async def run() -> dict:
+            deadline = request_deadline(request)
             task = "embed" if req.model in gw.models and "embed" in gw.models[req.model].tasks \
                 else "embed_text"
             model = _pick_model(gw, req.model, task)
@@ -100,7 +108,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                                field="input")
             data = []
             for i, text in enumerate(texts):
-                out, _ = await gw.call_model(model, task, {"text": text})
+                out, _ = await gw.call_model(model, task, {"text": text}, deadline=deadline)
                 vec = out["embedding"]
                 if req.encoding_format == "base64":
                     vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
@@ -112,8 +120,9 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
         return await guarded(run, {"text": "input"})
 
     @app.post("/v1/images/generations", tags=["openai"], dependencies=[Depends(require_key)])
-    async def images(req: ImageRequest, gw: Gateway = Depends(gateway)):
+    async def images(req: ImageRequest, request: Request, gw: Gateway = Depends(gateway)):
         async def run() -> dict:
+            deadline = request_deadline(request)
             model = _pick_model(gw, req.model or next(
                 (n for n, m in gw.models.items() if "generate" in m.tasks), None), "generate")
             if req.response_format != "b64_json":
@@ -129,7 +138,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                           "seed": req.seed + i}
                 if req.steps is not None:
                     inputs["steps"] = req.steps
-                out, _ = await gw.call_model(model, "generate", inputs)
+                out, _ = await gw.call_model(model, "generate", inputs, deadline=deadline)
                 data.append({"b64_json": base64.b64encode(out["image"]).decode(),
                              "revised_prompt": req.prompt})
             return {"created": int(time.time()), "data": data}
@@ -139,6 +148,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
     @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)])
     async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
         async def run():
+            deadline = request_deadline(request)
             try:
                 form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
             except Exception as exc:
@@ -155,7 +165,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
             inputs = {"audio": fields["file"]}
             if fields.get("language"):
                 inputs["language"] = fields["language"]
-            out, _ = await gw.call_model(model, "transcribe", inputs)
+            out, _ = await gw.call_model(model, "transcribe", inputs, deadline=deadline)
             if fmt == "text":
                 return PlainTextResponse(out["text"])
             body = {"text": out["text"]}

@@ -189,6 +189,15 @@ async def test_a_steps_own_timeout_is_504_too():
     assert "0.1s" in r.json()["error"]["message"]  # the step's own limit was the smaller
 
 
+async def test_request_timeout_on_an_openai_route_is_504_in_openais_body():
+    fake = GatedModels()
+    async with client_for(Gateway(fake_config(), fake)) as c:
+        r = await c.post("/v1/images/generations", json={"prompt": "a fox", "model": "diffusion"},
+                         headers={"X-Request-Timeout": "0.2"})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "step_timeout"
+    assert r.json()["error"]["type"] == "server_error" and fake.cancelled == 1
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "1e9"])
 async def test_a_bad_request_timeout_is_422_naming_the_header(value):
     async with client_for(Gateway(fake_config(), FakeModels())) as c:
