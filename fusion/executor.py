@@ -308,7 +308,11 @@ def step_error(step: StepSpec, exc: BaseException) -> FusionError:
             field = f"steps.{step.name}.{field}"
     message = err.message if err.message.startswith(f"step {step.name!r}") else \
         f"step {step.name!r}: {err.message}"
-    return type(err)(message, field=field)
+    qualified = type(err)(message, field=field)
+    for name, value in vars(err).items():  # what a subclass carries (Overloaded: retry_after_s)
+        if name not in ("message", "field"):
+            setattr(qualified, name, value)
+    return qualified
 
 
 def _where(step: str, model: str, task: str) -> str:

@@ -121,6 +121,17 @@ async def test_over_the_in_flight_limit_is_503_with_retry_after_at_once():
         assert r.status_code == 200  # slots were given back
 
 
+async def test_a_full_model_queue_in_a_step_keeps_its_retry_after():
+    from fusion.errors import Overloaded
+
+    busy = Overloaded("model 'diffusion' is at its queue limit", retry_after_s=2.5)
+    async with client_for(Gateway(fake_config(), FakeModels(fail={"generate": busy}))) as c:
+        r = await c.post("/v1/pipelines/text_to_image", json=t2i(), headers=NO_STORE)
+    assert r.status_code == 503 and r.headers["retry-after-ms"] == "2500"
+    assert r.headers["retry-after"] == "3" and r.json()["error"]["retry_after_ms"] == 2500
+    assert r.json()["error"]["message"].startswith("step 'generate'")
+
+
 async def test_a_pipelines_own_limit_refuses_it_alone():
     fake = GatedModels()
     cfg = fake_config(router={"max_in_flight": 8,
