@@ -25,6 +25,7 @@ from fusion.auth import require_admin, require_key
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
+from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error
 from fusion.payloads import decode_json_inputs, encode_value, read_form
 
@@ -140,6 +141,13 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def gateway() -> Gateway:  # async: a sync dependency would hop to a thread pool
         return get_gateway()
 
+    def observer() -> Observer:
+        try:
+            return get_gateway().observer
+        except FusionError:  # still starting: nothing to record with yet
+            return NULL_OBSERVER
+
+    app.add_middleware(ObserveMiddleware, get_observer=observer)  # inside: sees the id
     app.add_middleware(RequestIdMiddleware)
 
     @app.exception_handler(Exception)
