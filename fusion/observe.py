@@ -159,6 +159,21 @@ def outcome_of(report: Any) -> str:
     return "cached" if report.cached else "computed"
 
 
+_access = logging.getLogger("fusion.access")
+
+
+def _ensure_access_handler() -> None:
+    """Access lines go to stderr as written (one JSON object a line), whatever the host
+    process configured for the root logger: a log shipper must be able to parse each line."""
+    if _access.level == logging.NOTSET:
+        _access.setLevel(logging.INFO)
+    if not _access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _access.addHandler(handler)
+        _access.propagate = False
+
+
 class Observer:
     """The router replica's metrics recorder, tracer and access-log switch, in one place."""
 
@@ -168,6 +183,8 @@ class Observer:
         self.tracing = tracing
         self.access_log = access_log
         self._in_flight: dict[str, int] = {}
+        if access_log != "off":
+            _ensure_access_handler()
 
     def span(self, name: str, attributes: dict[str, Any]) -> contextlib.AbstractContextManager:
         """A child span of the current one, or nothing at all when tracing is off."""
@@ -219,20 +236,6 @@ class Observer:
 
 _NO_SPAN = contextlib.nullcontext()
 NULL_OBSERVER = Observer()
-
-access_log = logging.getLogger("fusion.access")
-
-
-def _ensure_access_handler() -> None:
-    """Access lines go to stderr as written (one JSON object a line), whatever the host
-    process configured for the root logger: a log shipper must be able to parse each line."""
-    if not access_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_log.addHandler(handler)
-        access_log.setLevel(logging.INFO)
-        access_log.propagate = False
-
 
 def key_id(authorization: str) -> str:
     """A short, stable id of the API key (never the key): correlates a client's lines."""
@@ -308,10 +311,9 @@ class ObserveMiddleware:
             if span is not None:
                 obs.tracing.end_request_span(span, route, status)
             if obs.access_log != "off" and path != "/healthz":
-                _ensure_access_handler()
                 headers = dict(scope.get("headers") or [])
                 state = scope.get("state") or {}
-                access_log.info(access_line(obs.access_log, {
+                _access.info(access_line(obs.access_log, {
                     "ts": round(time.time(), 3), "request_id": state.get("request_id", "-"),
                     "method": scope.get("method", ""), "route": route, "pipeline": target,
                     "status": status, "ms": round(seconds * 1000, 2), "cache": cache,
