@@ -54,7 +54,7 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
     MetricDef("fusion_request_seconds", "histogram", "HTTP request latency at the router",
               ("route", "pipeline", "status"), LATENCY_BUCKETS_S),
     MetricDef("fusion_requests_in_flight", "gauge", "requests being served by this router "
-              "replica", ("route",)),
+              "replica", ()),
     MetricDef("fusion_step_seconds", "histogram", "pipeline step latency by outcome "
               "(computed, cached, coalesced, skipped, error)",
               ("pipeline", "step", "model", "task", "outcome"), LATENCY_BUCKETS_S),
@@ -182,7 +182,7 @@ class Observer:
         self.recorder = recorder
         self.tracing = tracing
         self.access_log = access_log
-        self._in_flight: dict[str, int] = {}
+        self._in_flight = 0
         if access_log != "off":
             _ensure_access_handler()
 
@@ -208,21 +208,23 @@ class Observer:
                 "pipeline": pipeline, "step": step, "model": model, "task": task,
                 "outcome": outcome})
 
-    def request_started(self, route: str) -> RequestRecord:
+    def request_started(self) -> RequestRecord:
         record = RequestRecord()
         _record.set(record)
         if self.recorder is not None:
-            n = self._in_flight[route] = self._in_flight.get(route, 0) + 1
-            self.recorder.set("fusion_requests_in_flight", n, {"route": route})
+            self._in_flight += 1
+            self.recorder.set("fusion_requests_in_flight", self._in_flight, {})
         return record
 
-    def request_done(self, record: RequestRecord, route: str, in_flight_route: str,
-                     pipeline: str, status: int, seconds: float) -> None:
+    def request_done(self, record: RequestRecord, route: str, pipeline: str, status: int,
+                     seconds: float) -> None:
         rec = self.recorder
         if rec is None:
             return
-        n = self._in_flight[in_flight_route] = self._in_flight.get(in_flight_route, 1) - 1
-        rec.set("fusion_requests_in_flight", n, {"route": in_flight_route})
+        self._in_flight -= 1
+        rec.set("fusion_requests_in_flight", self._in_flight, {})
+        if status == 404:  # a name the client made up: not a label value (cardinality)
+            pipeline = ""
         tags = {"route": route, "pipeline": pipeline, "status": str(status)}
         rec.inc("fusion_requests_total", tags)
         rec.observe("fusion_request_seconds", seconds, tags)
@@ -281,8 +283,7 @@ class ObserveMiddleware:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         path = scope.get("path", "")
-        flight_route = "/v1/pipelines" if path.startswith("/v1/pipelines/") else path
-        record = obs.request_started(flight_route)
+        record = obs.request_started()
         status, cache = 500, "-"
         span = obs.tracing.request_span(scope) if obs.tracing is not None else None
         trace_header = obs.tracing.trace_header(span) if span is not None else None
@@ -307,7 +308,7 @@ class ObserveMiddleware:
         finally:
             seconds = time.perf_counter() - started
             route, target = _route_of(scope)
-            obs.request_done(record, route, flight_route, target, status, seconds)
+            obs.request_done(record, route, target, status, seconds)
             if span is not None:
                 obs.tracing.end_request_span(span, route, status)
             if obs.access_log != "off" and path != "/healthz":
