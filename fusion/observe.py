@@ -310,7 +310,7 @@ class ObserveMiddleware:
             route, target = _route_of(scope)
             obs.request_done(record, route, target, status, seconds)
             if span is not None:
-                obs.tracing.end_request_span(span, route, status)
+                obs.tracing.end_request_span(span, scope.get("method", ""), route, status)
             if obs.access_log != "off" and path != "/healthz":
                 headers = dict(scope.get("headers") or [])
                 state = scope.get("state") or {}

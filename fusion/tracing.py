@@ -64,8 +64,8 @@ class Tracing:
         return TRACE_HEADER, trace.format_trace_id(span.get_span_context().trace_id).encode()
 
     @staticmethod
-    def end_request_span(span: Any, route: str, status: int) -> None:
-        span.update_name(f"{span.attributes.get('http.request.method', '')} {route}")
+    def end_request_span(span: Any, method: str, route: str, status: int) -> None:
+        span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)
         span.set_attribute("http.response.status_code", status)
         if status >= 500:

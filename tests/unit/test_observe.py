@@ -190,6 +190,17 @@ async def test_one_trace_per_request_through_steps_cache_and_model_calls():
     assert f"00-{trace_id}-{model.context.span_id:016x}-01" in sent
 
 
+async def test_an_unsampled_incoming_trace_is_honoured_and_records_nothing():
+    tracing, exporter = in_memory_tracing()
+    trace_id = "0af7651916cd43dd8448eb211c80319d"
+    async with make_client(FakeModels(), Observer(tracing=tracing)) as client:
+        r = await client.post("/v1/pipelines/caption_then_classify",
+                              json={"inputs": image_inputs()},
+                              headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"})
+    assert r.status_code == 200 and r.headers["x-trace-id"] == trace_id
+    assert exporter.get_finished_spans() == ()
+
+
 async def test_tracing_off_adds_no_header_and_sends_no_context():
     fake = TracedFakes()
     async with make_client(fake, Observer(MemoryRecorder())) as client:
