@@ -250,3 +250,15 @@ def test_every_metric_is_prefixed_and_histograms_span_2ms_to_30s():
         if m.kind == "histogram" and m.name.endswith("_seconds"):
             assert m.buckets[0] <= 0.002 and m.buckets[-1] >= 30
     assert "ray_fusion_step_seconds_bucket" in exported_series()
+
+
+def test_the_core_stays_free_of_ray_and_torch():
+    """Only fusion.ingress / fusion.app / fusion.ray_metrics may pull Ray in."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fusion.api, fusion.gateway, fusion.executor, fusion.observe, "
+            "fusion.tracing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
