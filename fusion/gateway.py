@@ -101,8 +101,9 @@ class Gateway:
             outputs, report = await self.executor.call_model(model, task, inputs, policy,
                                                              on_event=on_event)
         except FusionError as err:
-            self.observer.step("", "", model, task, "error", time.perf_counter() - started,
-                               err.status)
+            if err.status != 404:  # a made-up model or task is not a label value
+                self.observer.step("", "", model, task, "error",
+                                   time.perf_counter() - started, err.status)
             raise
         self.observer.step("", "", model, task, outcome_of(report), report.ms / 1000)
         return outputs, report
