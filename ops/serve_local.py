@@ -10,6 +10,7 @@ Ray here first, with ``_metrics_export_port``, makes ``serve run`` reuse this in
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import ray
@@ -18,6 +19,9 @@ from ray.serve.scripts import cli
 METRICS_PORT = int(os.environ.get("FUSION_METRICS_PORT", "8080"))
 
 if __name__ == "__main__":
+    # Ctrl-C (SIGINT) stops serve run cleanly, even when started from a script or in the
+    # background, where SIGINT is inherited as ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ray.init(namespace="serve", _metrics_export_port=METRICS_PORT)
     print(f"Prometheus metrics: http://127.0.0.1:{METRICS_PORT}/metrics", file=sys.stderr)
     cli.main(["run", *sys.argv[1:]], prog_name="serve")
