@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from fusion.tracing import Tracing
@@ -143,7 +143,6 @@ class RequestRecord:
     """What one request's steps tell its edge: the model at fault for a 503/504."""
 
     failed_model: str = ""
-    started: float = field(default_factory=time.perf_counter)
 
 
 _record: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
