@@ -15,17 +15,22 @@ import importlib
 import logging
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ray import serve
 
 from deployments.sources import ResolvedSource, resolve
-from fusion.config import ModelConfig
+from fusion.config import ModelConfig, ObservabilityConfig
 from fusion.errors import BadInput
+from fusion.observe import Recorder
+from fusion.ray_metrics import ray_recorder
 from fusion.tasks import TaskSpec
+from fusion.tracing import Tracing, tracing_from
 from fusion.values import check_inputs
 
 log = logging.getLogger("fusion.deployments")
@@ -121,12 +126,12 @@ class ModelBackend(ABC):
 
 
 async def run_grouped(requests: list[tuple[str, Any]],
-                      run: Callable[[str, list[Any]], Awaitable[list[dict]]]) -> list[dict]:
+                      run: Callable[[str, list[Any]], Awaitable[list[Any]]]) -> list[Any]:
     """Run a mixed batch one task at a time; results come back in the requests' order."""
     by_task: dict[str, list[int]] = {}
     for i, (task, _) in enumerate(requests):
         by_task.setdefault(task, []).append(i)
-    out: list[dict] = [{} for _ in requests]
+    out: list[Any] = [{} for _ in requests]
     for task, idx in by_task.items():
         results = await run(task, [requests[i][1] for i in idx])
         for i, res in zip(idx, results, strict=True):
@@ -134,30 +139,120 @@ async def run_grouped(requests: list[tuple[str, Any]],
     return out
 
 
+@dataclass(frozen=True)
+class Timing:
+    """When the forward pass that carried a call ran (perf_counter and wall ns) and its size."""
+
+    started: float
+    ended: float
+    started_ns: int
+    ended_ns: int
+    batch: int
+
+
 class ServedModel:
-    """Base of every ``*Deployment`` class; subclasses set ``backend_cls``."""
+    """Base of every ``*Deployment`` class; subclasses set ``backend_cls``.
+
+    Metrics and spans are taken here, where queueing and computing happen (the batch queue
+    and the forward-pass lock), so a dashboard can tell a queueing model from a slow one.
+    """
 
     backend_cls: ClassVar[type[ModelBackend]]
 
-    def __init__(self, config: dict[str, Any], model_dir: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any], model_dir: str | None = None,
+                 observability: dict[str, Any] | None = None) -> None:
         cfg = ModelConfig.model_validate(config)
         self.model = self.backend_cls.load(cfg, model_dir)
         self._lock = threading.Lock()  # one forward pass at a time per replica
         self._run_batch.set_max_batch_size(cfg.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        # None (unit tests, no Ray): no metrics, no tracing; the app builder always passes it
+        obs = ObservabilityConfig.model_validate(observability) if observability else None
+        self._recorder: Recorder | None = ray_recorder() if obs and obs.metrics else None
+        self._tracing: Tracing | None = tracing_from(obs.otlp_endpoint,
+                                                     obs.service_name) if obs else None
+        self._in_flight = 0
+        if self._recorder is not None:
+            self._recorder.set("fusion_replica_up", 1, {"model": cfg.name})
         log.info("loaded %s", self.model.info())
 
     def info(self) -> dict[str, Any]:
         return self.model.info()
 
-    async def call(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        item = self.model.prepare(task, inputs)
-        if self.model.task_spec(task).batched:
-            return await self._run_batch((task, item))
-        return (await asyncio.to_thread(self._run_locked, task, [item], None))[0]
+    async def call(self, task: str, inputs: dict[str, Any],
+                   trace: dict[str, str] | None = None) -> dict[str, Any]:
+        """One call; ``trace`` is the caller's W3C context (spans continue its trace)."""
+        arrived, arrived_ns = time.perf_counter(), time.time_ns()
+        timing: Timing | None = None
+        error: BaseException | None = None
+        self._flight(1)
+        try:
+            item = self.model.prepare(task, inputs)
+            if self.model.task_spec(task).batched:
+                result, timing = await self._run_batch((task, item))
+            else:
+                outputs, timing = await asyncio.to_thread(self._run_timed, task, [item], None)
+                self._observe_batch(task, timing)
+                result = outputs[0]
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._flight(-1)
+            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
 
-    async def call_stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
+    def _flight(self, delta: int) -> None:
+        self._in_flight += delta
+        if self._recorder is not None:
+            self._recorder.set("fusion_model_in_flight", self._in_flight,
+                               {"model": self.model.config.name})
+
+    def _observe_batch(self, task: str, timing: Timing) -> None:
+        if self._recorder is not None:
+            tags = {"model": self.model.config.name, "task": task}
+            self._recorder.observe("fusion_compute_seconds", timing.ended - timing.started,
+                                   tags)
+            self._recorder.observe("fusion_batch_size", timing.batch, tags)
+
+    def _observe_call(self, task: str, trace: dict[str, str] | None, arrived: float,
+                      arrived_ns: int, timing: Timing | None,
+                      error: BaseException | None) -> None:
+        name = self.model.config.name
+        if self._recorder is not None and timing is not None:
+            self._recorder.observe("fusion_queue_wait_seconds", timing.started - arrived,
+                                   {"model": name, "task": task})
+        if self._tracing is not None and trace:
+            now = time.time_ns()
+            self._tracing.replica_spans(
+                trace, f"replica {name}/{task}", {"fusion.model": name, "fusion.task": task,
+                                                  "fusion.batch_size": timing.batch if timing
+                                                  else 0},
+                arrived_ns, timing.started_ns if timing else now,
+                timing.ended_ns if timing else now, error)
+
+    async def call_stream(self, task: str, inputs: dict[str, Any],
+                          trace: dict[str, str] | None = None) -> AsyncIterator[dict]:
         """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""
+        arrived, arrived_ns = time.perf_counter(), time.time_ns()
+        timing: Timing | None = None
+        error: BaseException | None = None
+        self._flight(1)
+        try:
+            async for event in self._stream(task, inputs):
+                if isinstance(event, Timing):
+                    timing = event
+                    self._observe_batch(task, timing)
+                else:
+                    yield event
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._flight(-1)
+            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
+
+    async def _stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[Any]:
         item = self.model.prepare(task, inputs)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict] = asyncio.Queue()
@@ -166,7 +261,7 @@ class ServedModel:
             loop.call_soon_threadsafe(queue.put_nowait,
                                       {"progress": {"step": step, "total": total}})
 
-        job = asyncio.ensure_future(asyncio.to_thread(self._run_locked, task, [item], progress))
+        job = asyncio.ensure_future(asyncio.to_thread(self._run_timed, task, [item], progress))
         while not (job.done() and queue.empty()):
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,16 +269,26 @@ class ServedModel:
                 yield getter.result()
             else:
                 getter.cancel()
-        yield {"result": job.result()[0]}
+        outputs, timing = job.result()
+        yield timing
+        yield {"result": outputs[0]}
 
-    def _run_locked(self, task: str, items: list[Any], progress: Progress | None) -> list[dict]:
+    def _run_timed(self, task: str, items: list[Any],
+                   progress: Progress | None) -> tuple[list[dict], Timing]:
         with self._lock:
-            return self.model.run(task, items, progress)
+            started, started_ns = time.perf_counter(), time.time_ns()
+            outputs = self.model.run(task, items, progress)
+            return outputs, Timing(started, time.perf_counter(), started_ns, time.time_ns(),
+                                   len(items))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _run_batch(self, requests: list[tuple[str, Any]]) -> list[dict]:
-        return await run_grouped(requests, lambda task, items: asyncio.to_thread(
-            self._run_locked, task, items, None))
+    async def _run_batch(self, requests: list[tuple[str, Any]]) -> list[tuple[dict, Timing]]:
+        async def run(task: str, items: list[Any]) -> list[tuple[dict, Timing]]:
+            outputs, timing = await asyncio.to_thread(self._run_timed, task, items, None)
+            self._observe_batch(task, timing)
+            return [(out, timing) for out in outputs]
+
+        return await run_grouped(requests, run)
 
     def check_health(self) -> None:  # Serve calls this periodically
         return None

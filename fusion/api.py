@@ -27,6 +27,7 @@ from fusion.config import LimitsConfig
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
+from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
 from fusion.payloads import decode_json_inputs, encode_value, read_form
 
@@ -209,7 +210,14 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def gateway() -> Gateway:  # async: a sync dependency would hop to a thread pool
         return get_gateway()
 
-    app.add_middleware(BodyLimitMiddleware, get_gateway=get_gateway)
+    def observer() -> Observer:
+        try:
+            return get_gateway().observer
+        except FusionError:  # still starting: nothing to record with yet
+            return NULL_OBSERVER
+
+    app.add_middleware(BodyLimitMiddleware, get_gateway=get_gateway)  # innermost
+    app.add_middleware(ObserveMiddleware, get_observer=observer)  # sees 413s and the id
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so 413s carry the id
 
     @app.exception_handler(Exception)

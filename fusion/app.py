@@ -38,7 +38,8 @@ def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
         raise SpecError("invalid gateway config:\n" + "\n".join(lines)) from None
 
 
-def model_deployment(model: ModelConfig, model_dir: str | None) -> Application:
+def model_deployment(model: ModelConfig, model_dir: str | None,
+                     observability: dict[str, Any] | None = None) -> Application:
     module, cls = DEPLOYMENT_CLASSES[model.family].split(":")
     deployment = getattr(importlib.import_module(module), cls)
     return deployment.options(
@@ -47,7 +48,7 @@ def model_deployment(model: ModelConfig, model_dir: str | None) -> Application:
         ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
         max_ongoing_requests=model.max_ongoing_requests,
         max_queued_requests=model.max_queued_requests,
-    ).bind(model.model_dump(mode="json"), model_dir)
+    ).bind(model.model_dump(mode="json"), model_dir, observability)
 
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
@@ -57,7 +58,9 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     config = load_config(args)
     pipelines = load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)
     admission_for(config, pipelines)  # refuse early: a bad pipeline or limit stops serve run
-    handles = {m.name: model_deployment(m, config.model_dir) for m in config.models}
+    observability = config.observability.model_dump(mode="json")
+    handles = {m.name: model_deployment(m, config.model_dir, observability)
+               for m in config.models}
     return Router.options(
         num_replicas=config.router.num_replicas,
         ray_actor_options={"num_cpus": config.router.num_cpus},

@@ -162,6 +162,19 @@ class RouterConfig(BaseModel):
         return self
 
 
+class ObservabilityConfig(BaseModel):
+    """Metrics, access logs and tracing (README "Operate it")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: bool = Field(True, description="Prometheus metrics through Ray's exporter")
+    access_log: Literal["json", "text", "off"] = "json"
+    otlp_endpoint: str | None = Field(
+        default_factory=lambda: os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        description="OTLP/HTTP collector base URL; tracing is off when unset")
+    service_name: str = "fusion-gateway"
+
+
 class AppConfig(BaseModel):
     """Everything ``fusion.app.build_app`` needs."""
 
@@ -174,6 +187,7 @@ class AppConfig(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     model_dir: str | None = Field(None, description="where tiny models are built; "
                                   "default $FUSION_MODEL_DIR or ~/.cache/fusion/models")
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from fusion.admission import Admission
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.fuse import fuse_labels
+from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
 from fusion.tasks import TASKS, ModelTasks, TaskSpec
 from fusion.values import check_inputs, check_value
@@ -99,9 +100,11 @@ class Executor:
     def __init__(self, caller: ModelCaller, models: dict[str, ModelTasks],
                  fingerprint: Callable[[str], Awaitable[str]],
                  cache: StepStore | None = None, default_ttl_s: float | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 observer: Observer = NULL_OBSERVER) -> None:
         self.caller = caller
         self.admission = admission or Admission(1 << 30)
+        self.observer = observer
         self.models = models
         self.fingerprint = fingerprint
         self.cache = cache
@@ -140,9 +143,11 @@ class Executor:
         started = time.perf_counter()
 
         async def compute() -> dict:
-            if on_event is not None and spec.streams_progress:
-                return await self._stream(model, task, checked, on_event, step or task)
-            return await self.caller.call(model, task, checked)
+            with self.observer.span(f"model {model}/{task}", {"fusion.model": model,
+                                                              "fusion.task": task}):
+                if on_event is not None and spec.streams_progress:
+                    return await self._stream(model, task, checked, on_event, step or task)
+                return await self.caller.call(model, task, checked)
 
         try:
             return await self._cached_call(model, task, checked, compute, policy, ttl_s,
@@ -166,7 +171,13 @@ class Executor:
                 job = self.cache.get_or_compute(
                     key, compute, ttl_s=ttl_s or self.default_ttl_s, read=policy.read,
                     write=policy.write, labels=(model, task))
-                result, outcome = await asyncio.wait_for(job, timeout_s)
+                with self.observer.span("cache", {"fusion.model": model,
+                                                  "fusion.task": task}) as span:
+                    result, outcome = await asyncio.wait_for(job, timeout_s)
+                    if span is not None:
+                        span.set_attribute("fusion.cache.outcome", "coalesced" if
+                                           outcome.coalesced else "hit" if outcome.cached
+                                           else "miss")
                 cached, coalesced = outcome.cached, outcome.coalesced
             else:
                 result = await asyncio.wait_for(compute(), timeout_s)
@@ -211,7 +222,7 @@ class Executor:
             deps = [tasks[d] for d in step.needs]
             tasks[name] = asyncio.create_task(
                 self._run_step(step, deps, values, results, reports, policy, on_event,
-                               deadline))
+                               deadline, spec.name))
         try:
             await asyncio.gather(*tasks.values())
         except BaseException:
@@ -227,9 +238,29 @@ class Executor:
 
     async def _run_step(self, step: StepSpec, deps: list[asyncio.Task], values: dict,
                         results: dict, reports: dict, policy: CachePolicy,
-                        on_event: EventSink | None, deadline: float | None) -> None:
+                        on_event: EventSink | None, deadline: float | None,
+                        pipeline: str = "") -> None:
         for dep in deps:
             await dep
+        started = time.perf_counter()
+        with self.observer.span(f"step {step.name}", {"fusion.pipeline": pipeline,
+                                                      "fusion.step": step.name}):
+            try:
+                await self._step_body(step, values, results, reports, policy, on_event,
+                                      deadline)
+            except asyncio.CancelledError:
+                raise
+            except FusionError as err:
+                self.observer.step(pipeline, step.name, step.model or "fuse", step.task or
+                                   "fuse", "error", time.perf_counter() - started, err.status)
+                raise
+        report = reports[step.name]
+        self.observer.step(pipeline, step.name, step.model or "fuse", step.task or "fuse",
+                           outcome_of(report), report.ms / 1000)
+
+    async def _step_body(self, step: StepSpec, values: dict, results: dict, reports: dict,
+                         policy: CachePolicy, on_event: EventSink | None,
+                         deadline: float | None) -> None:
         inputs = {k: b.resolve(values, results) for k, b in step.bindings.items()}
         if (step.when is not None and not step.when.holds(values, results)) or \
                 self._starved(step, inputs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ from fusion.admission import Admission
 from fusion.auth import KeyRing
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.errors import NotFound, Overloaded, SpecError
+from fusion.errors import FusionError, NotFound, Overloaded, SpecError
 from fusion.executor import (
     CachePolicy,
     EventSink,
@@ -27,6 +28,7 @@ from fusion.executor import (
     check_pipeline_inputs,
     emit,
 )
+from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.spec import PipelineSpec, load_pipelines
 from fusion.tasks import ModelTasks
 from fusion.values import check_limits
@@ -51,8 +53,10 @@ def served_tasks(config: AppConfig) -> dict[str, ModelTasks]:
 class Gateway:
     def __init__(self, config: AppConfig, client: ModelBackendClient, cache: Any = None,
                  pipelines: dict[str, PipelineSpec] | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 observer: Observer = NULL_OBSERVER) -> None:
         self.config = config
+        self.observer = observer
         self.client = client
         self.models = served_tasks(config)
         self.pipelines = pipelines if pipelines is not None else load_pipelines(
@@ -63,7 +67,8 @@ class Gateway:
         self._info_lock = asyncio.Lock()
         self.admission = admission or admission_for(config, self.pipelines)
         self.executor = Executor(client, self.models, self.fingerprint, cache,
-                                 default_ttl_s=config.cache.ttl_s, admission=self.admission)
+                                 default_ttl_s=config.cache.ttl_s, admission=self.admission,
+                                 observer=observer)
 
     async def model_info(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -97,9 +102,18 @@ class Gateway:
                          deadline: float | None = None) -> tuple[dict, StepReport]:
         self._check_limits(inputs)
         self.executor.task_spec(model, task)  # an unknown name is a 404, not a 503
-        with self.admission.admit(f"model:{model}"):
-            return await self.executor.call_model(model, task, inputs, policy,
-                                                  on_event=on_event, deadline=deadline)
+        started = time.perf_counter()
+        try:
+            with self.admission.admit(f"model:{model}"):
+                outputs, report = await self.executor.call_model(
+                    model, task, inputs, policy, on_event=on_event, deadline=deadline)
+        except FusionError as err:
+            if err.status != 404:  # a made-up model or task is not a label value
+                self.observer.step("", "", model, task, "error",
+                                   time.perf_counter() - started, err.status)
+            raise
+        self.observer.step("", "", model, task, outcome_of(report), report.ms / 1000)
+        return outputs, report
 
     def _check_limits(self, inputs: dict[str, Any]) -> None:
         if isinstance(inputs, dict):
@@ -133,7 +147,10 @@ class Gateway:
             prints = [await self.fingerprint(m) for m in models]
             key = self.cache.pipeline_key(digest([spec.digest, models, prints]), checked)
         if key is not None and policy.read:
-            hit = await self.cache.get(key, labels=("pipeline", name))
+            with self.observer.span("cache pipeline", {"fusion.pipeline": name}) as span:
+                hit = await self.cache.get(key, labels=("pipeline", name))
+                if span is not None:
+                    span.set_attribute("fusion.cache.outcome", "miss" if hit is None else "hit")
             if hit is not None:
                 steps = {s: StepReport(cached=not skipped, skipped=skipped)
                          for s, skipped in hit["skipped"].items()}

@@ -21,6 +21,9 @@ from fusion.cache import StepCache
 from fusion.config import AppConfig
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
 from fusion.gateway import Gateway, current_gateway, install
+from fusion.observe import NULL_OBSERVER, Observer, Recorder
+from fusion.ray_metrics import ray_recorder
+from fusion.tracing import tracing_from
 
 log = logging.getLogger("fusion.ingress")
 
@@ -31,9 +34,11 @@ class HandleClient:
     """``ModelBackendClient`` over Serve handles: one per model deployment."""
 
     def __init__(self, handles: dict[str, DeploymentHandle],
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 observer: Observer = NULL_OBSERVER) -> None:
         self.handles = handles
         self.admission = admission or Admission(1 << 30)
+        self.observer = observer
 
     def _handle(self, model: str) -> DeploymentHandle:
         if model not in self.handles:
@@ -42,15 +47,21 @@ class HandleClient:
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         handle = self._handle(model)
+        trace = self.observer.carrier()  # the replica continues this trace
         try:
-            result = await handle.call.remote(task, inputs)
+            if trace:
+                result = await handle.call.remote(task, inputs, trace=trace)
+            else:
+                result = await handle.call.remote(task, inputs)
         except Exception as exc:
             raise model_error(model, task, exc, self.admission) from exc
         self.admission.model_done(model)
         return result
 
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
-        gen = self._handle(model).options(stream=True).call_stream.remote(task, inputs)
+        trace = self.observer.carrier()
+        stream = self._handle(model).options(stream=True).call_stream
+        gen = stream.remote(task, inputs, trace=trace) if trace else stream.remote(task, inputs)
         try:
             async for event in gen:
                 yield event
@@ -81,32 +92,31 @@ def model_error(model: str, task: str, exc: BaseException,
     return StepFailed(f"{model}/{task} failed: {type(err).__name__}: {err}")
 
 
-def serve_metrics_hook() -> Callable[[str, dict, float], None]:
-    """Mirror the cache's counters into Prometheus through Ray Serve's metrics API."""
-    from ray.serve import metrics
-
-    counters: dict[str, metrics.Counter] = {}
-    healthy = metrics.Gauge("fusion_cache_healthy",
-                            description="1 while the cache backend answers, else 0")
+def cache_metrics_hook(recorder: Recorder) -> Callable[[str, dict, float], None]:
+    """Mirror the cache's counters into Prometheus (``fusion_cache_*``)."""
 
     def on_event(name: str, labels: dict, value: float) -> None:
         if name == "healthy":
-            healthy.set(value)
+            recorder.set("fusion_cache_healthy", value, {})
             return
-        if name not in counters:
-            counters[name] = metrics.Counter(
-                f"fusion_cache_{name}_total", description=f"cache {name} by model and task",
-                tag_keys=("model", "task"))
-        counters[name].inc(value, tags={"model": labels.get("model", ""),
-                                        "task": labels.get("task", "")})
+        recorder.inc(f"fusion_cache_{name}_total", {"model": labels.get("model", ""),
+                                                    "task": labels.get("task", "")}, value)
 
     return on_event
 
 
-def make_cache(config: AppConfig) -> StepCache | None:
+def make_cache(config: AppConfig, recorder: Recorder | None) -> StepCache | None:
     if not config.cache.enabled:
         return None
-    return StepCache.from_config(config.cache, on_event=serve_metrics_hook())
+    hook = cache_metrics_hook(recorder) if recorder is not None else None
+    return StepCache.from_config(config.cache, on_event=hook)
+
+
+def make_observer(config: AppConfig) -> Observer:
+    """Metrics through Ray, tracing when an OTLP endpoint is configured, the access log."""
+    obs = config.observability
+    return Observer(ray_recorder() if obs.metrics else None,
+                    tracing_from(obs.otlp_endpoint, obs.service_name), obs.access_log)
 
 
 @serve.deployment(name="router")
@@ -116,8 +126,11 @@ class Router:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
-        client = HandleClient(handles)
-        gateway = Gateway(cfg, client, make_cache(cfg))
+        observer = make_observer(cfg)
+        if observer.recorder is not None:
+            observer.recorder.set("fusion_replica_up", 1, {"model": "router"})
+        client = HandleClient(handles, observer=observer)
+        gateway = Gateway(cfg, client, make_cache(cfg, observer.recorder), observer=observer)
         client.admission = gateway.admission  # one place for every refusal and its hooks
         install(gateway)
         log.info("router ready: %d models, pipelines %s", len(handles),

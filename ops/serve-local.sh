@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# Run the gateway on the offline default profile: http://127.0.0.1:8000 (docs at /docs).
+# Run the gateway on the offline default profile: http://127.0.0.1:8000 (docs at /docs),
+# Prometheus metrics at http://127.0.0.1:${FUSION_METRICS_PORT:-8080}/metrics (README "Operate it").
 source "$(dirname "$0")/bootstrap.sh"
-exec .venv/bin/serve run ops/serve/local.yaml "$@"
+exec .venv/bin/python ops/serve_local.py ops/serve/local.yaml "$@"

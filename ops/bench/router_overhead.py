@@ -7,10 +7,16 @@ body with a base64 image. The router runs with its cache disabled, so every requ
 the whole graph; the chain is what a user would write by hand: decode, three awaited
 ``DeploymentHandle`` calls, encode.
 
-    python ops/bench/router_overhead.py [--requests 300]
+    python ops/bench/router_overhead.py [--requests 300] [--observe]
 
 Prints median/p90 latency and throughput for each path at concurrency 1 and 16, and the
 ratio router / chain (goal: ≤ 1.1 at the median).
+
+``--observe`` adds two more routers over the same models, measured in the same alternating
+rounds: one with Prometheus metrics and the JSON access log on, one with tracing on as well
+(every span exported over OTLP/HTTP to a sink in another process), and prints each one's
+ratio to the router with observability off (goals: metrics ≤ 1.03, tracing ≤ 1.10).
+The no-op models do not open replica spans, so the tracing figure is the router's cost.
 """
 
 
@@ -18,8 +24,10 @@ ratio router / chain (goal: ≤ 1.1 at the median).
 import argparse
 import asyncio
 import base64
+import subprocess
+import sys
 
-from _common import Load, closed_loop, row, start_serve, stop_serve
+from _common import ROOT, Load, closed_loop, free_port, row, start_serve, stop_serve
 from fastapi import FastAPI, Request
 from ray import serve
 
@@ -51,7 +59,7 @@ class NoopModel:
                 "source": "noop:", "fingerprint": f"noop-{self.name}", "device": "cpu",
                 "dtype": "none"}
 
-    async def call(self, task: str, inputs: dict) -> dict:
+    async def call(self, task: str, inputs: dict, trace: dict | None = None) -> dict:
         if task == "caption":
             return {"text": "a photo of a cat"}
         if task == "zero_shot":
@@ -85,7 +93,10 @@ class HandChain:
                             "embedding": embedding["embedding"]}}
 
 
-def deploy(base_url: str) -> None:
+OFF = {"metrics": False, "access_log": "off", "otlp_endpoint": None}
+
+
+def deploy_router(name: str, prefix: str, observability: dict) -> None:
     from fusion.config import AppConfig
     from fusion.ingress import Router
 
@@ -93,19 +104,27 @@ def deploy(base_url: str) -> None:
         "models": [{"name": "captioner", "family": "caption", "source": "tiny:caption"},
                    {"name": "text", "family": "text", "source": "tiny:text-embedding"}],
         "pipeline_dirs": [], "pipelines": [PIPELINE], "cache": {"enabled": False},
-        "router": {"num_cpus": 0.1}})
+        "router": {"num_cpus": 0.1}, "observability": observability})
     captioner = NoopModel.options(name="captioner").bind("captioner")
     text = NoopModel.options(name="text").bind("text")
     router = Router.options(ray_actor_options={"num_cpus": 0.1},
                             max_ongoing_requests=256).bind(
         config.model_dump(mode="json"), {"captioner": captioner, "text": text})
-    serve.run(router, name="fusion", route_prefix="/")
+    serve.run(router, name=name, route_prefix=prefix)
+
+
+def deploy(base_url: str, otlp_url: str | None = None) -> None:
+    deploy_router("fusion", "/", OFF)
+    if otlp_url is not None:
+        deploy_router("metrics", "/metrics-on", {**OFF, "metrics": True, "access_log": "json"})
+        deploy_router("traced", "/traced", {"metrics": True, "access_log": "json",
+                                            "otlp_endpoint": otlp_url})
     captioner_h = serve.get_deployment_handle("captioner", app_name="fusion")
     text_h = serve.get_deployment_handle("text", app_name="fusion")
     serve.run(HandChain.bind(captioner_h, text_h), name="chain", route_prefix="/chain")
 
 
-async def measure(base_url: str, requests: int) -> None:
+async def measure(base_url: str, requests: int, observe: bool = False) -> None:
     from tests.fakes import png
 
     body = {"inputs": {"image": base64.b64encode(png((10, 20, 30), 32)).decode(),
@@ -117,7 +136,14 @@ async def measure(base_url: str, requests: int) -> None:
     async def chain(client):
         return await client.post("/chain/", json=body)
 
-    for send in (router, chain):  # warm both paths (connections, handles, code paths)
+    async def metrics_on(client):
+        return await client.post("/metrics-on/v1/pipelines/three_steps", json=body)
+
+    async def traced(client):
+        return await client.post("/traced/v1/pipelines/three_steps", json=body)
+
+    paths = (router, chain, metrics_on, traced) if observe else (router, chain)
+    for send in paths:  # warm every path (connections, handles, code paths)
         await closed_loop(send, 50, 4, base_url)
     print(f"3-step pipeline over no-op models, {requests} requests per cell, one Serve "
           "instance, HTTP through Serve's proxy\n")
@@ -126,27 +152,45 @@ async def measure(base_url: str, requests: int) -> None:
         # many short alternating rounds (ABBA...), so drift in the machine's load hits both
         # paths alike; on 2 shared cores a single long run of each swings by ±10 %
         rounds = 10
-        totals = {router: Load([], 0.0), chain: Load([], 0.0)}
+        totals = {send: Load([], 0.0) for send in paths}
         for i in range(rounds):
-            for send in (router, chain) if i % 2 == 0 else (chain, router):
+            for send in paths if i % 2 == 0 else paths[::-1]:
                 totals[send] += await closed_loop(send, n // rounds, concurrency, base_url)
         r, c = totals[router], totals[chain]
         print(row(f"router        concurrency {concurrency:>2}", r))
         print(row(f"hand chain    concurrency {concurrency:>2}", c))
         print(f"{'ratio router / chain':<44} median {r.median / c.median:8.3f} x   "
               f"throughput {r.throughput / c.throughput:6.3f} x\n")
+        if observe:
+            for label, send in (("metrics + access log", metrics_on),
+                                ("metrics + log + tracing", traced)):
+                o = totals[send]
+                print(row(f"{label:<24} c {concurrency:>2}", o))
+                print(f"{'ratio ' + label + ' / off':<44} median {o.median / r.median:8.3f} x"
+                      f"   throughput {o.throughput / r.throughput:6.3f} x\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--observe", action="store_true",
+                        help="also measure routers with metrics, access log and tracing on")
     args = parser.parse_args()
+    sink, otlp_url = None, None
+    if args.observe:  # a collector stand-in in its own process, as a real one would be
+        port = free_port()
+        sink = subprocess.Popen([sys.executable, "-m", "tests.otlp_receiver", str(port)],
+                                cwd=ROOT)
+        otlp_url = f"http://127.0.0.1:{port}"
     base_url = start_serve()
     try:
-        deploy(base_url)
-        asyncio.run(measure(base_url, args.requests))
+        deploy(base_url, otlp_url)
+        asyncio.run(measure(base_url, args.requests, args.observe))
     finally:
         stop_serve()
+        if sink is not None:
+            sink.terminate()
+            sink.wait(10)
 
 
 if __name__ == "__main__":

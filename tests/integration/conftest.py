@@ -3,6 +3,10 @@
 It serves the offline default profile (``ops/serve/local.yaml``'s models) with two router
 replicas, so cross-replica coalescing is exercised, and the shared Redis with a namespace of
 its own. Ray sees the machine's 2 CPUs; the replicas' shares (0.1 each) fit in them.
+
+Observability is on as in production: Ray exports metrics on a known port
+(``metrics_port``), and router and replicas send traces to a throwaway OTLP receiver
+(``otlp``; the exporter batches, flushing every 200 ms here).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.otlp_receiver import OtlpReceiver
 from tests.redis_server import free_port, redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +32,20 @@ def local_profile_args() -> dict:
 
 
 @pytest.fixture(scope="package")
-def gateway_config() -> dict:
+def otlp():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="package")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="package")
+def gateway_config(otlp) -> dict:
     args = local_profile_args()
+    args["observability"] = {"otlp_endpoint": otlp.url}
     args["router"] = {"num_replicas": 2, "num_cpus": 0.1}
     # redis_timeout_s: the exact one-computation checks need Redis healthy throughout, and
     # with models computing on 2 cores a command can take longer than the 0.1 s default
@@ -38,7 +55,7 @@ def gateway_config() -> dict:
 
 
 @pytest.fixture(scope="package")
-def gateway_url(gateway_config):
+def gateway_url(gateway_config, metrics_port):
     import ray
     from ray import serve
 
@@ -47,7 +64,8 @@ def gateway_url(gateway_config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",
+             _metrics_export_port=metrics_port,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OTEL_BSP_SCHEDULE_DELAY": "200",
                                        "FUSION_MODEL_DIR": os.environ.get(
                                            "FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}})
     try:
