@@ -86,7 +86,11 @@ class AutoscalingConfig(BaseModel):
     def to_serve(self) -> dict[str, Any]:
         """The dict ``Deployment.options(autoscaling_config=...)`` takes (unset fields left
         to Serve)."""
-        return self.model_dump(exclude_none=True)
+        out = self.model_dump(exclude_none=True)
+        # Serve warns when its deprecated ``metrics_interval_s`` (10 s) is not below the
+        # window; metrics are really pushed at RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S.
+        out["metrics_interval_s"] = min(10.0, self.look_back_period_s / 2)
+        return out
 
 
 def _check_replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) -> None:
