@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from ray.serve import Application
 
-from fusion.config import AppConfig, ModelConfig
+from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
 from fusion.errors import SpecError
 from fusion.gateway import admission_for, served_tasks
 from fusion.spec import load_pipelines
@@ -38,14 +38,25 @@ def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
         raise SpecError("invalid gateway config:\n" + "\n".join(lines)) from None
 
 
+def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None,
+                    actor_options: dict[str, Any], resources: dict[str, float]
+                    ) -> dict[str, Any]:
+    """Replica count (fixed, or Serve's autoscaler) and actor resources for ``.options``."""
+    actor = {**actor_options, **({"resources": dict(resources)} if resources else {})}
+    if autoscaling is None:
+        return {"num_replicas": num_replicas, "ray_actor_options": actor}
+    return {"autoscaling_config": autoscaling.to_serve(), "ray_actor_options": actor}
+
+
 def model_deployment(model: ModelConfig, model_dir: str | None,
                      observability: dict[str, Any] | None = None) -> Application:
     module, cls = DEPLOYMENT_CLASSES[model.family].split(":")
     deployment = getattr(importlib.import_module(module), cls)
     return deployment.options(
         name=model.name,
-        num_replicas=model.num_replicas,
-        ray_actor_options={"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+        **replica_options(model.num_replicas, model.autoscaling,
+                          {"num_cpus": model.num_cpus, "num_gpus": model.num_gpus},
+                          model.resources),
         max_ongoing_requests=model.max_ongoing_requests,
         max_queued_requests=model.max_queued_requests,
     ).bind(model.model_dump(mode="json"), model_dir, observability)
@@ -61,8 +72,9 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     observability = config.observability.model_dump(mode="json")
     handles = {m.name: model_deployment(m, config.model_dir, observability)
                for m in config.models}
+    router = config.router
     return Router.options(
-        num_replicas=config.router.num_replicas,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        **replica_options(router.num_replicas, router.autoscaling,
+                          {"num_cpus": router.num_cpus}, router.resources),
         max_ongoing_requests=config.router.max_ongoing_requests,
     ).bind(config.model_dump(mode="json"), handles)

@@ -48,6 +48,60 @@ class ModelSource(BaseModel):
         return f"{self.kind}:{self.ref}{rev}"
 
 
+class AutoscalingConfig(BaseModel):
+    """Serve's ``autoscaling_config`` for one deployment, checked where the config is read.
+
+    Serve scales between ``min_replicas`` and ``max_replicas`` to keep about
+    ``target_ongoing_requests`` requests (running and queued) per replica. Serve's own
+    defaults react in tens of seconds and shrink after 10 minutes: good for real models,
+    whose replicas take long to start; tests and small profiles set shorter delays.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0, description="0 lets an idle model scale to zero "
+                              "(its next request waits for a cold start)")
+    initial_replicas: int | None = Field(None, ge=0, description="default: min_replicas")
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(2, gt=0)
+    upscale_delay_s: float = Field(30, ge=0)
+    downscale_delay_s: float = Field(600, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(None, ge=0)
+    look_back_period_s: float = Field(30, gt=0)
+    upscaling_factor: float | None = Field(None, gt=0)
+    downscaling_factor: float | None = Field(None, gt=0)
+    aggregation_function: Literal["mean", "max", "min"] = "mean"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must be <= "
+                             f"max_replicas ({self.max_replicas})")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({initial}) must lie between min_replicas "
+                             f"({self.min_replicas}) and max_replicas ({self.max_replicas})")
+        return self
+
+    def to_serve(self) -> dict[str, Any]:
+        """The dict ``Deployment.options(autoscaling_config=...)`` takes (unset fields left
+        to Serve)."""
+        out = self.model_dump(exclude_none=True)
+        # Serve warns when its deprecated ``metrics_interval_s`` (10 s) is not below the
+        # window; metrics are really pushed at RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S.
+        out["metrics_interval_s"] = min(10.0, self.look_back_period_s / 2)
+        return out
+
+
+def _check_replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) -> None:
+    """A fixed ``num_replicas`` above 1 and ``autoscaling`` are exclusive: which one wins
+    would be a guess, so the config refuses it. With autoscaling the start count is
+    ``autoscaling.initial_replicas``."""
+    if autoscaling is not None and num_replicas > 1:
+        raise ValueError("give either num_replicas (a fixed count) or autoscaling "
+                         "(min/initial/max_replicas), not both")
+
+
 class ModelConfig(BaseModel):
     """One model deployment: what it is, where its weights are, what resources it gets."""
 
@@ -74,9 +128,14 @@ class ModelConfig(BaseModel):
     quantize: Literal["none", "int8"] = "none"
     compile: bool = False
     options: dict[str, Any] = Field(default_factory=dict, description="backend-specific")
+    autoscaling: AutoscalingConfig | None = None
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray "
+                                        "resources per replica (pins it to nodes that have "
+                                        "them)")
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelConfig:
+        _check_replicas(self.num_replicas, self.autoscaling)
         known = BACKENDS[self.family]
         if self.backend is None:
             self.backend = next(iter(known))
@@ -149,6 +208,8 @@ class RouterConfig(BaseModel):
     pipeline_max_in_flight: dict[str, int] = Field(
         default_factory=dict, description="per pipeline bound (overrides the pipeline "
         "spec's own max_in_flight)")
+    autoscaling: AutoscalingConfig | None = None
+    resources: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_in_flight(self) -> RouterConfig:
@@ -159,6 +220,15 @@ class RouterConfig(BaseModel):
         bad = {k: v for k, v in self.pipeline_max_in_flight.items() if v < 1}
         if bad:
             raise ValueError(f"pipeline_max_in_flight values must be at least 1: {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_autoscaling(self) -> RouterConfig:
+        _check_replicas(self.num_replicas, self.autoscaling)
+        if self.autoscaling and self.autoscaling.target_ongoing_requests > \
+                self.max_ongoing_requests:
+            raise ValueError("autoscaling.target_ongoing_requests must not exceed "
+                             "max_ongoing_requests: a replica never holds more")
         return self
 
 

@@ -31,6 +31,17 @@ def local_profile_args() -> dict:
     return config["applications"][0]["args"]
 
 
+# A tiny diffusion model that autoscales 1 → 2 → 1 within seconds: metrics every 0.5 s (Serve
+# pushes them every 10 s by default; AUTOSCALING_ENV below), a 2 s window, short delays.
+SCALER = {"name": "scaler", "family": "diffusion", "source": "tiny:diffusion", "num_cpus": 0.1,
+          "max_batch_size": 1,
+          "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                          "look_back_period_s": 2, "upscale_delay_s": 1,
+                          "downscale_delay_s": 3}}
+AUTOSCALING_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+                   "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+
+
 @pytest.fixture(scope="package")
 def otlp():
     with OtlpReceiver() as receiver:
@@ -51,6 +62,7 @@ def gateway_config(otlp) -> dict:
     # with models computing on 2 cores a command can take longer than the 0.1 s default
     args["cache"] = {**args.get("cache", {}), "redis_url": redis_url(),
                      "namespace": f"it-{uuid.uuid4().hex[:8]}", "redis_timeout_s": 2.0}
+    args["models"].append(SCALER)  # test_autoscaling's own model: nothing else calls it
     return args
 
 
@@ -65,7 +77,8 @@ def gateway_url(gateway_config, metrics_port):
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              _metrics_export_port=metrics_port,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OTEL_BSP_SCHEDULE_DELAY": "200",
+             runtime_env={"env_vars": {**AUTOSCALING_ENV, "HF_HUB_OFFLINE": "1",
+                                       "OTEL_BSP_SCHEDULE_DELAY": "200",
                                        "FUSION_MODEL_DIR": os.environ.get(
                                            "FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}})
     try:
