@@ -156,6 +156,32 @@ class ServedModel:
             return await self._run_batch((task, item))
         return (await asyncio.to_thread(self._run_locked, task, [item], None))[0]
 
+    async def call_many(self, task: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A list request: every item prepared, then run in chunks of ``max_batch_size``.
+
+        The list already is a batch, so it skips ``@serve.batch``; preparing (decoding images,
+        audio) happens in the worker thread too, so a long list never stalls the event loop.
+        A bad item fails the call with its index named (``inputs[3].image``).
+        """
+        if not self.model.task_spec(task).batched:
+            raise BadInput(f"task {task!r} takes one item per request", field="task")
+        return await asyncio.to_thread(self._run_many, task, items)
+
+    def _run_many(self, task: str, items: list[dict[str, Any]]) -> list[dict]:
+        prepared = []
+        for i, inputs in enumerate(items):
+            try:
+                prepared.append(self.model.prepare(task, inputs))
+            except BadInput as err:
+                where = f"inputs[{i}]"
+                raise type(err)(f"{where}: {err.message}",
+                                field=f"{where}.{err.field}" if err.field else where) from None
+        size = self.model.config.max_batch_size
+        out: list[dict] = []
+        for start in range(0, len(prepared), size):
+            out += self._run_locked(task, prepared[start:start + size], None)
+        return out
+
     async def call_stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""
         item = self.model.prepare(task, inputs)

@@ -14,9 +14,10 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from fusion.auth import KeyRing
+from fusion.batch import BatchResult, call_many
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.errors import NotFound
+from fusion.errors import BadInput, NotFound
 from fusion.executor import (
     CachePolicy,
     EventSink,
@@ -37,6 +38,11 @@ class ModelBackendClient(Protocol):
     """How the gateway reaches models: Serve handles in production, fakes in unit tests."""
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def call_many(self, model: str, task: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One call carrying many items of one task; results in order (``fusion.batch``)."""
+        ...
 
     def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]: ...
 
@@ -93,6 +99,23 @@ class Gateway:
                          on_event: EventSink | None = None) -> tuple[dict, StepReport]:
         self._check_limits(inputs)
         return await self.executor.call_model(model, task, inputs, policy, on_event=on_event)
+
+    async def call_many(self, model: str, task: str, items: list[Any],
+                        policy: CachePolicy = CachePolicy()) -> BatchResult:
+        """Many items of one task as one batch: ``POST /v1/models/{name}/{task}`` with a
+        list of inputs, and ``/v1/embeddings`` with a list of texts."""
+        limits = self.config.limits
+        if not isinstance(items, list) or not items:
+            raise BadInput("inputs must be an object or a non-empty list of objects",
+                           field="inputs")
+        if len(items) > limits.max_list_items:
+            raise BadInput(f"inputs has {len(items)} items, over the {limits.max_list_items} "
+                           "limit (limits.max_list_items)", field="inputs")
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                check_limits(item, limits.max_text_chars, limits.max_list_items,
+                             prefix=f"inputs[{i}].")
+        return await call_many(self.executor, model, task, items, policy)
 
     def _check_limits(self, inputs: dict[str, Any]) -> None:
         if isinstance(inputs, dict):

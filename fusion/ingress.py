@@ -50,6 +50,13 @@ class HandleClient:
         except Exception as exc:
             raise model_error(model, task, exc) from exc
 
+    async def call_many(self, model: str, task: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return await self._handle(model).call_many.remote(task, items)
+        except Exception as exc:
+            raise model_error(model, task, exc) from exc
+
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         gen = self._handle(model).options(stream=True).call_stream.remote(task, inputs)
         try:

@@ -7,16 +7,18 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from fusion.errors import BadInput, FusionError, NotFound
+from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
 from fusion.payloads import read_form
 
@@ -52,6 +54,15 @@ def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
     return name
 
 
+def _as_input_error(err: FusionError) -> FusionError:
+    """A list item's error (``inputs[3].text``) named as OpenAI's field (``input[3]``)."""
+    match = re.match(r"^inputs(\[\d+\])?(\.text)?$", err.field or "")
+    if match is None:
+        return err
+    field = f"input{match.group(1) or ''}"
+    return type(err)(err.message.replace(f"inputs{match.group(1) or ''}", field, 1), field=field)
+
+
 class EmbeddingRequest(BaseModel):
     input: str | list[str]
     model: str
@@ -81,18 +92,26 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
             return openai_error(err, params)
 
     @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
-    async def embeddings(req: EmbeddingRequest, gw: Gateway = Depends(gateway)):
+    async def embeddings(req: EmbeddingRequest, gw: Gateway = Depends(gateway),
+                         cache_control: str | None = Header(None)):
         async def run() -> dict:
             task = "embed" if req.model in gw.models and "embed" in gw.models[req.model].tasks \
                 else "embed_text"
             model = _pick_model(gw, req.model, task)
             texts = [req.input] if isinstance(req.input, str) else req.input
-            if not texts or any(not t for t in texts):
+            if not texts:
                 raise BadInput("input must be a non-empty string or list of strings",
                                field="input")
-            data = []
             for i, text in enumerate(texts):
-                out, _ = await gw.call_model(model, task, {"text": text})
+                if not text:
+                    raise BadInput(f"input[{i}] is empty", field=f"input[{i}]")
+            try:  # the whole list as one batch, its cached items read in one round trip
+                batch = await gw.call_many(model, task, [{"text": t} for t in texts],
+                                           CachePolicy.from_header(cache_control))
+            except FusionError as err:
+                raise _as_input_error(err) from None
+            data = []
+            for i, out in enumerate(batch.outputs):
                 vec = out["embedding"]
                 if req.encoding_format == "base64":
                     vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
