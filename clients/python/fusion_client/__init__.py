@@ -21,6 +21,7 @@ from fusion_client.errors import (
     Unauthorized,
 )
 from fusion_client.types import (
+    BatchResult,
     CacheStats,
     CallResult,
     Event,
@@ -38,6 +39,7 @@ from fusion_client.types import (
 __all__ = [
     "AsyncFusionClient",
     "BadRequest",
+    "BatchResult",
     "CacheStats",
     "CallResult",
     "ConnectionFailed",
