@@ -26,7 +26,7 @@ from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error
-from fusion.payloads import decode_json_inputs, encode_value, read_form
+from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
 
 log = logging.getLogger("fusion.api")
 
@@ -207,7 +207,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
         if isinstance(inputs, list):  # a list request: one batch (fusion.batch)
             batch = await gw.call_many(name, task, inputs, policy)
-            return JSONResponse({
+            return FastJSONResponse({
                 "outputs": encode_value(batch.outputs), "types": dict(spec.outputs),
                 "model": name, "task": task, "ms": batch.ms, "cached": batch.cached,
                 "request_id": request_id(request)}, headers={"X-Fusion-Cache": batch.cache})

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from fusion.errors import BadInput, FusionError, NotFound
 from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
-from fusion.payloads import read_form
+from fusion.payloads import FastJSONResponse, read_form
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 413: "invalid_request_error",
@@ -117,8 +117,10 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                     vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
                 data.append({"object": "embedding", "index": i, "embedding": vec})
             tokens = sum(len(t.split()) for t in texts)
-            return {"object": "list", "data": data, "model": model,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            # a Response, not a dict: FastAPI's encoder would walk every float first
+            return FastJSONResponse({"object": "list", "data": data, "model": model,
+                                     "usage": {"prompt_tokens": tokens,
+                                               "total_tokens": tokens}})
 
         return await guarded(run, {"text": "input"})
 
