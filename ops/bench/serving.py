@@ -25,7 +25,8 @@ haproxy``), so the modes are compared side by side in one run.
     python ops/bench/serving.py --quick --models text --modes default,throughput,haproxy
     python ops/bench/serving.py --quick --sweep                # in-process threads × batch
 
-``--peer infinity`` is not implemented yet (see the README).
+Not implemented yet: ``--peer infinity`` (Infinity on the same model folder in a venv of its
+own) and ``--device cuda``.
 """
 
 from __future__ import annotations
