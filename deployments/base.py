@@ -202,6 +202,55 @@ class ServedModel:
             self._flight(-1)
             self._observe_call(task, trace, arrived, arrived_ns, timing, error)
 
+    async def call_many(self, task: str, items: list[dict[str, Any]],
+                        trace: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """A list request: every item prepared, then run in chunks of ``max_batch_size``.
+
+        The list already is a batch, so it skips ``@serve.batch``; preparing (decoding images,
+        audio) happens in the worker thread too, so a long list never stalls the event loop.
+        A bad item fails the call with its index named (``inputs[3].image``).
+        """
+        if not self.model.task_spec(task).batched:
+            raise BadInput(f"task {task!r} takes one item per request", field="task")
+        arrived, arrived_ns = time.perf_counter(), time.time_ns()
+        timing: Timing | None = None
+        error: BaseException | None = None
+        self._flight(1)
+        try:
+            outputs, timings = await asyncio.to_thread(self._run_many, task, items)
+            for chunk in timings:
+                self._observe_batch(task, chunk)
+            if timings:  # the whole list as one span: first chunk's start to last's end
+                first, last = timings[0], timings[-1]
+                timing = Timing(first.started, last.ended, first.started_ns, last.ended_ns,
+                                len(items))
+            return outputs
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._flight(-1)
+            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
+
+    def _run_many(self, task: str, items: list[dict[str, Any]]
+                  ) -> tuple[list[dict], list[Timing]]:
+        prepared = []
+        for i, inputs in enumerate(items):
+            try:
+                prepared.append(self.model.prepare(task, inputs))
+            except BadInput as err:
+                where = f"inputs[{i}]"
+                raise type(err)(f"{where}: {err.message}",
+                                field=f"{where}.{err.field}" if err.field else where) from None
+        size = self.model.config.max_batch_size
+        out: list[dict] = []
+        timings: list[Timing] = []
+        for start in range(0, len(prepared), size):
+            outputs, timing = self._run_timed(task, prepared[start:start + size], None)
+            out += outputs
+            timings.append(timing)
+        return out, timings
+
     def _flight(self, delta: int) -> None:
         self._in_flight += delta
         if self._recorder is not None:

@@ -29,7 +29,7 @@ from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
-from fusion.payloads import decode_json_inputs, encode_value, read_form
+from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
 
 log = logging.getLogger("fusion.api")
 
@@ -42,6 +42,18 @@ _INPUTS_BODY = {
         "multipart/form-data": {"schema": {"type": "object", "additionalProperties": True,
                                            "description": "one part per input; files for "
                                            "images and audio"}},
+    }},
+}
+
+_MODEL_INPUTS_BODY = {
+    "requestBody": {"content": {
+        "application/json": {"schema": {"type": "object", "properties": {
+            "inputs": {"oneOf": [
+                {"type": "object", "description": "named inputs; images and audio as base64"},
+                {"type": "array", "items": {"type": "object"},
+                 "description": "a list request: many items, run as one batch; answers "
+                                "lists of outputs and cached flags in the same order"}]}}}},
+        "multipart/form-data": _INPUTS_BODY["requestBody"]["content"]["multipart/form-data"],
     }},
 }
 
@@ -162,8 +174,12 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -> dict[str, Any]:
-    """The ``inputs`` of a JSON or multipart body, with binary fields turned into bytes."""
+async def read_inputs(request: Request, types: dict[str, str], max_bytes: int,
+                      allow_list: bool = False) -> dict[str, Any] | list[Any]:
+    """The ``inputs`` of a JSON or multipart body, with binary fields turned into bytes.
+
+    With ``allow_list``, a JSON ``{"inputs": [{...}, ...]}`` gives a list of such objects.
+    """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"body is {length} bytes, over the {max_bytes} byte limit",
@@ -186,6 +202,9 @@ async def read_inputs(request: Request, types: dict[str, str], max_bytes: int) -
         raise MalformedBody(f"body is not valid JSON ({exc})", field="body") from None
     if not isinstance(body, dict):
         raise BadInput("body must be a JSON object", field="body")
+    if allow_list and isinstance(body.get("inputs"), list):
+        return [decode_json_inputs(item, types, prefix=f"inputs[{i}].")
+                if isinstance(item, dict) else item for i, item in enumerate(body["inputs"])]
     inputs = body["inputs"] if isinstance(body.get("inputs"), dict) else body
     if "inputs" in body and not isinstance(body["inputs"], dict):
         raise BadInput("inputs must be an object", field="inputs")
@@ -255,15 +274,22 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     async def list_models(gw: Gateway = Depends(gateway)) -> dict:
         return {"models": await gw.list_models()}
 
-    @app.post("/v1/models/{name}/{task}", tags=["models"], openapi_extra=_INPUTS_BODY,
+    @app.post("/v1/models/{name}/{task}", tags=["models"], openapi_extra=_MODEL_INPUTS_BODY,
               dependencies=[Depends(require_key)])
     async def call_model(name: str, task: str, request: Request,
                          gw: Gateway = Depends(gateway)):
         spec = gw.executor.task_spec(name, task)
         types = {k: p.type for k, p in spec.inputs.items()}
-        inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
+        inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes,
+                                   allow_list=True)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
         deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
+        if isinstance(inputs, list):  # a list request: one batch (fusion.batch)
+            batch = await gw.call_many(name, task, inputs, policy, deadline=deadline)
+            return FastJSONResponse({
+                "outputs": encode_value(batch.outputs), "types": dict(spec.outputs),
+                "model": name, "task": task, "ms": batch.ms, "cached": batch.cached,
+                "request_id": request_id(request)}, headers={"X-Fusion-Cache": batch.cache})
         outputs, report = await gw.call_model(name, task, inputs, policy, deadline=deadline)
         return JSONResponse({
             "outputs": encode_value(outputs), "types": dict(spec.outputs), "model": name,

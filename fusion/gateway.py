@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from fusion.admission import Admission
 from fusion.auth import KeyRing
+from fusion.batch import BatchResult, call_many
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.errors import FusionError, NotFound, Overloaded, SpecError
+from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.executor import (
     CachePolicy,
     EventSink,
@@ -40,6 +41,11 @@ class ModelBackendClient(Protocol):
     """How the gateway reaches models: Serve handles in production, fakes in unit tests."""
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def call_many(self, model: str, task: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One call carrying many items of one task; results in order (``fusion.batch``)."""
+        ...
 
     def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]: ...
 
@@ -114,6 +120,38 @@ class Gateway:
             raise
         self.observer.step("", "", model, task, outcome_of(report), report.ms / 1000)
         return outputs, report
+
+    async def call_many(self, model: str, task: str, items: list[Any],
+                        policy: CachePolicy = CachePolicy(),
+                        deadline: float | None = None) -> BatchResult:
+        """Many items of one task as one batch: ``POST /v1/models/{name}/{task}`` with a
+        list of inputs, and ``/v1/embeddings`` with a list of texts."""
+        limits = self.config.limits
+        if not isinstance(items, list) or not items:
+            raise BadInput("inputs must be an object or a non-empty list of objects",
+                           field="inputs")
+        if len(items) > limits.max_list_items:
+            raise BadInput(f"inputs has {len(items)} items, over the {limits.max_list_items} "
+                           "limit (limits.max_list_items)", field="inputs")
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                check_limits(item, limits.max_text_chars, limits.max_list_items,
+                             prefix=f"inputs[{i}].")
+        self.executor.task_spec(model, task)  # an unknown name is a 404, not a 503
+        with self.admission.admit(f"model:{model}"):
+            job = call_many(self.executor, model, task, items, policy)
+            if deadline is None:
+                return await job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                job.close()
+                raise self.admission.expired_before_start(f"{model}/{task}", None)
+            try:
+                return await asyncio.wait_for(job, left)
+            except asyncio.TimeoutError:
+                raise StepTimeout(f"{model}/{task} did not finish within the request's "
+                                  f"deadline (X-Request-Timeout; {left:.3g}s were left)"
+                                  ) from None
 
     def _check_limits(self, inputs: dict[str, Any]) -> None:
         if isinstance(inputs, dict):

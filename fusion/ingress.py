@@ -58,6 +58,20 @@ class HandleClient:
         self.admission.model_done(model)
         return result
 
+    async def call_many(self, model: str, task: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        handle = self._handle(model)
+        trace = self.observer.carrier()
+        try:
+            if trace:
+                result = await handle.call_many.remote(task, items, trace=trace)
+            else:
+                result = await handle.call_many.remote(task, items)
+        except Exception as exc:
+            raise model_error(model, task, exc, self.admission) from exc
+        self.admission.model_done(model)
+        return result
+
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         trace = self.observer.carrier()
         stream = self._handle(model).options(stream=True).call_stream

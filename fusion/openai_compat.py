@@ -7,19 +7,21 @@
 from __future__ import annotations
 
 import base64
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.errors import ERRORS_BY_CODE, BadInput, FusionError, NotFound, Overloaded
+from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
-from fusion.payloads import read_form
+from fusion.payloads import FastJSONResponse, read_form
 
 OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions")
 
@@ -66,6 +68,16 @@ def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
     return name
 
 
+def _as_input_error(err: FusionError, single: bool = False) -> FusionError:
+    """A list item's error (``inputs[3].text``) named as OpenAI's field (``input[3]``), or
+    ``input`` itself when the client sent one string (``single``)."""
+    match = re.match(r"^inputs(\[\d+\])?(\.text)?$", err.field or "")
+    if match is None:
+        return err
+    field = "input" if single else f"input{match.group(1) or ''}"
+    return type(err)(err.message.replace(f"inputs{match.group(1) or ''}", field, 1), field=field)
+
+
 class EmbeddingRequest(BaseModel):
     input: str | list[str]
     model: str
@@ -96,26 +108,37 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
 
     @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
     async def embeddings(req: EmbeddingRequest, request: Request,
-                         gw: Gateway = Depends(gateway)):
+                         gw: Gateway = Depends(gateway),
+                         cache_control: str | None = Header(None)):
         async def run() -> dict:
             deadline = request_deadline(request)
             task = "embed" if req.model in gw.models and "embed" in gw.models[req.model].tasks \
                 else "embed_text"
             model = _pick_model(gw, req.model, task)
             texts = [req.input] if isinstance(req.input, str) else req.input
-            if not texts or any(not t for t in texts):
+            if not texts:
                 raise BadInput("input must be a non-empty string or list of strings",
                                field="input")
-            data = []
             for i, text in enumerate(texts):
-                out, _ = await gw.call_model(model, task, {"text": text}, deadline=deadline)
+                if not text:
+                    raise BadInput(f"input[{i}] is empty", field=f"input[{i}]")
+            try:  # the whole list as one batch, its cached items read in one round trip
+                batch = await gw.call_many(model, task, [{"text": t} for t in texts],
+                                           CachePolicy.from_header(cache_control),
+                                           deadline=deadline)
+            except FusionError as err:
+                raise _as_input_error(err, isinstance(req.input, str)) from None
+            data = []
+            for i, out in enumerate(batch.outputs):
                 vec = out["embedding"]
                 if req.encoding_format == "base64":
                     vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
                 data.append({"object": "embedding", "index": i, "embedding": vec})
             tokens = sum(len(t.split()) for t in texts)
-            return {"object": "list", "data": data, "model": model,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            # a Response, not a dict: FastAPI's encoder would walk every float first
+            return FastJSONResponse({"object": "list", "data": data, "model": model,
+                                     "usage": {"prompt_tokens": tokens,
+                                               "total_tokens": tokens}})
 
         return await guarded(run, {"text": "input"})
 

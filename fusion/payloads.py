@@ -12,6 +12,9 @@ import binascii
 import json
 from typing import Any
 
+import orjson
+from starlette.responses import JSONResponse
+
 from fusion.errors import BadInput, PayloadTooLarge
 from fusion.tasks import BINARY_TYPES
 
@@ -125,5 +128,15 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: encode_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(v) is float for v in value):  # embeddings: nothing inside to encode
+            return value
         return [encode_value(v) for v in value]
     return value
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: a list answer carries tens of thousands of floats (64
+    embeddings of 384), which the standard library takes ~50 ms to write and orjson ~3."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

@@ -54,6 +54,7 @@ class FakeModels:
         self.delays = delays or {}
         self.fail = fail or {}
         self.calls: Counter[str] = Counter()
+        self.batches: list[tuple[str, int]] = []
         self.fingerprints: dict[str, str] = {}
 
     async def info(self, model: str) -> dict[str, Any]:
@@ -67,6 +68,23 @@ class FakeModels:
         if task in self.fail:
             raise self.fail[task]
         return self.compute(task, inputs)
+
+    async def call_many(self, model: str, task: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Like a replica's ``call_many``: one call, each item computed; ``batches`` records
+        the size of every list that reached the model."""
+        self.batches.append((f"{model}/{task}", len(items)))
+        await asyncio.sleep(self.delays.get(task, 0))
+        if task in self.fail:
+            raise self.fail[task]
+        out = []
+        for i, item in enumerate(items):
+            try:
+                out.append(self.compute(task, item))
+            except BadInput as err:
+                raise BadInput(f"inputs[{i}]: {err.message}",
+                               field=f"inputs[{i}].{err.field}") from None
+        return out
 
     async def stream(self, model: str, task: str, inputs: dict[str, Any]):
         steps = inputs.get("steps", 3)

@@ -17,6 +17,7 @@ Anything else stored under a key decodes as a miss and is counted as ``corrupt``
 Backends (``fusion.cache.backends``), one async interface ``CacheBackend``::
 
     get(key) -> bytes | None        set(key, value, ttl_s)        delete(key)
+    get_many(keys) -> list[bytes | None]  (MGET)   set_many([(key, value)], ttl_s)  (pipelined)
     clear_namespace(namespace) -> int                   (Redis: SCAN MATCH ns:* + UNLINK)
     acquire(lock_key, owner_token, ttl_ms) -> bool      (SET NX PX)
     release(lock_key, owner_token) -> bool              (compare-and-delete, Lua)

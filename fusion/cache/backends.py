@@ -3,6 +3,8 @@
 ``CacheBackend`` is the whole contract the ``StepCache`` relies on:
 
 * ``get(key) -> bytes | None``, ``set(key, value, ttl_s)``, ``delete(key)``;
+* ``get_many(keys)`` / ``set_many(items, ttl_s)``: the same for a list in one round trip
+  (Redis ``MGET`` and a pipelined ``SET``), so a list request costs one look-up, not n;
 * ``clear_namespace(namespace) -> int``: delete every ``namespace:*`` key, nothing else;
 * single-flight locks: ``acquire(lock_key, owner_token, ttl_ms) -> bool`` (``SET NX PX``),
   ``release(lock_key, owner_token) -> bool`` (compare-and-delete: only the owner's token
@@ -64,6 +66,15 @@ class CacheBackend:
 
     async def delete(self, key: str) -> None:
         raise NotImplementedError
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` in order, in one round trip where the store allows it."""
+        return [await self.get(k) for k in keys]
+
+    async def set_many(self, items: list[tuple[str, bytes]], ttl_s: float | None) -> None:
+        """Store every ``(key, value)``, in one round trip where the store allows it."""
+        for key, value in items:
+            await self.set(key, value, ttl_s)
 
     async def clear_namespace(self, namespace: str) -> int:
         raise NotImplementedError
@@ -349,6 +360,24 @@ class RedisBackend(CacheBackend):
 
     async def delete(self, key: str) -> None:
         await self._run("unlink", lambda: self._redis.unlink(key))
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return list(await self._run("mget", lambda: self._redis.mget(keys)))
+
+    async def set_many(self, items: list[tuple[str, bytes]], ttl_s: float | None) -> None:
+        if not items or (ttl_s is not None and ttl_s <= 0):
+            return
+        px = None if ttl_s is None else max(1, int(ttl_s * 1000))
+
+        async def set_all() -> None:  # one pipelined round trip, not a transaction
+            pipe = self._redis.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, value, px=px)
+            await pipe.execute()
+
+        await self._run("set", set_all)
 
     async def clear_namespace(self, namespace: str) -> int:
         """``SCAN MATCH namespace:*`` and ``UNLINK`` each batch; never ``FLUSHDB``."""

@@ -244,6 +244,40 @@ class StepCache:
         call = _Call((str(labels[0]), str(labels[1])))
         return await self._write(key, value, self.ttl_s if ttl_s is None else ttl_s, call)
 
+    async def get_many(self, keys: list[str], *, labels: tuple[str, str] = ("model", "task")
+                       ) -> list[Any | None]:
+        """The stored values of ``keys`` in order (None for each miss), in one round trip.
+
+        List requests use this instead of ``get_or_compute``: they look up every item at once
+        and compute only the misses, as one batch; they do not join in-flight computations.
+        """
+        call = _Call((str(labels[0]), str(labels[1])))
+        raws = await self._backend(call, self.backend.get_many(keys)) if self.enabled else None
+        values = [self._decode(k, r, call) if r is not None else _MISS
+                  for k, r in zip(keys, raws or [None] * len(keys), strict=True)]
+        hits = sum(v is not _MISS for v in values)
+        for name, n in (("hits", hits), ("misses", len(keys) - hits)):
+            if self.enabled and n:
+                self._stats.add(name, call.labels, n)
+        return [None if v is _MISS else v for v in values]
+
+    async def put_many(self, items: list[tuple[str, Any]], ttl_s: float | None = None, *,
+                       labels: tuple[str, str] = ("model", "task")) -> int:
+        """Store every ``(key, value)`` in one round trip; returns how many were stored."""
+        if not self.enabled or not items:
+            return 0
+        call = _Call((str(labels[0]), str(labels[1])))
+        encoded = [(k, data) for k, v in items
+                   if (data := self._encode(k, v, call)) is not None]
+        if encoded:
+            await self._backend(call, self.backend.set_many(
+                encoded, self.ttl_s if ttl_s is None else ttl_s))
+        if call.degraded:
+            return 0
+        self._stats.add("stores", call.labels, len(encoded))
+        self._stats.add("bytes_written", call.labels, sum(len(d) for _, d in encoded))
+        return len(encoded)
+
     async def delete(self, key: str) -> None:
         await self._backend(_Call(PIPELINE_LABELS), self.backend.delete(key))
 
@@ -331,6 +365,9 @@ class StepCache:
         raw = await self._backend(call, self.backend.get(key))
         if raw is None:
             return _MISS
+        return self._decode(key, raw, call)
+
+    def _decode(self, key: str, raw: bytes, call: _Call) -> Any:
         try:
             value = decode(raw)
         except CorruptValue as exc:
@@ -346,15 +383,22 @@ class StepCache:
         self._stats.add("bytes_read", call.labels, len(raw))
         return value
 
-    async def _write(self, key: str, value: Any, ttl: float | None, call: _Call) -> bool:
+    def _encode(self, key: str, value: Any, call: _Call) -> bytes | None:
+        """The stored form of ``value``, or None (counted) when it cannot or should not be."""
         try:
             data = encode(value)
         except UnencodableValue as exc:
             self._stats.add("errors", call.labels)
             log.debug("not caching %s: %s", key, exc)
-            return False
+            return None
         if len(data) > self.max_value_bytes:
             self._stats.add("skipped_too_large", call.labels)
+            return None
+        return data
+
+    async def _write(self, key: str, value: Any, ttl: float | None, call: _Call) -> bool:
+        data = self._encode(key, value, call)
+        if data is None:
             return False
         await self._backend(call, self.backend.set(key, data, ttl))
         if call.degraded:

@@ -22,6 +22,7 @@ from fusion_client.errors import (
     Unauthorized,
 )
 from fusion_client.types import (
+    BatchResult,
     CacheStats,
     CallResult,
     Event,
@@ -39,6 +40,7 @@ from fusion_client.types import (
 __all__ = [
     "AsyncFusionClient",
     "BadRequest",
+    "BatchResult",
     "CacheStats",
     "CallResult",
     "ConnectionFailed",

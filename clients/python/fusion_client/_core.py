@@ -33,6 +33,7 @@ from fusion_client.errors import (
 )
 from fusion_client.sse import ServerSentEvent, SSEDecoder
 from fusion_client.types import (
+    BatchResult,
     CacheStats,
     CallResult,
     Event,
@@ -328,6 +329,20 @@ class Protocol:
         data["outputs"] = decode_outputs(data.get("outputs") or {}, types, self.decode_images)
         data.setdefault("request_id", resp.request_id)
         return CallResult.model_validate(data)
+
+    def call_many(self, model: str, task: str, items: list[Mapping[str, Any]],
+                  cache_control: str | None = None) -> Operation[BatchResult]:
+        if isinstance(items, Mapping | str | bytes) or not items:
+            raise ValueError("items must be a non-empty list of input mappings")
+        body = {"inputs": [encode_inputs(item, None) for item in items]}
+        resp = yield Request("POST", f"/v1/models/{_seg(model)}/{_seg(task)}", json=body,
+                             headers=_cache_headers(cache_control))
+        data = dict(resp.body) if isinstance(resp.body, dict) else {}
+        types = data.get("types") or {}
+        data["outputs"] = [decode_outputs(o or {}, types, self.decode_images)
+                           for o in data.get("outputs") or []]
+        data.setdefault("request_id", resp.request_id)
+        return BatchResult.model_validate(data)
 
     def parse_pipeline_result(self, body: Any, request_id: str | None = None,
                               cache_header: str | None = None) -> PipelineResult:

@@ -37,6 +37,7 @@ from fusion_client._core import (
     transport_error,
 )
 from fusion_client.types import (
+    BatchResult,
     CacheStats,
     CallResult,
     Event,
@@ -233,6 +234,20 @@ class FusionClient(_BaseClient):
         return self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
                                             cache_control, timeout_s))
 
+    def call_many(self, model: str, task: str, items: list[Mapping[str, Any]], /, *,
+                  cache_control: str | None = None) -> BatchResult:
+        """One task over many items in one request, run by the model as one batch:
+        ``client.call_many("clip", "embed_image", [{"image": "a.png"}, {"image": "b.png"}])``.
+        Results come back in the order sent, each with its ``cached`` flag."""
+        return self._drive(self._proto.call_many(model, task, list(items), cache_control))
+
+    def embed(self, texts: list[str], /, *, model: str = "text", task: str = "embed",
+              cache_control: str | None = None) -> list[list[float]]:
+        """Embeddings of ``texts``, in order, computed as one batch (``task="embed_text"`` for
+        a CLIP model)."""
+        return [o["embedding"] for o in self.call_many(
+            model, task, [{"text": t} for t in _texts(texts)], cache_control=cache_control).outputs]
+
     def cache_stats(self) -> CacheStats:
         """The gateway's cache counters."""
         return self._drive(self._proto.cache_stats())
@@ -359,11 +374,27 @@ class AsyncFusionClient(_BaseClient):
         return await self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
                                                   cache_control, timeout_s))
 
+    async def call_many(self, model: str, task: str, items: list[Mapping[str, Any]], /, *,
+                        cache_control: str | None = None) -> BatchResult:
+        return await self._drive(self._proto.call_many(model, task, list(items), cache_control))
+
+    async def embed(self, texts: list[str], /, *, model: str = "text", task: str = "embed",
+                    cache_control: str | None = None) -> list[list[float]]:
+        result = await self.call_many(model, task, [{"text": t} for t in _texts(texts)],
+                                      cache_control=cache_control)
+        return [o["embedding"] for o in result.outputs]
+
     async def cache_stats(self) -> CacheStats:
         return await self._drive(self._proto.cache_stats())
 
     async def clear_cache(self) -> int:
         return await self._drive(self._proto.clear_cache())
+
+
+def _texts(texts: list[str]) -> list[str]:
+    if isinstance(texts, str):  # a lone string would embed each character
+        raise TypeError("texts must be a list of strings; wrap a single text in a list")
+    return list(texts)
 
 
 class SyncOverAsyncTransport(httpx.BaseTransport):

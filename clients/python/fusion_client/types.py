@@ -110,6 +110,20 @@ class CallResult(_Model):
     request_id: str | None = None
 
 
+class BatchResult(_Model):
+    """Result of ``call_many`` / ``embed``: one task of one model over a list, as one batch.
+
+    ``outputs[i]`` and ``cached[i]`` belong to the ``i``-th item sent."""
+
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    cached: list[bool] = Field(default_factory=list)
+    types: dict[str, str] = Field(default_factory=dict)
+    model: str | None = None
+    task: str | None = None
+    ms: float | None = None
+    request_id: str | None = None
+
+
 class CacheStats(_Model):
     """Cache counters of the gateway (``GET /v1/cache/stats``)."""
 

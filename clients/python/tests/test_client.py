@@ -276,3 +276,34 @@ def test_timeout_s_is_sent_as_the_request_deadline(gateway, client):
     assert "x-request-timeout" not in gateway.requests[-1].headers
     with pytest.raises(ValueError, match="timeout_s"):
         client.run("text_to_image", prompt="p", timeout_s=0)
+
+
+def test_call_many_sends_one_list_and_keeps_order(gateway, client):
+    gateway.route("POST", "/v1/models/clip/embed_image", {
+        "outputs": [{"embedding": [1.0]}, {"embedding": [2.0]}],
+        "cached": [False, True], "types": {"embedding": "embedding"}, "model": "clip",
+        "task": "embed_image", "ms": 3.0, "request_id": "r"})
+    result = client.call_many("clip", "embed_image", [{"image": PNG}, {"image": PNG}],
+                              cache_control="no-cache")
+    assert [o["embedding"] for o in result.outputs] == [[1.0], [2.0]]
+    assert result.cached == [False, True] and result.request_id == "r"
+    assert gateway.bodies()[-1] == {"inputs": [{"image": b64(PNG)}, {"image": b64(PNG)}]}
+    assert gateway.requests[-1].headers["cache-control"] == "no-cache"
+    with pytest.raises(ValueError):
+        client.call_many("clip", "embed_image", [])
+
+
+def test_embed_texts_is_one_list_request(gateway, client, make_async):
+    gateway.route("POST", "/v1/models/text/embed", {
+        "outputs": [{"embedding": [0.5]}, {"embedding": [0.25]}], "cached": [False, False],
+        "types": {"embedding": "embedding"}})
+    assert client.embed(["a", "b"]) == [[0.5], [0.25]]
+    assert gateway.bodies()[-1] == {"inputs": [{"text": "a"}, {"text": "b"}]}
+    with pytest.raises(TypeError):
+        client.embed("ab")
+
+    async def go():
+        async with make_async() as aclient:
+            return await aclient.embed(["a", "b"])
+
+    assert run_async(go()) == [[0.5], [0.25]]
