@@ -25,7 +25,7 @@ from fusion.errors import SpecError
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
 # Part of every shape folder's name: raise it when a builder or tokenizer changes what it
 # writes, so machines that built the old files build anew.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 def shape_names() -> list[str]:
@@ -147,7 +147,8 @@ def build_whisper(spec: dict[str, Any], folder: Path) -> None:
                 "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
                 "<|nocaptions|>", "<|notimestamps|>"]
     tokenizer.add_special_tokens({"additional_special_tokens": specials})
-    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    tokenizer.add_tokens(timestamps)
     config = _config("whisper", spec["config"])
     ids = tokenizer.convert_tokens_to_ids
     eot, sot = ids("<|endoftext|>"), ids("<|startoftranscript|>")
@@ -166,7 +167,9 @@ def build_whisper(spec: dict[str, Any], folder: Path) -> None:
         task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
         no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"),
         return_timestamps=False, max_initial_timestamp_index=50,
-        begin_suppress_tokens=[ids("Ġ"), eot], suppress_tokens=[ids(t) for t in specials])
+        # a trained Whisper emits timestamps only when asked; a random one must be told
+        begin_suppress_tokens=[ids("Ġ"), eot],
+        suppress_tokens=[ids(t) for t in specials + timestamps])
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(
         feature_size=config.num_mel_bins), tokenizer=tokenizer)
     model.save_pretrained(folder)
