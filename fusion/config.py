@@ -139,8 +139,11 @@ class AppConfig(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
-    model_dir: str | None = Field(None, description="where tiny models are built; "
+    model_dir: str | None = Field(None, description="where tiny and shape models are built; "
                                   "default $FUSION_MODEL_DIR or ~/.cache/fusion/models")
+    gpus: int | None = Field(None, ge=0, description="GPUs the profile is sized for: every "
+                             "model replica's num_gpus must fit on them (checked at start); "
+                             "None: not checked")
 
     @field_validator("models")
     @classmethod
@@ -152,5 +155,43 @@ class AppConfig(BaseModel):
             seen.add(m.name)
         return models
 
+    @model_validator(mode="after")
+    def _fits_gpus(self) -> AppConfig:
+        if self.gpus is not None:
+            free = gpus_short(self.models, self.gpus)
+            if free:
+                raise ValueError(free)
+        return self
+
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+
+def gpus_short(models: list[ModelConfig], gpus: int) -> str | None:
+    """Why the models' GPU shares do not fit on ``gpus`` GPUs, or None when they do.
+
+    Ray puts each replica's fractional share on one GPU, so the shares must pack into GPUs of
+    capacity 1 (first fit, largest first), not merely add up to at most ``gpus``; a share
+    above 1 takes that many whole GPUs.
+    """
+    eps = 1e-9
+    shares = sorted((m.num_gpus for m in models for _ in range(m.num_replicas)
+                     if m.num_gpus > 0), reverse=True)
+    free = [1.0] * gpus
+    for share in shares:
+        if share > 1:
+            whole = [i for i, f in enumerate(free) if f >= 1 - eps][:int(share)]
+            if share != int(share) or len(whole) < share:
+                break
+            for i in whole:
+                free[i] = 0.0
+            continue
+        slot = next((i for i, f in enumerate(free) if f + eps >= share), None)
+        if slot is None:
+            break
+        free[slot] -= share
+    else:
+        return None
+    total = sum(shares)
+    return (f"models ask for {total:g} GPUs in shares {shares}, which do not fit on the "
+            f"{gpus} GPU(s) the profile declares (args.gpus)")
