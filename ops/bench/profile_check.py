@@ -9,6 +9,7 @@ Calls send ``Cache-Control: no-store`` and small inputs: a 256x256 PNG, 5 s of a
 short texts; ``generate`` asks for one step at 512x512 (SD-Turbo's setting; the
 ``text_to_image`` pipeline keeps its own defaults). Any answer other than 200 fails the run.
 Memory is the PSS (and RSS) of every process in the session once all calls are done.
+``--budget-s`` bounds the whole run (start and calls; unanswered calls count as failures).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ PIPELINE_INPUTS = {
 }
 
 
+OUT_OF_TIME = httpx.Response(599, text="not answered within --budget-s")
+
+
 def own_session() -> None:
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -81,7 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="ops/serve/shapes.yaml")
     parser.add_argument("--port", type=int, default=8123)
-    parser.add_argument("--start-timeout", type=float, default=1200)
+    parser.add_argument("--budget-s", type=float, default=1200,
+                        help="stop calling (and fail) past this many seconds from the start")
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / args.config).read_text())
     config["http_options"]["port"] = args.port
@@ -100,7 +105,8 @@ def main() -> None:
     failures = 0
     try:
         models = None
-        while time.monotonic() - started < args.start_timeout and proc.poll() is None:
+        deadline = started + args.budget_s
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 r = httpx.get(f"{url}/v1/models", timeout=30)
                 if r.status_code == 200:
@@ -117,12 +123,22 @@ def main() -> None:
               f"{ready:.0f} s")
         image, audio = png(), wav()
         headers = {"Cache-Control": "no-store"}
-        with httpx.Client(base_url=url, timeout=1800, headers=headers) as client:
+
+        def post(client: httpx.Client, path: str, body: dict) -> httpx.Response:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return OUT_OF_TIME
+            try:
+                return client.post(path, json=body, timeout=left)
+            except httpx.TimeoutException:
+                return OUT_OF_TIME
+
+        with httpx.Client(base_url=url, headers=headers) as client:
             for m in models:
                 for task in m["tasks"]:
                     body = {"inputs": task_inputs(task, m["inputs"][task], image, audio)}
                     t0 = time.perf_counter()
-                    r = client.post(f"/v1/models/{m['name']}/{task}", json=body)
+                    r = post(client, f"/v1/models/{m['name']}/{task}", body)
                     ms = (time.perf_counter() - t0) * 1000
                     failures += r.status_code != 200
                     print(f"  {m['name']:>10}/{task:<12} {r.status_code}  {ms:9.0f} ms  "
@@ -131,7 +147,7 @@ def main() -> None:
                 name = name["name"] if isinstance(name, dict) else name
                 body = {"inputs": PIPELINE_INPUTS[name](image, audio)}
                 t0 = time.perf_counter()
-                r = client.post(f"/v1/pipelines/{name}", json=body)
+                r = post(client, f"/v1/pipelines/{name}", body)
                 ms = (time.perf_counter() - t0) * 1000
                 failures += r.status_code != 200
                 print(f"  pipeline {name:<26} {r.status_code}  {ms:9.0f} ms"
