@@ -10,6 +10,7 @@ real weights.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import os
@@ -100,23 +101,30 @@ def package_folder(module: str, marker_files: tuple[str, ...] = ()) -> Path:
 
 
 def _build_once(folder: Path, build: Callable[[Path], None], label: str) -> Path:
-    """Build ``folder`` with ``build`` unless done; safe across processes (build in a private
-    folder, then rename; the loser of a race keeps the winner's)."""
+    """Build ``folder`` with ``build`` unless done, once across processes.
+
+    Replicas starting together wait on a file lock instead of each building a copy (a shape
+    can take minutes and gigabytes); the build goes to a private folder renamed into place
+    when complete, so a crash never leaves a half-written model that looks finished.
+    """
     if (folder / ".complete").exists():
         return folder
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        (tmp / ".complete").write_text(label)
-        tmp.rename(folder)
-    except OSError:
-        if not (folder / ".complete").exists():
-            raise
-    finally:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder.with_name(f"{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / ".complete").exists():
+            return folder
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text(label)
+            if folder.exists():  # left by a crash before .complete existed: not a model
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

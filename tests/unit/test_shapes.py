@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,21 @@ class TestWhisper:
         for r in out:
             assert isinstance(r["text"], str) and r["text"].strip()
             assert "<|" not in r["text"]  # no special or timestamp tokens leak out
+
+
+def test_replicas_starting_together_build_once(tmp_path):
+    """A second replica that asks while the first builds waits for it, not builds a copy."""
+    calls, results = [], []
+    folder = tmp_path / "shape-x"
+
+    def build(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "weights").write_text("w")
+        other.start()  # asks while this build holds the lock
+
+    other = threading.Thread(target=lambda: results.append(
+        sources._build_once(folder, build, "x")))
+    assert sources._build_once(folder, build, "x") == folder
+    other.join()
+    assert results == [folder] and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shape-x", "shape-x.lock"]
