@@ -27,6 +27,7 @@ info line when Redis answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -330,18 +331,11 @@ class RedisBackend(CacheBackend):
         return result
 
     async def _drop_idle_connections(self) -> None:
-        """Close every idle connection when the breaker trips.
-
-        After a Redis restart each pooled connection is dead, and one failure opens the
-        breaker. Were they kept, the first wide burst after recovery would draw them and fail
-        by the dozen, opening the breaker a second time (two outages for one restart). Closed
-        now, each reconnects on its next use. Connections in use are closed by the client when
-        their own command fails.
-        """
-        try:
+        """On a trip: after a restart every pooled connection is dead, and the first wide
+        burst would draw them and open the breaker a second time. Closed now, each reconnects
+        on its next use (one in use is closed by the client when its command fails)."""
+        with contextlib.suppress(Exception):  # a dead socket may fail to close; no matter
             await self._pool.disconnect(inuse_connections=False)
-        except Exception:  # closing a dead socket may fail; the next use reconnects anyway
-            log.debug("dropping idle Redis connections failed", exc_info=True)
 
     async def ping(self) -> bool:
         try:
