@@ -343,15 +343,24 @@ async def run(args: argparse.Namespace, url: str, session: int | None) -> dict:
             print_step(report["capacity_step"])
         report["capacity_rps"] = round(capacity, 2)
         print(f"capacity: {capacity:.2f} answers/s ({args.mix})")
-        for multiple in [float(m) for m in args.steps.split(",") if m]:
+        multiples = [float(m) for m in args.steps.split(",") if m]
+        for multiple in multiples:
             step = await open_loop(client, work, headers, multiple * capacity, args.step_s,
                                    f"{multiple:g}x capacity")
             summary = step.summary(capacity)
             report["steps"].append(summary)
             print_step(summary)
+
+        # A closed loop of a few clients can under-measure capacity (they wait on the mix's
+        # slowest pipelines); then "2x capacity" is no overload, and the verdict says so.
+        peak = max((x["goodput_rps"] for x in report["steps"]), default=0)
+        report["peak_goodput_rps"] = peak
+        for multiple, summary in zip(multiples, report["steps"], strict=True):
             if multiple >= 2:
-                verdict = summary["overload_goal"] = overload_verdict(summary)
-                print("   overload goal: " + ", ".join(
+                verdict = summary["overload_goal"] = {
+                    "capacity measured (no step > 110% of it)": peak <= 1.1 * capacity,
+                    **overload_verdict(summary)}
+                print(f"overload goal at {multiple:g}x: " + ", ".join(
                     f"{k}: {'yes' if v else 'NO'}" for k, v in verdict.items()))
         if args.soak:
             report["soak"] = await soak(client, work, headers, args.soak_fraction * capacity,
@@ -371,7 +380,7 @@ def main() -> None:
     where.add_argument("--start", metavar="CONFIG", help="serve run CONFIG on a free port")
     parser.add_argument("--mix", default=DEFAULT_MIX, help="pipeline=weight,...")
     parser.add_argument("--capacity", type=float, help="answers/s; default: measure it")
-    parser.add_argument("--capacity-concurrency", type=int, default=8)
+    parser.add_argument("--capacity-concurrency", type=int, default=16)
     parser.add_argument("--capacity-s", type=float, default=20)
     parser.add_argument("--steps", default="0.5,1,2", help="multiples of capacity")
     parser.add_argument("--step-s", type=float, default=20)
