@@ -28,12 +28,14 @@ from fusion_client.cli import main
 from PIL import Image
 
 from tests.fakes import png
+from tests.integration.conftest import SCALER
 
 pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
              "clip_zero_shot", "fused_image_labels", "embed"}
-MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts"}
+MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
+          SCALER["name"]}
 
 
 @pytest.fixture
