@@ -160,6 +160,11 @@ class ModelConfig(BaseModel):
             self.max_queued_requests = max(8, 4 * self.max_ongoing_requests)
         elif self.max_queued_requests == 0:
             raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
+        if self.autoscaling and self.autoscaling.target_ongoing_requests > \
+                self.max_ongoing_requests:
+            raise ValueError(f"autoscaling.target_ongoing_requests must not exceed "
+                             f"max_ongoing_requests ({self.max_ongoing_requests}): a replica "
+                             "never holds more, so the autoscaler would never scale up")
         return self
 
     @property

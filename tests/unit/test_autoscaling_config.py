@@ -114,3 +114,11 @@ def test_cluster_profiles_autoscale_at_both_levels():
         cfg = load_config(serve_config["applications"][0]["args"])
         assert cfg.router.autoscaling and cfg.router.autoscaling.min_replicas >= 2
         assert all(m.autoscaling and m.autoscaling.max_replicas > 1 for m in cfg.models)
+
+
+def test_model_target_cannot_exceed_its_concurrency_limit():
+    args = config()
+    args["models"][0] |= {"max_batch_size": 4, "max_ongoing_requests": 8,
+                          "autoscaling": {"max_replicas": 2, "target_ongoing_requests": 16}}
+    with pytest.raises(SpecError, match="target_ongoing_requests must not exceed"):
+        load_config(args)
