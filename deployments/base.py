@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,6 +150,11 @@ class Timing:
     batch: int
 
 
+@dataclass
+class _Probe:
+    timing: Timing | None = None
+
+
 class ServedModel:
     """Base of every ``*Deployment`` class; subclasses set ``backend_cls``.
 
@@ -182,25 +187,14 @@ class ServedModel:
     async def call(self, task: str, inputs: dict[str, Any],
                    trace: dict[str, str] | None = None) -> dict[str, Any]:
         """One call; ``trace`` is the caller's W3C context (spans continue its trace)."""
-        arrived, arrived_ns = time.perf_counter(), time.time_ns()
-        timing: Timing | None = None
-        error: BaseException | None = None
-        self._flight(1)
-        try:
+        with self._observed(task, trace) as probe:
             item = self.model.prepare(task, inputs)
             if self.model.task_spec(task).batched:
-                result, timing = await self._run_batch((task, item))
-            else:
-                outputs, timing = await asyncio.to_thread(self._run_timed, task, [item], None)
-                self._observe_batch(task, timing)
-                result = outputs[0]
-            return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._flight(-1)
-            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
+                result, probe.timing = await self._run_batch((task, item))
+                return result
+            outputs, probe.timing = await asyncio.to_thread(self._run_timed, task, [item], None)
+            self._observe_batch(task, probe.timing)
+            return outputs[0]
 
     async def call_many(self, task: str, items: list[dict[str, Any]],
                         trace: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -212,25 +206,15 @@ class ServedModel:
         """
         if not self.model.task_spec(task).batched:
             raise BadInput(f"task {task!r} takes one item per request", field="task")
-        arrived, arrived_ns = time.perf_counter(), time.time_ns()
-        timing: Timing | None = None
-        error: BaseException | None = None
-        self._flight(1)
-        try:
+        with self._observed(task, trace) as probe:
             outputs, timings = await asyncio.to_thread(self._run_many, task, items)
             for chunk in timings:
                 self._observe_batch(task, chunk)
             if timings:  # the whole list as one span: first chunk's start to last's end
                 first, last = timings[0], timings[-1]
-                timing = Timing(first.started, last.ended, first.started_ns, last.ended_ns,
-                                len(items))
+                probe.timing = Timing(first.started, last.ended, first.started_ns,
+                                      last.ended_ns, len(items))
             return outputs
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._flight(-1)
-            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
 
     def _run_many(self, task: str, items: list[dict[str, Any]]
                   ) -> tuple[list[dict], list[Timing]]:
@@ -250,6 +234,23 @@ class ServedModel:
             out += outputs
             timings.append(timing)
         return out, timings
+
+    @contextlib.contextmanager
+    def _observed(self, task: str, trace: dict[str, str] | None) -> Iterator[_Probe]:
+        """Around one call: the in-flight gauge, then its queue wait and replica span; the
+        call sets ``probe.timing`` once the forward pass that carried it has run."""
+        arrived, arrived_ns = time.perf_counter(), time.time_ns()
+        probe = _Probe()
+        error: BaseException | None = None
+        self._flight(1)
+        try:
+            yield probe
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._flight(-1)
+            self._observe_call(task, trace, arrived, arrived_ns, probe.timing, error)
 
     def _flight(self, delta: int) -> None:
         self._in_flight += delta
@@ -283,23 +284,13 @@ class ServedModel:
     async def call_stream(self, task: str, inputs: dict[str, Any],
                           trace: dict[str, str] | None = None) -> AsyncIterator[dict]:
         """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""
-        arrived, arrived_ns = time.perf_counter(), time.time_ns()
-        timing: Timing | None = None
-        error: BaseException | None = None
-        self._flight(1)
-        try:
+        with self._observed(task, trace) as probe:
             async for event in self._stream(task, inputs):
                 if isinstance(event, Timing):
-                    timing = event
-                    self._observe_batch(task, timing)
+                    probe.timing = event
+                    self._observe_batch(task, event)
                 else:
                     yield event
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._flight(-1)
-            self._observe_call(task, trace, arrived, arrived_ns, timing, error)
 
     async def _stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[Any]:
         item = self.model.prepare(task, inputs)

@@ -46,27 +46,20 @@ class HandleClient:
         return self.handles[model]
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        handle = self._handle(model)
-        trace = self.observer.carrier()  # the replica continues this trace
-        try:
-            if trace:
-                result = await handle.call.remote(task, inputs, trace=trace)
-            else:
-                result = await handle.call.remote(task, inputs)
-        except Exception as exc:
-            raise model_error(model, task, exc, self.admission) from exc
-        self.admission.model_done(model)
-        return result
+        return await self._unary(model, task, "call", inputs)
 
     async def call_many(self, model: str, task: str,
                         items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        handle = self._handle(model)
+        return await self._unary(model, task, "call_many", items)
+
+    async def _unary(self, model: str, task: str, method: str, payload: Any) -> Any:
+        """One replica method call carrying the trace context (the replica continues the
+        trace); a failure mapped to what it means to the client, a success counted as drained."""
+        remote = getattr(self._handle(model), method).remote
         trace = self.observer.carrier()
         try:
-            if trace:
-                result = await handle.call_many.remote(task, items, trace=trace)
-            else:
-                result = await handle.call_many.remote(task, items)
+            result = await (remote(task, payload, trace=trace) if trace
+                            else remote(task, payload))
         except Exception as exc:
             raise model_error(model, task, exc, self.admission) from exc
         self.admission.model_done(model)
