@@ -25,8 +25,14 @@ haproxy``), so the modes are compared side by side in one run.
     python ops/bench/serving.py --quick --models text --modes default,throughput,haproxy
     python ops/bench/serving.py --quick --sweep                # in-process threads × batch
 
-Not implemented yet: ``--peer infinity`` (Infinity on the same model folder in a venv of its
-own) and ``--device cuda``.
+``--peer infinity`` (``text`` only) also runs Infinity 0.0.78 (``infinity_emb v2 --engine
+torch --device cpu --batch-size 32``, 2 OpenMP threads) on the same packaged MiniLM folder,
+in a venv of its own (``ops/bench/infinity_peer.py``), and measures it with the same client
+(one text per request at concurrency 1, 8, 32; list requests) through its ``/embeddings``:
+
+    python ops/bench/serving.py --quick --scale 0.5 --models text --peer infinity
+
+Not implemented yet: ``--device cuda``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import infinity_peer
 from _common import ROOT, closed_loop, free_port
 
 SENTENCE = ("The quick brown fox jumps over the lazy dog, and then it runs back into the "
@@ -273,6 +280,13 @@ async def gateway_rates(url: str, models: list[str], assets: dict, sizes: dict) 
     return out
 
 
+def scaled_sizes(args: argparse.Namespace) -> dict[str, tuple]:
+    """The request counts of ``--quick``/full, times ``--scale`` (items per list unchanged)."""
+    return {m: tuple(max(1, round(x * args.scale)) if i < 4 and x else x
+                     for i, x in enumerate(v))
+            for m, v in (QUICK if args.quick else SIZES).items()}
+
+
 def gateway_child(args: argparse.Namespace) -> None:
     from ray import serve
 
@@ -281,10 +295,7 @@ def gateway_child(args: argparse.Namespace) -> None:
     url = deploy(args.models, clip)
     try:
         asyncio.run(wait_ready(url, args.models))
-        sizes = {m: tuple(max(1, round(x * args.scale)) if i < 4 and x else x
-                          for i, x in enumerate(v))
-                 for m, v in (QUICK if args.quick else SIZES).items()}
-        result = asyncio.run(gateway_rates(url, args.models, assets, sizes))
+        result = asyncio.run(gateway_rates(url, args.models, assets, scaled_sizes(args)))
     finally:
         serve.shutdown()
         import ray
@@ -307,7 +318,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
 
 # -- report ---------------------------------------------------------------------------------------
 
-def report(inproc: dict, gateways: dict[str, dict]) -> None:
+def report(inproc: dict, gateways: dict[str, dict], peer: dict[str, float] | None = None
+           ) -> None:
     modes = list(gateways)
     print("\nitems/s (ratio to the model in-process at its max batch size, same threads)\n")
     head = f"{'':<34}" + "".join(f"{m:>22}" for m in modes)
@@ -329,6 +341,14 @@ def report(inproc: dict, gateways: dict[str, dict]) -> None:
         goal = "".join(f"{gateways[m][name]['c32'] / min(ip['bmax'], floor[m]):>21.2f}x"
                        for m in modes)
         print(f"  {'c=32 / min(in-process, floor)':<32}{goal}\n")
+        if peer and name == "text":
+            print(f"  Infinity {infinity_peer.VERSION}, same folder, same client (torch, cpu, "
+                  f"batch 32, 2 threads): items/s, and each gateway mode's ratio to it")
+            for key, label in (("c1", "1 item/request, c=1"), ("c8", "1 item/request, c=8"),
+                               ("c32", "1 item/request, c=32"), ("list", "list requests")):
+                cells = "".join(f"{gateways[m][name][key] / peer[key]:>21.2f}x" for m in modes)
+                print(f"  {'  ' + label:<22}{peer[key]:>10.1f}{cells}")
+            print()
     print("Ray's floor: a no-op model behind the same router and route (req/s)")
     print(head)
     for key in ("c1", "c8", "c32"):
@@ -353,8 +373,8 @@ def main() -> None:
     if args.child_out:
         gateway_child(args)
         return
-    if args.peer:
-        sys.exit("--peer infinity is not implemented yet")
+    if args.peer and args.models != ["text"]:
+        sys.exit("--peer infinity compares the text model only: add --models text")
     sizes = QUICK if args.quick else SIZES
     clip = build_clip_b32()
     assets = make_assets()
@@ -364,13 +384,16 @@ def main() -> None:
         return
     before = {m: in_process(m, clip, assets, sizes[m][5]) for m in args.models}
     gateways = {mode: run_mode(mode, args) for mode in args.modes.split(",")}
+    peer = None
+    if args.peer:
+        peer = infinity_peer.measure(model_dir(), TEXTS, scaled_sizes(args)["text"])
     # measured again after the gateway: the better of the two is the model's own figure, so a
     # neighbour's load during one of them does not flatter the gateway's ratios
     after = {m: in_process(m, clip, assets, sizes[m][5]) for m in args.models}
     inproc = {m: {k: max(before[m][k], after[m][k]) for k in before[m]} for m in args.models}
     for m in args.models:
         print(f"in-process {m}: before {before[m]}, after {after[m]}")
-    report(inproc, gateways)
+    report(inproc, gateways, peer)
 
 
 if __name__ == "__main__":
