@@ -1,8 +1,9 @@
 """One Serve application for the whole integration package, driven over real HTTP.
 
 It serves the offline default profile (``ops/serve/local.yaml``'s models) with two router
-replicas, so cross-replica coalescing is exercised, and the shared Redis with a namespace of
-its own. Ray sees the machine's 2 CPUs; the replicas' shares (0.1 each) fit in them.
+replicas, so cross-replica coalescing is exercised, two ``sentiment`` replicas (one is killed
+under load), and the shared Redis with a namespace of its own. Ray sees the machine's 2 CPUs;
+the replicas' shares (0.1 each) fit in them.
 
 Observability is on as in production: Ray exports metrics on a known port
 (``metrics_port``), and router and replicas send traces to a throwaway OTLP receiver
@@ -38,6 +39,8 @@ SCALER = {"name": "scaler", "family": "diffusion", "source": "tiny:diffusion", "
           "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
                           "look_back_period_s": 2, "upscale_delay_s": 1,
                           "downscale_delay_s": 3}}
+# The model with two fixed replicas (test_replica_fault SIGKILLs one under load).
+REPLICATED_MODEL = "sentiment"
 AUTOSCALING_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
                    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
 
@@ -63,6 +66,10 @@ def gateway_config(otlp) -> dict:
     args["cache"] = {**args.get("cache", {}), "redis_url": redis_url(),
                      "namespace": f"it-{uuid.uuid4().hex[:8]}", "redis_timeout_s": 2.0}
     args["models"].append(SCALER)  # test_autoscaling's own model: nothing else calls it
+    # test_replica_fault kills one of two replicas under load; the tiny classifier is cheap
+    # enough to run twice (0.1 CPU each, like every replica here)
+    replicated = next(m for m in args["models"] if m["name"] == REPLICATED_MODEL)
+    replicated.update(num_replicas=2, num_cpus=0.1)
     return args
 
 
