@@ -104,12 +104,15 @@ def test_cluster_profiles_autoscale_at_both_levels():
     import yaml
 
     root = Path(__file__).resolve().parents[2]
-    service = yaml.safe_load((root / "ops/k8s/rayservice.yaml").read_text())
+    service = yaml.safe_load((root / "ops/k8s/base/rayservice.yaml").read_text())
     cluster = service["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True
     assert all(g["maxReplicas"] > g["minReplicas"] for g in cluster["workerGroupSpecs"])
-    serve_configs = [yaml.safe_load(service["spec"]["serveConfigV2"]),
-                     yaml.safe_load((root / "ops/serve/hub.yaml").read_text())]
+    overlays = sorted((root / "ops/k8s/overlays").glob("*/serve-config.yaml"))
+    assert len(overlays) == 2
+    serve_configs = [yaml.safe_load(yaml.safe_load(p.read_text())["spec"]["serveConfigV2"])
+                     for p in overlays]
+    serve_configs.append(yaml.safe_load((root / "ops/serve/hub.yaml").read_text()))
     for serve_config in serve_configs:
         cfg = load_config(serve_config["applications"][0]["args"])
         assert cfg.router.autoscaling and cfg.router.autoscaling.min_replicas >= 2

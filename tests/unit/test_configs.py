@@ -1,6 +1,6 @@
 """Every shipped serve config is valid for Serve and for the gateway, without deploying it.
 
-``ops/serve/*.yaml`` and the RayService's ``serveConfigV2`` are checked against Serve's own
+``ops/serve/*.yaml`` and the RayService overlays' ``serveConfigV2`` are checked against Serve's own
 schema, then their ``args`` against the gateway's config model and pipelines: a typo in a
 model field or a pipeline that names a model a profile lacks fails here, not on a cluster.
 """
@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def serve_configs() -> list[tuple[str, dict]]:
     found = [(str(p.relative_to(ROOT)), yaml.safe_load(p.read_text()))
              for p in sorted((ROOT / "ops/serve").glob("*.yaml"))]
-    service = yaml.safe_load((ROOT / "ops/k8s/rayservice.yaml").read_text())
-    found.append(("ops/k8s/rayservice.yaml", yaml.safe_load(service["spec"]["serveConfigV2"])))
+    for patch in sorted((ROOT / "ops/k8s/overlays").glob("*/serve-config.yaml")):
+        serve = yaml.safe_load(patch.read_text())["spec"]["serveConfigV2"]
+        found.append((str(patch.relative_to(ROOT)), yaml.safe_load(serve)))
     return found
 
 
