@@ -9,7 +9,12 @@ HEALTHCHECK (KubeRay probes the pods), and torch's CUDA build matches the base i
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +104,68 @@ def test_image_requirements_are_the_projects_less_torch():
     assert set(reqs) == set(deps + project["project"]["optional-dependencies"][
         "offline-models"]) - {"torch", "torchvision"}
     assert "open-clip-torch>=2.26" in reqs  # a name that starts with "torch" is not skipped
+
+
+def ignore_pattern(pattern: str) -> re.Pattern:
+    """A .containerignore pattern as a regex over slash-separated paths (``*`` stays within
+    one folder, ``**/`` spans any number)."""
+    out = ""
+    for token in re.split(r"(\*\*/|\*|\?)", pattern.strip("/")):
+        out += {"**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+    return re.compile(out + r"\Z")
+
+
+def build_context(root: Path) -> list[str]:
+    """The files a build of ``root`` sends, under .containerignore's rules (the last matching
+    pattern decides; a pattern matching a folder covers what is inside it)."""
+    lines = [line for line in (root / ".containerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    rules = [(line.startswith("!"), ignore_pattern(line.lstrip("!"))) for line in lines]
+    reincluded = [line[1:] for line in lines if line.startswith("!")]
+
+    def excluded(rel: str) -> bool:
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        out = False
+        for negated, rule in rules:
+            if any(rule.match(prefix) for prefix in prefixes):
+                out = not negated
+        return out
+
+    sent = []
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder).relative_to(root).as_posix()
+        subdirs = [d if base == "." else f"{base}/{d}" for d in dirs]
+        # skip an excluded folder that no "!" rule reaches into (.venv, .git: many files)
+        dirs[:] = [d for d, sub in zip(dirs, subdirs, strict=True) if not excluded(sub) or any(
+            r.startswith((sub + "/", "**")) for r in reincluded)]
+        names = [f if base == "." else f"{base}/{f}" for f in files]
+        sent += [name for name in names if not excluded(name)]
+    return sorted(sent)
+
+
+def test_the_build_context_builds_the_wheels(tmp_path):
+    """Stage 1 of the image, without a container engine: the files .containerignore lets
+    through build both wheels (the gateway's with its pipelines and shapes), and nothing
+    else (tests, virtualenvs, model caches, git) is sent."""
+    sent = build_context(ROOT)
+    assert "pyproject.toml" in sent and "ops/container/requirements.py" in sent
+    assert not [p for p in sent if p.startswith((".venv/", ".git/", "tests/", "docs/",
+                                                 ".fusion-models/", "clients/python/tests/"))]
+    assert not [p for p in sent if "/." in "/" + p or "__pycache__" in p or p.endswith(".env")]
+    context = tmp_path / "context"
+    for rel in sent:
+        (context / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, context / rel)
+    wheels = tmp_path / "wheels"
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(wheels), ".", "./clients/python"],
+        cwd=context, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    built = {w.name.split("-")[0]: w for w in wheels.glob("*.whl")}
+    assert set(built) == {"fusion_gateway", "fusion_client"}
+    names = zipfile.ZipFile(built["fusion_gateway"]).namelist()
+    assert "fusion/app.py" in names
+    assert any(n.startswith("pipelines/") and n.endswith(".yaml") for n in names)
+    assert any(n.startswith("deployments/shapes/") and n.endswith(".json") for n in names)

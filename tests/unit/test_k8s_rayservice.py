@@ -8,6 +8,7 @@ pod names exists with its key; images are pinned; Redis is a password-protected 
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 
 import pytest
@@ -63,6 +64,7 @@ def test_rayservice_is_deliberate_about_scaling_and_upgrades(rendered, overlay):
     # the Ray version inside the image is the one KubeRay is told about
     containerfile = (ROOT / "ops/Containerfile").read_text()
     assert f"ARG RAY_VERSION={cluster['rayVersion']}\n" in containerfile
+    assert importlib.metadata.version("ray") == cluster["rayVersion"], "the Ray tested here"
 
 
 def resources(spec: dict) -> dict:
