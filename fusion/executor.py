@@ -19,7 +19,7 @@ from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeo
 from fusion.fuse import fuse_labels
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
-from fusion.tasks import TASKS, ModelTasks, TaskSpec
+from fusion.tasks import ModelTasks, TaskSpec
 from fusion.values import check_inputs, check_value
 
 Event = dict[str, Any]
@@ -117,7 +117,7 @@ class Executor:
         if task not in mt.tasks:
             raise NotFound(f"model {model!r} has no task {task!r}; it serves "
                            f"{list(mt.tasks)}", "task")
-        return TASKS[mt.family][task]
+        return mt.spec(task)
 
     async def call_model(self, model: str, task: str, inputs: dict[str, Any],
                          policy: CachePolicy = CachePolicy(), *, ttl_s: float | None = None,
