@@ -25,10 +25,11 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 FUSE_TASK = TaskSpec(
     {"labels": Param("list[labels]"), "weights": Param("list[float]", False, None),
-     "method": Param("text", False, "weighted_mean")},
-    {"labels": "labels"}, batched=False,
+     "method": Param("text", False, "weighted_mean"), "explain": Param("bool", False, False)},
+    {"labels": "labels", "explanation": "json"}, batched=False,
     doc="Combine label rankings of several steps: weighted mean of normalised scores or "
-        "reciprocal rank fusion.")
+        "reciprocal rank fusion; with explain, each source's contribution to each label "
+        "and the sources' agreement (fusion.fuse).")
 FUSE_METHODS = ("weighted_mean", "rank")
 
 
