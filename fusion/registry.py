@@ -128,11 +128,13 @@ class _Registry:
             if not found or not all(isinstance(f, Family) for f in found):
                 raise SpecError(f"module {module!r} declares no FAMILY = Family(...)")
             for fam in found:
+                if fam.name == CUSTOM:
+                    raise SpecError(f"{module!r}: the family name 'custom' is reserved for "
+                                    "models named by import path")
                 other = self._families.get(fam.name)
-                if fam.name == CUSTOM or (other is not None and other is not fam):
+                if other is not None and other is not fam:
                     raise SpecError(f"family {fam.name!r} of {module!r} is already declared "
-                                    f"elsewhere" if fam.name != CUSTOM else
-                                    f"{module!r}: 'custom' is reserved for import-path models")
+                                    "by another module")
                 self._families[fam.name] = fam
             self._modules.add(module)
             return list(found)

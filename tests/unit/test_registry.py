@@ -169,3 +169,8 @@ def test_bad_custom_configs_are_refused_naming_the_model(keyword_dir, over, mess
 def test_tasks_are_only_for_custom_models():
     with pytest.raises(SpecError, match="model 'rev': tasks: is only for family custom"):
         load_config({"models": [{**REVERSE, "tasks": CLASSIFY}]})
+
+
+def test_a_module_without_a_family_declaration_is_refused():
+    with pytest.raises(SpecError, match="'tests.fakes' declares no FAMILY"):
+        family("anything", "tests.fakes")
