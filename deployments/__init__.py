@@ -1,6 +1,8 @@
-"""Model deployments: one module per model family, thin Ray Serve adapters over torch code.
+"""Model deployments: one module per model family, over torch code, free of Ray at import.
 
-Each family module holds a ``*Model`` class (pure Python + torch, unit-tested without Ray)
-and a ``*Deployment`` Serve class: ``@serve.deployment class XDeployment(ServedModel)`` with
-``backend_cls = XModel`` and nothing else (``deployments.base``).
+Each family module holds a ``ModelBackend`` subclass (pure Python + torch, imported inside its
+methods; unit-tested without Ray) and ends with its ``FAMILY = Family(...)`` declaration,
+which ``fusion.registry`` finds by scanning this package. One Serve adapter,
+``deployments.served.ServedModel``, serves every family; tiny test models live in
+``deployments/tiny/``.
 """
