@@ -82,8 +82,14 @@ TASKS: dict[str, dict[str, TaskSpec]] = {
             {"labels": "labels"}, doc="CLIP zero-shot: softmax over label prompts."),
     },
     "audio": {
-        "transcribe": TaskSpec({"audio": _p("audio"), "language": _p("text", "", False)},
-                               {"text": "text", "language": "text"}),
+        "transcribe": TaskSpec(
+            {"audio": _p("audio"), "language": _p("text", "", False),
+             "prompt": _p("text", "", False), "temperature": _p("float", 0.0),
+             "timestamps": _p("text", "", False)},
+            {"text": "text", "language": "text", "duration": "float", "segments": "json",
+             "words": "json"},
+            doc="Speech to text. timestamps: '' (text only), 'segment' or 'word'; "
+                "temperature 0 lets the backend fall back to higher ones as Whisper does."),
     },
     "diffusion": {
         "generate": TaskSpec(
@@ -97,7 +103,9 @@ TASKS: dict[str, dict[str, TaskSpec]] = {
         "ocr": TaskSpec({"image": _p("image")}, {"text": "text", "lines": "json"}, batched=False),
     },
     "tts": {
-        "speak": TaskSpec({"text": _p("text")}, {"audio": "audio"}, batched=False),
+        "speak": TaskSpec({"text": _p("text"), "voice": _p("text", "", False),
+                           "speed": _p("float", 1.0)}, {"audio": "audio"}, batched=False,
+                          doc="Text to a WAV; voice '' is the model's default, speed 0.25-4."),
     },
 }
 
