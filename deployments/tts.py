@@ -28,9 +28,9 @@ from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
 from deployments.media import encode_wav
+from fusion.errors import BadInput, SpecError, Unsupported
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
-from fusion.errors import BadInput, SpecError, Unsupported
 
 log = logging.getLogger("fusion.deployments.tts")
 
