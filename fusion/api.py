@@ -36,6 +36,7 @@ from fusion.openai_compat import (
     retry_headers,
 )
 from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
+from fusion.static_docs import add_offline_docs
 
 log = logging.getLogger("fusion.api")
 
@@ -226,7 +227,7 @@ def _sse(event: str, data: Any) -> bytes:
 
 
 def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
-    app = FastAPI(title="Fusion gateway", version=__version__,
+    app = FastAPI(title="Fusion gateway", version=__version__, docs_url=None, redoc_url=None,
                   description="Multimodal models served as one service, composed into cached "
                               "cross-modal pipelines.")
 
@@ -339,6 +340,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)
+    add_offline_docs(app)
     return app
 
 

@@ -100,11 +100,13 @@ async def _dimensions(gw: Gateway, model: str, dims: int) -> int:
         return dims
     if dims in offered:
         return dims
-    choices = [*offered, full] if full else offered
-    raise Unsupported(f"model '{model}' does not offer dimensions={dims}; "
-                      + (f"it offers {choices}" if choices else
-                         "it declares no shortened embeddings; leave dimensions out"),
-                      field="dimensions")
+    if not offered:
+        raise Unsupported(f"model '{model}' does not offer dimensions={dims}: it declares no "
+                          "shortened embeddings (options.matryoshka_dims), and cutting a "
+                          "model not trained for it loses quality; leave dimensions out"
+                          + (f" or send {full}" if full else ""), field="dimensions")
+    raise Unsupported(f"model '{model}' does not offer dimensions={dims}; it offers "
+                      f"{[*offered, full] if full else offered}", field="dimensions")
 
 
 def shorten(vec: list[float], dims: int) -> list[float]:
