@@ -49,10 +49,14 @@ TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("segment", "word")
 
 
+class VoiceId(BaseModel):
+    id: str
+
+
 class SpeechRequest(BaseModel):
     model: str
     input: str = Field(min_length=1, max_length=4096)
-    voice: str = ""
+    voice: str | VoiceId = ""  # a name, or OpenAI's custom-voice form {"id": name}
     response_format: str = "mp3"  # OpenAI's default
     speed: float = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = None
@@ -78,7 +82,8 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
             if req.instructions:
                 raise Unsupported("instructions are not supported by the gateway's voices",
                                   field="instructions")
-            voice = await _voice(gw, model, req.voice)
+            voice = await _voice(gw, model, req.voice if isinstance(req.voice, str)
+                                 else req.voice.id)
             policy = CachePolicy.from_header(cache_control)
 
             async def speak(text: str) -> bytes:

@@ -146,6 +146,9 @@ async def test_speech_formats_decode(client, fakes, fmt):
     assert rate == (24000 if fmt == "opus" else RATE)
     assert samples.size / rate == pytest.approx(0.6, abs=0.08)  # 12 characters
     assert fakes.spoken[-1] == {"text": "Hello there.", "voice": "amy", "speed": 1.5}
+    r = await client.post("/v1/audio/speech", json={  # OpenAI's custom-voice form
+        "model": "tts", "input": "Hi.", "voice": {"id": "joe"}, "response_format": fmt})
+    assert r.status_code == 200 and fakes.spoken[-1]["voice"] == "joe"
 
 
 async def test_speech_streams_sentence_by_sentence(client, fakes):
