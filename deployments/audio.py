@@ -36,6 +36,7 @@ from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
 from deployments.media import decode_audio
+from deployments.whisper_segments import clip_time, segment_dict
 from fusion.errors import BadInput, SpecError, Unsupported
 
 log = logging.getLogger("fusion.deployments.audio")
@@ -116,8 +117,9 @@ class AudioModel(ModelBackend):
                 avg_logprob=s.avg_logprob, compression_ratio=s.compression_ratio,
                 no_speech_prob=s.no_speech_prob) for n, s in enumerate(segments)]
         if timestamps == "word":
-            out["words"] = [{"word": w.word.strip(), "start": _clip(w.start, item["duration"]),
-                             "end": _clip(w.end, item["duration"])}
+            dur = item["duration"]
+            out["words"] = [{"word": w.word.strip(), "start": clip_time(w.start, dur),
+                             "end": clip_time(w.end, dur)}
                             for s in segments for w in (s.words or ())]
         return out
 
@@ -243,24 +245,6 @@ class AudioModel(ModelBackend):
             info["compute_type"] = self.compute_type
         info["languages"] = len(self.supported)
         return info
-
-
-def _clip(t: float, duration: float) -> float:
-    """A time in seconds, rounded to ms and kept within the audio (a model may overshoot)."""
-    return round(min(max(float(t), 0.0), duration), 3)
-
-
-def segment_dict(n: int, start: float, end: float, text: str, duration: float,
-                 **extra: Any) -> dict[str, Any]:
-    """One segment in OpenAI's ``verbose_json`` shape; scores a backend lacks are ``None``."""
-    seg = {"id": n, "seek": 0, "start": _clip(start, duration),
-           "end": _clip(max(start, end), duration), "text": text.strip(), "tokens": [],
-           "temperature": None, "avg_logprob": None, "compression_ratio": None,
-           "no_speech_prob": None}
-    for key, value in extra.items():
-        seg[key] = round(value, 4) if isinstance(value, float) and key != "temperature" \
-            else value
-    return seg
 
 
 @serve.deployment
