@@ -21,8 +21,9 @@ Audio arrives as encoded bytes and is decoded to 16 kHz mono in ``prepare``.
 ``prompt_ids``); ``temperature`` 0 means Whisper's own fallback schedule (0.0, 0.2 … 1.0, as
 OpenAI documents it), above 0 sampling at that temperature. ``timestamps`` asks for
 ``segments`` (``segment``) and also ``words`` (``word``): faster-whisper gives both with
-``avg_logprob`` and ``no_speech_prob``; transformers gives segments (its two scores ``None``),
-and refuses ``word`` (``Unsupported``), as it has no word alignment for every checkpoint.
+``avg_logprob`` and ``no_speech_prob``; transformers gives segments with ``avg_logprob``
+(``no_speech_prob`` ``None``: ``generate`` does not expose it) and refuses ``word``
+(``Unsupported``), as it has no word alignment for every checkpoint.
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ class AudioModel(ModelBackend):
         if long_form:  # sequential long-form decoding: 30 s windows moved by timestamps
             kwargs.update(attention_mask=feats.attention_mask.to(self.device),
                           return_timestamps=True)
-        if first["timestamps"]:
-            kwargs.update(return_timestamps=True, return_segments=True)
+        if first["timestamps"]:  # scores too: each segment's avg_logprob
+            kwargs.update(return_timestamps=True, return_segments=True,
+                          return_dict_in_generate=True, output_scores=True)
         if first["prompt"]:
             kwargs["prompt_ids"] = self.processor.get_prompt_ids(
                 first["prompt"], return_tensors="pt").to(self.device)
@@ -204,10 +206,27 @@ class AudioModel(ModelBackend):
                 res["segments"] = [segment_dict(
                     n, float(seg["start"]), float(seg["end"]),
                     self.processor.decode(seg["tokens"], skip_special_tokens=True),
-                    it["duration"], tokens=[int(t) for t in seg["tokens"]])
+                    it["duration"], tokens=[int(t) for t in seg["tokens"]],
+                    avg_logprob=self._avg_logprob(seg))
                     for n, seg in enumerate(out["segments"][i])]
             results.append(res)
         return results
+
+    def _avg_logprob(self, seg: dict[str, Any]) -> float | None:
+        """Mean log-probability of a segment's tokens (timestamps included, as Whisper counts
+        them), from the scores of the window that produced it; ``None`` without scores."""
+        result = seg.get("result")
+        if not isinstance(result, dict) or not result.get("scores"):
+            return None
+        seq, scores = result["sequences"], result["scores"]
+        offset = len(seq) - len(scores)  # the forced prefix (start, language, task) has none
+        start, end = seg["idxs"]
+        steps = [p for p in range(start, end) if 0 <= p - offset < len(scores)]
+        if not steps:
+            return None
+        logprobs = [float(self._torch.log_softmax(scores[p - offset].float(), -1)[int(seq[p])])
+                    for p in steps]
+        return sum(logprobs) / len(logprobs)
 
     # -- request side ------------------------------------------------------------------------
 

@@ -191,6 +191,8 @@ def test_tiny_whisper_long_form(tiny_whisper: AudioModel) -> None:
     assert all(o["segments"] == [] for o in out)
     assert "<|" not in out[0]["text"]  # timestamp tokens are not text
     assert out[1]["language"] == "en"
+    timed = transcribe(tiny_whisper, encode_wav(noise, 16000), timestamps="segment")
+    assert_timed(timed["segments"], 35.0)  # long-form segments lie within the audio too
 
 
 def test_tiny_whisper_segments_prompt_and_sampling(tiny_whisper: AudioModel,
@@ -198,7 +200,9 @@ def test_tiny_whisper_segments_prompt_and_sampling(tiny_whisper: AudioModel,
     out = transcribe(tiny_whisper, speech_wav, timestamps="segment", prompt="a fox",
                      temperature=0.5, language="en")
     assert_timed(out["segments"], out["duration"])
-    assert all(s["avg_logprob"] is None for s in out["segments"])  # stated, not made up
+    for seg in out["segments"]:
+        assert -30 < seg["avg_logprob"] <= 0, seg  # from generate's own scores
+        assert seg["no_speech_prob"] is None  # not exposed by generate: stated, not made up
     assert "<|" not in out["text"]
     with pytest.raises(Unsupported) as err:  # no word alignment in this backend
         tiny_whisper.prepare("transcribe", {"audio": speech_wav, "timestamps": "word"})
