@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray import serve
 
-from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.base import ModelBackend, Progress
 from deployments.media import encode_wav
 from fusion.errors import BadInput, SpecError, Unsupported
+from fusion.registry import Family
+from fusion.tasks import TaskSpec, param
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -128,6 +129,12 @@ class TtsModel(ModelBackend):
         return info
 
 
-@serve.deployment
-class TtsDeployment(ServedModel):
-    backend_cls = TtsModel
+FAMILY = Family(
+    name="tts",
+    tasks={"speak": TaskSpec({"text": param("text"), "voice": param("text", "", False),
+                              "speed": param("float", 1.0)}, {"audio": "audio"},
+                             batched=False,
+                             doc="Text to a WAV; voice '' is the model's default, speed 0.25-4.")},
+    backends={"piper": ("speak",)},
+    model=TtsModel,
+)
