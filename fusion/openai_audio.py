@@ -114,6 +114,9 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
             if not isinstance(fields.get("file"), bytes):
                 raise BadInput("file is required (multipart upload)", field="file")
             model = pick_model(gw, fields.get("model"), "transcribe")
+            if str(fields.get("stream", "")).lower() == "true":
+                raise Unsupported("stream is not supported for transcriptions: the whole "
+                                  "transcript comes in one response", field="stream")
             fmt = fields.get("response_format") or "json"
             if fmt not in TRANSCRIPT_FORMATS:
                 raise BadInput(f"response_format must be one of {list(TRANSCRIPT_FORMATS)}",
