@@ -242,4 +242,7 @@ async def test_docs_and_redoc_need_no_network(client):
             asset = await client.get(ref)
             assert asset.status_code == 200 and len(asset.content) > 1000, ref
     assert "validatorUrl" in (await client.get("/docs")).text  # no badge from swagger.io
-    assert (await client.get("/openapi.json")).json()["paths"]["/v1/audio/speech"]
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert paths["/v1/audio/speech"]["post"]["requestBody"]
+    form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    assert "timestamp_granularities[]" in form["multipart/form-data"]["schema"]["properties"]
