@@ -49,6 +49,20 @@ TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("segment", "word")
 
 
+_TRANSCRIPTION_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["file", "model"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the audio file"},
+        "model": {"type": "string", "description": "an audio model (GET /v1/models)"},
+        "response_format": {"type": "string", "enum": list(TRANSCRIPT_FORMATS),
+                            "default": "json"},
+        "language": {"type": "string", "description": "code or English name; empty: detect"},
+        "prompt": {"type": "string"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+        "timestamp_granularities[]": {"type": "array", "items": {
+            "type": "string", "enum": list(GRANULARITIES)},
+            "description": "with verbose_json; word adds words"}}}}}}}
+
+
 class VoiceId(BaseModel):
     id: str
 
@@ -101,7 +115,8 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
 
         return await guarded(run, {"text": "input"})
 
-    @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)])
+    @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)],
+              openapi_extra=_TRANSCRIPTION_BODY)
     async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
         async def run():
             deadline = request_deadline(request)
@@ -114,6 +129,9 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
             if not isinstance(fields.get("file"), bytes):
                 raise BadInput("file is required (multipart upload)", field="file")
             model = pick_model(gw, fields.get("model"), "transcribe")
+            if str(fields.get("stream", "")).lower() == "true":
+                raise Unsupported("stream is not supported for transcriptions: the whole "
+                                  "transcript comes in one response", field="stream")
             fmt = fields.get("response_format") or "json"
             if fmt not in TRANSCRIPT_FORMATS:
                 raise BadInput(f"response_format must be one of {list(TRANSCRIPT_FORMATS)}",

@@ -96,9 +96,7 @@ async def _dimensions(gw: Gateway, model: str, dims: int) -> int:
     else ``Unsupported``: truncating a model not trained for it would quietly hurt quality."""
     info = await gw.model_info(model)
     full, offered = info.get("embedding_dim"), list(info.get("dimensions") or [])
-    if dims == full:
-        return dims
-    if dims in offered:
+    if dims == full or dims in offered:
         return dims
     if not offered:
         raise Unsupported(f"model '{model}' does not offer dimensions={dims}: it declares no "

@@ -226,6 +226,12 @@ async def test_bad_transcription_params(client, data, param):
     openai_err(r, 422, param)
 
 
+async def test_streamed_transcription_is_refused_plainly(client):
+    r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", tone("x"))},
+                          data={"model": "whisper", "stream": "true"})
+    assert "not supported" in openai_err(r, 400, "stream")
+
+
 async def test_docs_and_redoc_need_no_network(client):
     for page in ("/docs", "/redoc"):
         html = (await client.get(page)).text
@@ -236,4 +242,7 @@ async def test_docs_and_redoc_need_no_network(client):
             asset = await client.get(ref)
             assert asset.status_code == 200 and len(asset.content) > 1000, ref
     assert "validatorUrl" in (await client.get("/docs")).text  # no badge from swagger.io
-    assert (await client.get("/openapi.json")).json()["paths"]["/v1/audio/speech"]
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert paths["/v1/audio/speech"]["post"]["requestBody"]
+    form = paths["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    assert "timestamp_granularities[]" in form["multipart/form-data"]["schema"]["properties"]
