@@ -20,6 +20,7 @@ import soundfile as sf
 from fusion.api import create_api
 from fusion.audio_formats import sentences, to_srt, to_vtt
 from fusion.config import AppConfig
+from fusion.errors import StepFailed
 from fusion.gateway import Gateway
 from tests.fakes import FakeModels
 
@@ -54,6 +55,8 @@ class AudioFakes(FakeModels):
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         if task == "speak":
             self.spoken.append(inputs)
+            if "fail" in inputs["text"]:
+                raise StepFailed("replica died", field="speak")
             return {"audio": tone(inputs["text"])}
         if task == "transcribe":
             self.transcribed = inputs
@@ -164,6 +167,18 @@ async def test_speech_streams_sentence_by_sentence(client, fakes):
     pcm = await client.post("/v1/audio/speech", json={
         "model": "tts", "input": text, "voice": "joe", "response_format": "pcm"})
     assert len(pcm.content) / 2 / 24000 == pytest.approx(expected, abs=0.01)  # 24 kHz s16le
+
+
+async def test_speech_stream_ends_at_a_failed_sentence(client, fakes):
+    r = await client.post("/v1/audio/speech", json={
+        "model": "tts", "input": "Fine here. Then fail. Never said.", "voice": "joe",
+        "response_format": "pcm"})
+    assert r.status_code == 200  # the status went out with the first sentence
+    assert len(r.content) / 2 / 24000 == pytest.approx(0.05 * len("Fine here."), abs=0.01)
+    assert [s["text"] for s in fakes.spoken] == ["Fine here.", "Then fail."]
+    r = await client.post("/v1/audio/speech", json={  # failing first: a plain error
+        "model": "tts", "input": "fail now. Later.", "voice": "joe", "response_format": "wav"})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "server_error"
 
 
 async def test_speech_errors_name_the_field(client):
