@@ -16,6 +16,14 @@ Two backends (``fusion.tasks.BACKENDS["audio"]``):
 ``language`` may be a code (``en``) or an English name (``english``); an empty string means
 "detect". A language the model does not know is the client's error (field ``language``).
 Audio arrives as encoded bytes and is decoded to 16 kHz mono in ``prepare``.
+
+``prompt`` conditions decoding (faster-whisper's ``initial_prompt``, transformers'
+``prompt_ids``); ``temperature`` 0 means Whisper's own fallback schedule (0.0, 0.2 … 1.0, as
+OpenAI documents it), above 0 sampling at that temperature. ``timestamps`` asks for
+``segments`` (``segment``) and also ``words`` (``word``): faster-whisper gives both with
+``avg_logprob`` and ``no_speech_prob``; transformers gives segments with ``avg_logprob``
+(``no_speech_prob`` ``None``: ``generate`` does not expose it) and refuses ``word``
+(``Unsupported``), as it has no word alignment for every checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from typing import Any
 
 from deployments.base import ModelBackend, Progress
 from deployments.media import decode_audio
-from fusion.errors import BadInput, SpecError
+from deployments.whisper_segments import clip_time, segment_dict
+from fusion.errors import BadInput, SpecError, Unsupported
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
 
@@ -34,6 +43,8 @@ log = logging.getLogger("fusion.deployments.audio")
 
 SAMPLING_RATE = 16000
 CHUNK_SECONDS = 30  # Whisper's window; longer audio takes the long-form path
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # temperature 0: Whisper's schedule
+TIMESTAMPS = ("", "segment", "word")
 
 
 def normalise_language(language: str, supported: tuple[str, ...]) -> str | None:
@@ -88,11 +99,29 @@ class AudioModel(ModelBackend):
         self.multilingual = bool(self.fw.model.is_multilingual)
 
     def _run_faster_whisper(self, item: dict[str, Any]) -> dict[str, Any]:
+        timestamps, temp = item["timestamps"], item["temperature"]
         segments, info = self.fw.transcribe(
             item["samples"], language=item["language"], task="transcribe",
-            beam_size=self.beam_size, vad_filter=self.vad_filter)
+            beam_size=self.beam_size, vad_filter=self.vad_filter,
+            initial_prompt=item["prompt"] or None,
+            temperature=temp if temp > 0 else list(FALLBACK_TEMPERATURES),
+            word_timestamps=timestamps == "word")
+        segments = list(segments)  # a generator: decoding happens here
         text = " ".join(s.text.strip() for s in segments if s.text.strip())
-        return {"text": text, "language": item["language"] or info.language or ""}
+        out = {"text": text, "language": item["language"] or info.language or "",
+               "duration": item["duration"], "segments": [], "words": []}
+        if timestamps:
+            out["segments"] = [segment_dict(
+                n, s.start, s.end, s.text, item["duration"], seek=s.seek,
+                tokens=list(s.tokens), temperature=s.temperature,
+                avg_logprob=s.avg_logprob, compression_ratio=s.compression_ratio,
+                no_speech_prob=s.no_speech_prob) for n, s in enumerate(segments)]
+        if timestamps == "word":
+            dur = item["duration"]
+            out["words"] = [{"word": w.word.strip(), "start": clip_time(w.start, dur),
+                             "end": clip_time(w.end, dur)}
+                            for s in segments for w in (s.words or ())]
+        return out
 
     # -- transformers ------------------------------------------------------------------------
 
@@ -118,7 +147,19 @@ class AudioModel(ModelBackend):
         self._torch = torch
 
     def _run_transformers(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items that decode alike (prompt, temperature, timestamps) share a ``generate``."""
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault((it["prompt"], it["temperature"], it["timestamps"]), []).append(i)
+        out: list[dict[str, Any]] = [{} for _ in items]
+        for idx in groups.values():
+            for i, res in zip(idx, self._generate([items[i] for i in idx]), strict=True):
+                out[i] = res
+        return out
+
+    def _generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         torch = self._torch
+        first = items[0]
         audio = [it["samples"] for it in items]
         long_form = max(a.size for a in audio) > CHUNK_SECONDS * SAMPLING_RATE
         if long_form:
@@ -132,6 +173,14 @@ class AudioModel(ModelBackend):
         if long_form:  # sequential long-form decoding: 30 s windows moved by timestamps
             kwargs.update(attention_mask=feats.attention_mask.to(self.device),
                           return_timestamps=True)
+        if first["timestamps"]:  # scores too: each segment's avg_logprob
+            kwargs.update(return_timestamps=True, return_segments=True,
+                          return_dict_in_generate=True, output_scores=True)
+        if first["prompt"]:
+            kwargs["prompt_ids"] = self.processor.get_prompt_ids(
+                first["prompt"], return_tensors="pt").to(self.device)
+        if first["temperature"] > 0:
+            kwargs.update(do_sample=True, temperature=first["temperature"])
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = int(self.max_new_tokens)
         with torch.inference_mode():
@@ -148,8 +197,35 @@ class AudioModel(ModelBackend):
             out = self.model.generate(features, **kwargs)
         sequences = out["sequences"] if isinstance(out, dict) else out
         texts = self.processor.batch_decode(sequences, skip_special_tokens=True)
-        return [{"text": t.strip(), "language": lang}
-                for t, lang in zip(texts, languages, strict=True)]
+        results = []
+        for i, (text, lang, it) in enumerate(zip(texts, languages, items, strict=True)):
+            res = {"text": text.strip(), "language": lang, "duration": it["duration"],
+                   "segments": [], "words": []}
+            if first["timestamps"] and isinstance(out, dict) and "segments" in out:
+                res["segments"] = [segment_dict(
+                    n, float(seg["start"]), float(seg["end"]),
+                    self.processor.decode(seg["tokens"], skip_special_tokens=True),
+                    it["duration"], tokens=[int(t) for t in seg["tokens"]],
+                    avg_logprob=self._avg_logprob(seg))
+                    for n, seg in enumerate(out["segments"][i])]
+            results.append(res)
+        return results
+
+    def _avg_logprob(self, seg: dict[str, Any]) -> float | None:
+        """Mean log-probability of a segment's tokens (timestamps included, as Whisper counts
+        them), from the scores of the window that produced it; ``None`` without scores."""
+        result = seg.get("result")
+        if not isinstance(result, dict) or not result.get("scores"):
+            return None
+        seq, scores = result["sequences"], result["scores"]
+        offset = len(seq) - len(scores)  # the forced prefix (start, language, task) has none
+        start, end = seg["idxs"]
+        steps = [p for p in range(start, end) if 0 <= p - offset < len(scores)]
+        if not steps:
+            return None
+        logprobs = [float(self._torch.log_softmax(scores[p - offset].float(), -1)[int(seq[p])])
+                    for p in steps]
+        return sum(logprobs) / len(logprobs)
 
     # -- request side ------------------------------------------------------------------------
 
@@ -158,9 +234,20 @@ class AudioModel(ModelBackend):
         language = normalise_language(item.get("language") or "", self.supported)
         if language is None and not self.multilingual:
             language = "en"
-        return {"samples": decode_audio(item["audio"], field="audio",
-                                        sampling_rate=SAMPLING_RATE),
-                "language": language}
+        timestamps = item.get("timestamps") or ""
+        if timestamps not in TIMESTAMPS:
+            raise BadInput(f"timestamps must be one of {list(TIMESTAMPS)}", field="timestamps")
+        if timestamps == "word" and self.config.backend != "faster-whisper":
+            raise Unsupported(f"the {self.config.backend} backend gives segment timestamps "
+                              "only; serve the model with the faster-whisper backend for word "
+                              "timestamps", field="timestamps")
+        temperature = float(item.get("temperature") or 0.0)
+        if not 0.0 <= temperature <= 1.0:
+            raise BadInput("temperature must be between 0 and 1", field="temperature")
+        samples = decode_audio(item["audio"], field="audio", sampling_rate=SAMPLING_RATE)
+        return {"samples": samples, "language": language, "prompt": item.get("prompt") or "",
+                "temperature": temperature, "timestamps": timestamps,
+                "duration": round(samples.size / SAMPLING_RATE, 3)}
 
     def run(self, task: str, items: list[Any], progress: Progress | None = None) -> list[dict]:
         self.task_spec(task)
@@ -180,9 +267,14 @@ class AudioModel(ModelBackend):
 
 FAMILY = Family(
     name="audio",
-    tasks={"transcribe": TaskSpec({"audio": param("audio"),
-                                   "language": param("text", "", False)},
-                                  {"text": "text", "language": "text"})},
+    tasks={"transcribe": TaskSpec(
+        {"audio": param("audio"), "language": param("text", "", False),
+         "prompt": param("text", "", False), "temperature": param("float", 0.0),
+         "timestamps": param("text", "", False)},
+        {"text": "text", "language": "text", "duration": "float", "segments": "json",
+         "words": "json"},
+        doc="Speech to text. timestamps: '' (text only), 'segment' or 'word'; "
+            "temperature 0 lets the backend fall back to higher ones as Whisper does.")},
     backends={"faster-whisper": ("transcribe",), "transformers": ("transcribe",)},
     model=AudioModel,
     tiny={"whisper": "deployments.tiny.audio:build_tiny_whisper"},

@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,7 @@ class ModelBackend(ABC):
         self.resolved = resolved
         self.device, self.dtype = pick_device(config)
         self.tasks = config.tasks.tasks
+        self.loaded_at = int(time.time())  # OpenAI's ``created`` on /v1/models
 
     @classmethod
     def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
@@ -124,6 +126,7 @@ class ModelBackend(ABC):
             "fingerprint": self.fingerprint,
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "loaded_at": self.loaded_at,
         }
 
 

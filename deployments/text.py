@@ -3,8 +3,11 @@
 Three backends (``fusion.tasks.BACKENDS["text"]``):
 
 - ``embedding``: ``AutoModel`` + pooling (mean by default, or what a sentence-transformers
-  ``1_Pooling/config.json`` says) + L2 norm. ``zero_shot`` embeds the text and one prompt per
-  label (``template`` with ``{}`` replaced by the label) and returns
+  ``1_Pooling/config.json`` says) + L2 norm. A model trained for shortened (Matryoshka)
+  embeddings declares the sizes with ``options.matryoshka_dims``; only then does the OpenAI
+  route honour ``dimensions`` (``info()`` reports ``embedding_dim`` and ``dimensions``).
+  ``zero_shot`` embeds the text and one prompt per label (``template`` with ``{}`` replaced
+  by the label) and returns
   ``softmax(cosine / temperature)``; the temperature defaults to 0.05 (``options.temperature``),
   which turns the small cosine gaps of sentence encoders (0.1–0.3) into usable scores.
 - ``nli``: ``AutoModelForSequenceClassification`` trained on NLI; ``zero_shot`` scores the
@@ -69,6 +72,18 @@ class TextModel(ModelBackend):
             self.multi_label = model.config.problem_type == "multi_label_classification"
         self.model = optimise(model, self.config, self.device)
         self._torch = torch
+        self.embedding_dim = int(getattr(model.config, "hidden_size", 0) or 0)
+        dims = self.config.options.get("matryoshka_dims") or []
+        if not all(isinstance(d, int) and 0 < d < self.embedding_dim for d in dims):
+            raise SpecError(f"{self.config.name}: options.matryoshka_dims must be sizes "
+                            f"between 1 and {self.embedding_dim - 1}, got {dims}")
+        self.matryoshka_dims = sorted(dims)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        if self.config.backend == "embedding":
+            info.update(embedding_dim=self.embedding_dim, dimensions=self.matryoshka_dims)
+        return info
 
     def _st_pooling(self) -> str | None:
         """Pooling mode of a sentence-transformers folder (``1_Pooling/config.json``)."""

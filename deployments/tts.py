@@ -9,10 +9,15 @@ Phonemisation uses the espeak-ng data that ships with ``piper-tts``; nothing is 
 ``length_scale`` (speed; > 1 is slower), ``noise_scale``, ``noise_w_scale`` and
 ``speaker_id`` (multi-speaker voices) tune synthesis. Piper's VITS decoder samples noise, so
 two runs of the same text differ slightly; the gateway's cache returns the first one.
+
+Per request, ``voice`` picks a speaker of a multi-speaker voice (by name; ``info()["voices"]``
+lists them; a single-speaker voice has one, its file name) and ``speed`` (0.25-4, OpenAI's
+range) divides the length scale. An unknown voice is ``Unsupported`` (400) naming the voices.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -22,9 +27,11 @@ import numpy as np
 
 from deployments.base import ModelBackend, Progress
 from deployments.media import encode_wav
-from fusion.errors import BadInput, SpecError
+from fusion.errors import BadInput, SpecError, Unsupported
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
+
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 log = logging.getLogger("fusion.deployments.tts")
 
@@ -75,19 +82,35 @@ class TtsModel(ModelBackend):
         self.syn_config = SynthesisConfig(
             speaker_id=opts.get("speaker_id"), length_scale=opts.get("length_scale"),
             noise_scale=opts.get("noise_scale"), noise_w_scale=opts.get("noise_w_scale"))
+        self.length_scale = float(opts.get("length_scale") or self.voice.config.length_scale)
+        speakers = dict(self.voice.config.speaker_id_map or {})
+        self.speakers = speakers if speakers else {self.voice_name: None}
 
     def prepare(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         item = super().prepare(task, inputs)
         if not item["text"].strip():
             raise BadInput("text is empty", field="text")
-        return item
+        voice = item.get("voice") or ""
+        if voice and voice not in self.speakers:
+            raise Unsupported(f"voice {voice!r} is not one of this model's voices: "
+                              f"{sorted(self.speakers)}", field="voice")
+        speed = float(item.get("speed") or 1.0)
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise BadInput(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", field="speed")
+        return {**item, "voice": voice, "speed": speed}
 
     def run(self, task: str, items: list[Any], progress: Progress | None = None) -> list[dict]:
         self.task_spec(task)
-        return [{"audio": self._speak(item["text"])} for item in items]
+        return [{"audio": self._speak(item["text"], item.get("voice") or "",
+                                      item.get("speed") or 1.0)} for item in items]
 
-    def _speak(self, text: str) -> bytes:
-        chunks = list(self.voice.synthesize(text, syn_config=self.syn_config))
+    def _speak(self, text: str, voice: str = "", speed: float = 1.0) -> bytes:
+        syn = copy.copy(self.syn_config)
+        if voice and self.speakers.get(voice) is not None:
+            syn.speaker_id = self.speakers[voice]
+        if speed != 1.0:
+            syn.length_scale = self.length_scale / speed
+        chunks = list(self.voice.synthesize(text, syn_config=syn))
         if not chunks:
             raise BadInput("text has nothing to speak", field="text")
         rate = chunks[0].sample_rate
@@ -102,13 +125,16 @@ class TtsModel(ModelBackend):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info.update(device=self.tts_device, dtype="float32", voice=self.voice_name,
-                    sample_rate=self.voice.config.sample_rate)
+                    voices=sorted(self.speakers), sample_rate=self.voice.config.sample_rate)
         return info
 
 
 FAMILY = Family(
     name="tts",
-    tasks={"speak": TaskSpec({"text": param("text")}, {"audio": "audio"}, batched=False)},
+    tasks={"speak": TaskSpec({"text": param("text"), "voice": param("text", "", False),
+                              "speed": param("float", 1.0)}, {"audio": "audio"},
+                             batched=False,
+                             doc="Text to a WAV; voice '' is the model's default, speed 0.25-4.")},
     backends={"piper": ("speak",)},
     model=TtsModel,
 )

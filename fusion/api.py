@@ -28,8 +28,15 @@ from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
-from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
+from fusion.openai_compat import (
+    add_openai_routes,
+    is_openai_path,
+    models_body,
+    openai_error,
+    retry_headers,
+)
 from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
+from fusion.static_docs import add_offline_docs
 
 log = logging.getLogger("fusion.api")
 
@@ -220,7 +227,7 @@ def _sse(event: str, data: Any) -> bytes:
 
 
 def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
-    app = FastAPI(title="Fusion gateway", version=__version__,
+    app = FastAPI(title="Fusion gateway", version=__version__, docs_url=None, redoc_url=None,
                   description="Multimodal models served as one service, composed into cached "
                               "cross-modal pipelines.")
 
@@ -272,7 +279,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
     @app.get("/v1/models", tags=["models"], dependencies=[Depends(require_key)])
     async def list_models(gw: Gateway = Depends(gateway)) -> dict:
-        return {"models": await gw.list_models()}
+        return await models_body(gw)
 
     @app.post("/v1/models/{name}/{task}", tags=["models"], openapi_extra=_MODEL_INPUTS_BODY,
               dependencies=[Depends(require_key)])
@@ -333,6 +340,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)
+    add_offline_docs(app)
     return app
 
 

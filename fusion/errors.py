@@ -45,6 +45,14 @@ class MalformedBody(BadInput):
     code = "malformed_body"
 
 
+class Unsupported(BadInput):
+    """A well-formed value this model does not offer (a voice, an audio format, shortened
+    embeddings): 400 as OpenAI answers it, the message listing what the model does offer."""
+
+    status = 400
+    code = "unsupported_value"
+
+
 class PayloadTooLarge(BadInput):
     status = 413
     code = "payload_too_large"
@@ -130,6 +138,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("bad_input", 422, "invalid_request_error", "BadRequest",
               "an input is missing, of the wrong type, undecodable or over a limit; "
               "`field` names it"),
+    ErrorCode("unsupported_value", 400, "invalid_request_error", "BadRequest",
+              "a value the model does not offer (voice, response_format, dimensions, "
+              "timestamp granularity); `field` names it and the message lists the choices"),
     ErrorCode("internal_error", 500, "server_error", "ServerError",
               "a bug in the gateway; quote the request id"),
     ErrorCode("step_failed", 502, "server_error", "StepFailed",

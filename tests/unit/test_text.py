@@ -237,6 +237,18 @@ def test_bad_options(text_model_dir):
         TextModel.load(_cfg("tiny:text-classifier", "nli"), model_dir=text_model_dir)
 
 
+def test_shortened_embeddings_are_declared_not_assumed(text_model_dir, tiny_embedding):
+    assert tiny_embedding.info()["embedding_dim"] == 32
+    assert tiny_embedding.info()["dimensions"] == []  # not trained for it: none offered
+    model = TextModel.load(_cfg("tiny:text-embedding", options={"matryoshka_dims": [16, 8]}),
+                           model_dir=text_model_dir)
+    assert model.info()["dimensions"] == [8, 16]
+    for dims in ([32], [0], ["8"]):
+        with pytest.raises(SpecError):
+            TextModel.load(_cfg("tiny:text-embedding", options={"matryoshka_dims": dims}),
+                           model_dir=text_model_dir)
+
+
 def test_deployment_class():
     from fusion.registry import family, import_object
 

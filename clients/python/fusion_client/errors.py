@@ -124,6 +124,7 @@ ERROR_CODES: dict[str, tuple[type[FusionError], int]] = {
     "not_found": (NotFound, 404),
     "payload_too_large": (BadRequest, 413),
     "bad_input": (BadRequest, 422),
+    "unsupported_value": (BadRequest, 400),
     "internal_error": (ServerError, 500),
     "step_failed": (StepFailed, 502),
     "overloaded": (Overloaded, 503),

@@ -1,0 +1,72 @@
+"""``/docs`` (Swagger UI) and ``/redoc`` served with no network: assets from the gateway.
+
+FastAPI's own pages load Swagger UI and ReDoc from a CDN (and ReDoc's fonts from Google), so
+offline or air-gapped they are blank. The assets here come from the ``fastapi-offline``
+package (MIT), which ships builds of Swagger UI (Apache-2.0) and ReDoc (MIT), mounted under
+``STATIC_URL``/docs. (The bundles point at ``*.LICENSE.txt`` sidecars that its wheel leaves
+out; the licences are those of the upstream projects.) Other pages with offline assets (the
+playground) mount their own folder beside it with ``mount_static``, under the same prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+    swagger_ui_default_parameters,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_URL = "/static"
+DOCS_ASSETS = f"{STATIC_URL}/docs"
+
+
+def docs_assets_dir() -> Path:
+    """The folder holding ``swagger-ui-bundle.js``, ``swagger-ui.css``,
+    ``redoc.standalone.js`` and ``favicon.png``."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def mount_static(app: FastAPI, name: str, directory: Path) -> str:
+    """Serve ``directory`` at ``STATIC_URL/name``; returns that URL path."""
+    url = f"{STATIC_URL}/{name}"
+    app.mount(url, StaticFiles(directory=str(directory)), name=f"static-{name}")
+    return url
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Add ``/docs``, its OAuth2 redirect page and ``/redoc``; create the app with
+    ``docs_url=None, redoc_url=None`` so FastAPI's CDN pages are not added too."""
+    assets = mount_static(app, "docs", docs_assets_dir())
+    # no validator badge: Swagger UI would fetch it from validator.swagger.io
+    params = {**swagger_ui_default_parameters, "validatorUrl": None}
+    redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{redirect}",
+            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{assets}/favicon.png", swagger_ui_parameters=params)
+
+    @app.get(redirect, include_in_schema=False)
+    async def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{assets}/favicon.png", with_google_fonts=False)
