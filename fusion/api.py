@@ -30,6 +30,7 @@ from fusion.gateway import Gateway
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
 from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
+from fusion.playground import add_playground_routes
 
 log = logging.getLogger("fusion.api")
 
@@ -333,6 +334,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)
+    add_playground_routes(app)
     return app
 
 
