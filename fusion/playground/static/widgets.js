@@ -26,6 +26,11 @@ export async function toBase64(blob) {
   return btoa(out);
 }
 
+/** Tell the form a value changed that no native input event announced (chips, drops). */
+function changed(node) {
+  node.dispatchEvent(new Event("input", { bubbles: true }));
+}
+
 export function elementType(type) {
   const m = /^list\[(.+)\]$/.exec(type || "");
   return m ? m[1] : null;
@@ -113,10 +118,13 @@ function chipsWidget(id, name, inner, dflt) {
   const input = el("input", { id, type: "text", autocomplete: "off",
                               placeholder: "type, then Enter or comma" });
   const parse = (v) => (inner === "text" ? v : Number(v));
-  const render = () => {
-    box.replaceChildren(...values.map((v, i) => el("button", {
+  box.append(input);
+  const render = () => { // chips go before the input, which stays put (and keeps focus)
+    for (const chip of box.querySelectorAll(".chip")) chip.remove();
+    input.before(...values.map((v, i) => el("button", {
       type: "button", class: "chip", "aria-label": `Remove ${v}`,
-      onclick: () => { values.splice(i, 1); render(); input.focus(); } }, v, " ×")), input);
+      onclick: () => { values.splice(i, 1); render(); input.focus(); } }, v, " ×")));
+    changed(box);
   };
   const commit = () => {
     for (const part of input.value.split(",")) if (part.trim()) values.push(part.trim());
@@ -132,7 +140,6 @@ function chipsWidget(id, name, inner, dflt) {
       input.focus();
     }
   });
-  input.addEventListener("blur", () => { if (input.value.includes(",")) commit(); });
   render();
   const read = () => {
     const all = [...values, ...input.value.split(",").map((s) => s.trim()).filter(Boolean)];
@@ -157,6 +164,7 @@ function mediaWidget(id, type, name) {
     preview.hidden = !current;
     if (current) preview.src = URL.createObjectURL(blob);
     note.textContent = current ? `${current.name} · ${blob.size} bytes` : note.textContent;
+    changed(zone);
   };
   input.addEventListener("change", () => set(input.files[0] || null, input.files[0]?.name));
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });

@@ -1,0 +1,189 @@
+"""The playground page: served from the package, and driven in a real Chromium against an
+in-process gateway (create_api over fake models, served by uvicorn; no Ray) with API keys
+configured: the key flow, 503s with Retry-After, unknown stream events, keyboard use and a
+360 px viewport. The model-backed runs are in tests/integration/test_playground.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fusion.api import create_api
+from fusion.auth import hash_key
+from fusion.cache import StepCache
+from fusion.config import CacheConfig
+from fusion.gateway import Gateway
+from tests.browser import serve_app
+from tests.fakes import FakeModels, fake_config, png
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = ROOT / "fusion/playground/static"
+KEY = "playground-key"
+
+
+def gateway() -> Gateway:
+    cache = CacheConfig()
+    config = fake_config(auth={"key_hashes": [hash_key(KEY)]}, cache=cache.model_dump(),
+                         router={"pipeline_max_in_flight": {"text_to_image": 1}})
+    # generate takes 20 s over its steps: long enough to hold text_to_image's one slot
+    return Gateway(config, FakeModels(delays={"generate": 20}), StepCache.from_config(cache))
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve_app(create_api(lambda gw=gateway(): gw)) as base:
+        yield base
+
+
+@pytest.fixture
+def page(browser, url):
+    """A fresh browser context (empty localStorage) with the key stored, on the page."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(f"localStorage.setItem('fusion.apiKey', {KEY!r})")
+    errors: list[str] = []
+    p = context.new_page()
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    context.close()
+    assert not errors, errors  # no uncaught exception in the page's scripts
+
+
+def test_page_and_assets_come_from_the_package(url):
+    html = httpx.get(f"{url}/")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in html.headers["content-security-policy"]
+    assert httpx.get(f"{url}/playground").text == html.text
+    refs = re.findall(r'(?:src|href)="(/playground/static/[^"]+)"', html.text)
+    assert {"/playground/static/app.js", "/playground/static/style.css"} <= set(refs)
+    for ref in refs:
+        r = httpx.get(url + ref)
+        assert r.status_code == 200, ref
+        assert httpx.get(url + ref, headers={"If-None-Match": r.headers["etag"]}
+                         ).status_code == 304
+    assert httpx.get(f"{url}/playground/static/../api.py").status_code == 404
+    assert httpx.get(f"{url}/playground/static/nope.js").status_code == 404
+    codes = httpx.get(f"{url}/playground/error-codes.json").json()
+    assert codes["bad_input"]["status"] == 422 and codes["overloaded"]["status"] == 503
+
+
+def test_assets_load_nothing_from_elsewhere_and_ship_in_the_wheel():
+    files = sorted(p.name for p in STATIC.iterdir())
+    assert {"index.html", "app.js", "render.js", "widgets.js", "style.css"} <= set(files)
+    for name in files:
+        text = (STATIC / name).read_text()
+        assert not re.search(r"https?://|(?:src|href)=\"//|@import|url\(", text), name
+        imports = re.findall(r'from "\./([^"]+)"', text)
+        assert all((STATIC / i).is_file() for i in imports), (name, imports)
+    project = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; we support 3.10)
+    assert re.search(r'^fusion = \[.*"playground/static/\*"', project, re.M)
+    assert re.search(r'^dev = \[[^\]]*"playwright', project, re.M)
+
+
+def test_missing_key_shows_401_next_to_the_key_field(browser, url):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(url)
+        error = page.locator("#err-authorization")
+        error.wait_for()
+        assert "401" in error.inner_text() and "missing API key" in error.inner_text()
+        assert page.get_attribute("#api-key", "aria-invalid") == "true"
+        page.fill("#api-key", "wrong")
+        page.press("#api-key", "Enter")  # change event: stored, catalog reloaded
+        page.locator("#err-authorization", has_text="invalid API key").wait_for()
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Tab")
+        page.locator("#pipeline-list button", has_text="text_to_image").wait_for()
+        assert page.locator("#err-authorization").is_hidden()
+        page.reload()  # the key is kept in localStorage
+        page.locator("#pipeline-list button", has_text="embed").wait_for()
+        assert page.input_value("#api-key") == KEY
+    finally:
+        context.close()
+
+
+def test_refused_run_shows_retry_after(browser, page, url):
+    """text_to_image admits one run at a time: a second one is refused with Retry-After."""
+    page.goto(f"{url}/#pipeline/text_to_image")
+    page.fill("#in-prompt", "a slow lighthouse")
+    page.fill("#in-steps", "40")
+    page.click("#run")
+    page.locator('.node[data-step="generate"] progress').wait_for()  # the slot is held
+    other = page.context.new_page()
+    other.goto(f"{url}/#pipeline/text_to_image")
+    other.fill("#in-prompt", "another")
+    other.click("#run")
+    banner = other.locator("#run-error")
+    banner.wait_for()
+    assert re.search(r"503 overloaded: .* retry after \d+ s", banner.inner_text())
+    assert other.locator("#run").is_enabled()
+    page.close()  # leaving cancels the slow run
+
+
+def test_unknown_and_token_events_render(page, url):
+    """A stream may carry events this page does not know (chat tokens): tokens are shown
+    as text, anything else lands in the event log, and the result still renders."""
+    body = ("event: step\ndata: {\"step\":\"generate\",\"ms\":3.0,\"cached\":false,"
+            "\"coalesced\":false,\"skipped\":false}\n\n"
+            "event: token\ndata: {\"text\":\"Hel\"}\n\n"
+            "event: token\ndata: {\"text\":\"lo\"}\n\n"
+            "event: novelty\ndata: {\"anything\":[1,2]}\n\n"
+            "event: result\ndata: {\"outputs\":{\"image\":null,\"caption\":\"ok\"},"
+            "\"types\":{\"image\":\"image\",\"caption\":\"text\"},\"steps\":{},\"cache\":\"miss\","
+            "\"request_id\":\"r1\"}\n\n")
+    page.route("**/v1/pipelines/text_to_image?stream=true", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+    page.goto(f"{url}/#pipeline/text_to_image")
+    page.fill("#in-prompt", "hi")
+    page.click("#run")
+    page.locator('.output[data-output="caption"]', has_text="ok").wait_for()
+    assert page.inner_text("#tokens") == "Hello"
+    assert page.locator('#events li[data-event="novelty"]').count() == 1
+    assert page.get_attribute('.node[data-step="generate"]', "data-state") == "done"
+
+
+def test_keyboard_only_run_and_copied_commands(page, url):
+    page.goto(url)
+    page.locator("#pipeline-list button").first.wait_for()
+    button = page.locator("#pipeline-list button", has_text="clip_zero_shot")
+    for _ in range(30):  # Tab through the page until the pipeline's button has focus
+        page.keyboard.press("Tab")
+        if button.evaluate("b => b === document.activeElement"):
+            break
+    else:
+        raise AssertionError("the pipeline buttons are not reachable with Tab")
+    page.keyboard.press("Enter")
+    page.locator("#field-image").wait_for()
+    page.set_input_files("#in-image", files=[{"name": "red.png", "mimeType": "image/png",
+                                              "buffer": png((250, 0, 0), 16)}])
+    page.focus("#in-labels")
+    for label in ("red", "blue"):
+        page.keyboard.type(label)
+        page.keyboard.press("Enter")  # a chip, not a submit
+    assert page.locator(".chip").count() == 2 and page.locator(".bars").count() == 0
+    page.focus("#run")
+    page.keyboard.press("Enter")
+    page.locator(".bars .bar").nth(1).wait_for()
+    cli = page.text_content("#cmd-cli")
+    assert "run clip_zero_shot --image 'red.png' --labels 'red,blue'" in cli
+    curl = page.text_content("#cmd-curl")
+    assert "-F 'image=@red.png'" in curl and "Bearer $FUSION_API_KEY" in curl
+    assert KEY not in curl + cli + page.text_content("#cmd-sdk")  # the key is never copied
+
+
+def test_usable_at_360_px(page, url):
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.goto(f"{url}/#pipeline/caption_then_classify")
+    page.set_input_files("#in-image", files=[{"name": "g.png", "mimeType": "image/png",
+                                              "buffer": png((0, 200, 0), 16)}])
+    page.fill("#in-labels", "a rather long label, another rather long label")
+    page.click("#run")
+    page.locator(".bars .bar").nth(1).wait_for()
+    page.click("#commands summary")
+    page.click("#event-log summary")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = page.locator("#run").bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360
