@@ -187,3 +187,19 @@ def test_usable_at_360_px(page, url):
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     box = page.locator("#run").bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360
+
+
+def test_camera_capture_is_sent_as_png(page, url):
+    """Chromium's fake camera: Camera shows the stream, Capture turns a frame into a PNG
+    (the fake captioner refuses anything else), and the run succeeds."""
+    page.context.grant_permissions(["camera"])
+    page.goto(f"{url}/#pipeline/caption_then_classify")
+    page.click("#field-image button:has-text('Camera')")
+    page.locator("#field-image video").wait_for()
+    page.wait_for_function("document.querySelector('#field-image video').videoWidth > 0")
+    page.click("#field-image button:has-text('Capture')")
+    page.locator("#field-image .hint", has_text="camera.png").wait_for()
+    page.fill("#in-labels", "a,b")
+    page.click("#run")
+    page.locator('.output[data-output="caption"]', has_text="an image of").wait_for()
+    assert page.locator("#field-image video").is_hidden()  # the camera was released

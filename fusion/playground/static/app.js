@@ -123,6 +123,15 @@ function route() {
     b.setAttribute("aria-current", on ? "true" : "false");
   }
   select(target);
+  fitCatalog();
+}
+
+const NARROW = matchMedia("(max-width: 760px)");
+
+/** On a phone the catalog folds away once something is chosen (the form is what matters). */
+function fitCatalog() {
+  if (NARROW.matches) $("catalog-details").open = !state.target;
+  else $("catalog-details").open = true;
 }
 
 function select(target) {
@@ -224,7 +233,9 @@ function showError(err, failedStep = null) {
   else if (field.startsWith("inputs.")) {
     placed = showFieldError(field.slice(7).split(/[.[]/)[0], text);
   }
-  const step = failedStep || (field.startsWith("steps.") ? field.slice(6).split(/[.[]/)[0] : null);
+  // the step at fault: named by the field (steps.X) or, for an input's error, the message
+  const step = failedStep || (field.startsWith("steps.") ? field.slice(6).split(/[.[]/)[0]
+    : /^step '([^']+)'/.exec(err.message || "")?.[1] || null);
   if (step && state.target) setStates($("graph"), state.target.steps, state.done || {}, step);
   const banner = $("run-error");
   banner.textContent = text + (field ? ` (field: ${field})` : "")
@@ -371,9 +382,7 @@ function init() {
   $("commands").addEventListener("click", copy);
   document.addEventListener("paste", onPaste);
   window.addEventListener("hashchange", route);
-  if (matchMedia("(max-width: 760px)").matches) {
-    $("catalog-details").open = !location.hash;
-  }
+  NARROW.addEventListener("change", fitCatalog);
   loadCatalog();
 }
 

@@ -18,6 +18,7 @@ export function drawGraph(list, steps) {
   const names = Object.keys(steps).sort((a, b) => depthOf(a) - depthOf(b));
   const columns = Math.max(1, ...names.map((n) => depthOf(n) + 1));
   list.style.setProperty("--depth", String(Math.min(columns, 4)));
+  const rows = {};
   list.replaceChildren(...names.map((name) => {
     const s = steps[name];
     const what = s.model ? `${s.model} · ${s.task}` : (s.task || "fuse");
@@ -28,7 +29,10 @@ export function drawGraph(list, steps) {
         : null,
       s.when ? el("div", { class: "needs", text: `when ${s.when}` }) : null,
       el("div", { class: "badges" }));
-    node.style.setProperty("--col", String(Math.min(depthOf(name), 3) + 1));
+    const col = Math.min(depthOf(name), 3) + 1;
+    rows[col] = (rows[col] || 0) + 1;
+    node.style.setProperty("--col", String(col));
+    node.style.setProperty("--row", String(rows[col]));
     return node;
   }));
   setStates(list, steps, null);
