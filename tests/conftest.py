@@ -6,17 +6,21 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def browser():
+async def browser():
     """One headless Chromium per test session (the playground tests open pages in it), with
-    Chromium's fake camera and microphone, so capture and recording run for real."""
-    from playwright.sync_api import sync_playwright
+    Chromium's fake camera and microphone, so capture and recording run for real.
+
+    Playwright's async API, on the session's event loop: its sync API would keep a loop
+    running in this thread for the whole session, and every async test after it would fail.
+    """
+    from playwright.async_api import async_playwright
 
     from tests.browser import chromium_path
 
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=chromium_path(), args=[
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=chromium_path(), args=[
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         try:
             yield chromium
         finally:
-            chromium.close()
+            await chromium.close()

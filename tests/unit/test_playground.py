@@ -1,7 +1,8 @@
 """The playground page: served from the package, and driven in a real Chromium against an
 in-process gateway (create_api over fake models, served by uvicorn; no Ray) with API keys
-configured: the key flow, 503s with Retry-After, unknown stream events, keyboard use and a
-360 px viewport. The model-backed runs are in tests/integration/test_playground.py."""
+configured: the key flow, 503s with Retry-After, unknown stream events, keyboard use, the
+camera and a 360 px viewport. The model-backed runs are in tests/integration/test_playground.py.
+"""
 
 from __future__ import annotations
 
@@ -39,16 +40,20 @@ def url():
 
 
 @pytest.fixture
-def page(browser, url):
+async def page(browser, url):
     """A fresh browser context (empty localStorage) with the key stored, on the page."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(f"localStorage.setItem('fusion.apiKey', {KEY!r})")
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    await context.add_init_script(f"localStorage.setItem('fusion.apiKey', {KEY!r})")
     errors: list[str] = []
-    p = context.new_page()
+    p = await context.new_page()
     p.on("pageerror", lambda e: errors.append(str(e)))
     yield p
-    context.close()
+    await context.close()
     assert not errors, errors  # no uncaught exception in the page's scripts
+
+
+def png_file(name: str, color: tuple[int, int, int]) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": png(color, 16)}
 
 
 def test_page_and_assets_come_from_the_package(url):
@@ -82,48 +87,49 @@ def test_assets_load_nothing_from_elsewhere_and_ship_in_the_wheel():
     assert re.search(r'^dev = \[[^\]]*"playwright', project, re.M)
 
 
-def test_missing_key_shows_401_next_to_the_key_field(browser, url):
-    context = browser.new_context()
+async def test_missing_key_shows_401_next_to_the_key_field(browser, url):
+    context = await browser.new_context()
     try:
-        page = context.new_page()
-        page.goto(url)
+        page = await context.new_page()
+        await page.goto(url)
         error = page.locator("#err-authorization")
-        error.wait_for()
-        assert "401" in error.inner_text() and "missing API key" in error.inner_text()
-        assert page.get_attribute("#api-key", "aria-invalid") == "true"
-        page.fill("#api-key", "wrong")
-        page.press("#api-key", "Enter")  # change event: stored, catalog reloaded
-        page.locator("#err-authorization", has_text="invalid API key").wait_for()
-        page.fill("#api-key", KEY)
-        page.press("#api-key", "Tab")
-        page.locator("#pipeline-list button", has_text="text_to_image").wait_for()
-        assert page.locator("#err-authorization").is_hidden()
-        page.reload()  # the key is kept in localStorage
-        page.locator("#pipeline-list button", has_text="embed").wait_for()
-        assert page.input_value("#api-key") == KEY
+        await error.wait_for()
+        text = await error.inner_text()
+        assert "401" in text and "missing API key" in text
+        assert await page.get_attribute("#api-key", "aria-invalid") == "true"
+        await page.fill("#api-key", "wrong")
+        await page.press("#api-key", "Enter")  # change event: stored, catalog reloaded
+        await page.locator("#err-authorization", has_text="invalid API key").wait_for()
+        await page.fill("#api-key", KEY)
+        await page.press("#api-key", "Tab")
+        await page.locator("#pipeline-list button", has_text="text_to_image").wait_for()
+        assert await page.locator("#err-authorization").is_hidden()
+        await page.reload()  # the key is kept in localStorage
+        await page.locator("#pipeline-list button", has_text="embed").wait_for()
+        assert await page.input_value("#api-key") == KEY
     finally:
-        context.close()
+        await context.close()
 
 
-def test_refused_run_shows_retry_after(browser, page, url):
+async def test_refused_run_shows_retry_after(page, url):
     """text_to_image admits one run at a time: a second one is refused with Retry-After."""
-    page.goto(f"{url}/#pipeline/text_to_image")
-    page.fill("#in-prompt", "a slow lighthouse")
-    page.fill("#in-steps", "40")
-    page.click("#run")
-    page.locator('.node[data-step="generate"] progress').wait_for()  # the slot is held
-    other = page.context.new_page()
-    other.goto(f"{url}/#pipeline/text_to_image")
-    other.fill("#in-prompt", "another")
-    other.click("#run")
+    await page.goto(f"{url}/#pipeline/text_to_image")
+    await page.fill("#in-prompt", "a slow lighthouse")
+    await page.fill("#in-steps", "40")
+    await page.click("#run")
+    await page.locator('.node[data-step="generate"] progress').wait_for()  # the slot is held
+    other = await page.context.new_page()
+    await other.goto(f"{url}/#pipeline/text_to_image")
+    await other.fill("#in-prompt", "another")
+    await other.click("#run")
     banner = other.locator("#run-error")
-    banner.wait_for()
-    assert re.search(r"503 overloaded: .* retry after \d+ s", banner.inner_text())
-    assert other.locator("#run").is_enabled()
-    page.close()  # leaving cancels the slow run
+    await banner.wait_for()
+    assert re.search(r"503 overloaded: .* retry after \d+ s", await banner.inner_text())
+    assert await other.locator("#run").is_enabled()
+    await page.close()  # leaving cancels the slow run
 
 
-def test_unknown_and_token_events_render(page, url):
+async def test_unknown_and_token_events_render(page, url):
     """A stream may carry events this page does not know (chat tokens): tokens are shown
     as text, anything else lands in the event log, and the result still renders."""
     body = ("event: step\ndata: {\"step\":\"generate\",\"ms\":3.0,\"cached\":false,"
@@ -134,72 +140,75 @@ def test_unknown_and_token_events_render(page, url):
             "event: result\ndata: {\"outputs\":{\"image\":null,\"caption\":\"ok\"},"
             "\"types\":{\"image\":\"image\",\"caption\":\"text\"},\"steps\":{},\"cache\":\"miss\","
             "\"request_id\":\"r1\"}\n\n")
-    page.route("**/v1/pipelines/text_to_image?stream=true", lambda route: route.fulfill(
+    await page.route("**/v1/pipelines/text_to_image?stream=true", lambda route: route.fulfill(
         status=200, headers={"Content-Type": "text/event-stream"}, body=body))
-    page.goto(f"{url}/#pipeline/text_to_image")
-    page.fill("#in-prompt", "hi")
-    page.click("#run")
-    page.locator('.output[data-output="caption"]', has_text="ok").wait_for()
-    assert page.inner_text("#tokens") == "Hello"
-    assert page.locator('#events li[data-event="novelty"]').count() == 1
-    assert page.get_attribute('.node[data-step="generate"]', "data-state") == "done"
+    await page.goto(f"{url}/#pipeline/text_to_image")
+    await page.fill("#in-prompt", "hi")
+    await page.click("#run")
+    await page.locator('.output[data-output="caption"]', has_text="ok").wait_for()
+    assert await page.inner_text("#tokens") == "Hello"
+    assert await page.locator('#events li[data-event="novelty"]').count() == 1
+    assert await page.get_attribute('.node[data-step="generate"]', "data-state") == "done"
 
 
-def test_keyboard_only_run_and_copied_commands(page, url):
-    page.goto(url)
-    page.locator("#pipeline-list button").first.wait_for()
+async def test_keyboard_only_run_and_copied_commands(page, url):
+    await page.goto(url)
+    await page.locator("#pipeline-list button").first.wait_for()
     button = page.locator("#pipeline-list button", has_text="clip_zero_shot")
     for _ in range(30):  # Tab through the page until the pipeline's button has focus
-        page.keyboard.press("Tab")
-        if button.evaluate("b => b === document.activeElement"):
+        await page.keyboard.press("Tab")
+        if await button.evaluate("b => b === document.activeElement"):
             break
     else:
         raise AssertionError("the pipeline buttons are not reachable with Tab")
-    page.keyboard.press("Enter")
-    page.locator("#field-image").wait_for()
-    page.set_input_files("#in-image", files=[{"name": "red.png", "mimeType": "image/png",
-                                              "buffer": png((250, 0, 0), 16)}])
-    page.focus("#in-labels")
+    await page.keyboard.press("Enter")
+    await page.locator("#field-image").wait_for()
+    await page.set_input_files("#in-image", files=[png_file("red.png", (250, 0, 0))])
+    await page.focus("#in-labels")
     for label in ("red", "blue"):
-        page.keyboard.type(label)
-        page.keyboard.press("Enter")  # a chip, not a submit
-    assert page.locator(".chip").count() == 2 and page.locator(".bars").count() == 0
-    page.focus("#run")
-    page.keyboard.press("Enter")
-    page.locator(".bars .bar").nth(1).wait_for()
-    cli = page.text_content("#cmd-cli")
+        await page.keyboard.type(label)
+        await page.keyboard.press("Enter")  # a chip, not a submit
+    assert await page.locator(".chip").count() == 2
+    assert await page.locator(".bars").count() == 0
+    await page.focus("#run")
+    await page.keyboard.press("Enter")
+    await page.locator(".bars .bar").nth(1).wait_for()
+    cli = await page.text_content("#cmd-cli")
     assert "run clip_zero_shot --image 'red.png' --labels 'red,blue'" in cli
-    curl = page.text_content("#cmd-curl")
+    curl = await page.text_content("#cmd-curl")
     assert "-F 'image=@red.png'" in curl and "Bearer $FUSION_API_KEY" in curl
-    assert KEY not in curl + cli + page.text_content("#cmd-sdk")  # the key is never copied
+    sdk = await page.text_content("#cmd-sdk")
+    assert 'fusion.run("clip_zero_shot", image="red.png", labels=["red", "blue"])' in sdk
+    assert KEY not in curl + cli + sdk  # the key is never copied
 
 
-def test_usable_at_360_px(page, url):
-    page.set_viewport_size({"width": 360, "height": 740})
-    page.goto(f"{url}/#pipeline/caption_then_classify")
-    page.set_input_files("#in-image", files=[{"name": "g.png", "mimeType": "image/png",
-                                              "buffer": png((0, 200, 0), 16)}])
-    page.fill("#in-labels", "a rather long label, another rather long label")
-    page.click("#run")
-    page.locator(".bars .bar").nth(1).wait_for()
-    page.click("#commands summary")
-    page.click("#event-log summary")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    box = page.locator("#run").bounding_box()
+async def test_usable_at_360_px(page, url):
+    await page.set_viewport_size({"width": 360, "height": 740})
+    await page.goto(f"{url}/#pipeline/caption_then_classify")
+    assert await page.locator("#catalog-details").evaluate("d => !d.open")
+    await page.set_input_files("#in-image", files=[png_file("g.png", (0, 200, 0))])
+    await page.fill("#in-labels", "a rather long label, another rather long label")
+    await page.click("#run")
+    await page.locator(".bars .bar").nth(1).wait_for()
+    await page.click("#commands summary")
+    await page.click("#event-log summary")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = await page.locator("#run").bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= 360
 
 
-def test_camera_capture_is_sent_as_png(page, url):
+async def test_camera_capture_is_sent_as_png(page, url):
     """Chromium's fake camera: Camera shows the stream, Capture turns a frame into a PNG
     (the fake captioner refuses anything else), and the run succeeds."""
-    page.context.grant_permissions(["camera"])
-    page.goto(f"{url}/#pipeline/caption_then_classify")
-    page.click("#field-image button:has-text('Camera')")
-    page.locator("#field-image video").wait_for()
-    page.wait_for_function("document.querySelector('#field-image video').videoWidth > 0")
-    page.click("#field-image button:has-text('Capture')")
-    page.locator("#field-image .hint", has_text="camera.png").wait_for()
-    page.fill("#in-labels", "a,b")
-    page.click("#run")
-    page.locator('.output[data-output="caption"]', has_text="an image of").wait_for()
-    assert page.locator("#field-image video").is_hidden()  # the camera was released
+    await page.context.grant_permissions(["camera"])
+    await page.goto(f"{url}/#pipeline/caption_then_classify")
+    await page.click("#field-image button:has-text('Camera')")
+    await page.locator("#field-image video").wait_for()
+    await page.wait_for_function(  # a function, not an expression: the CSP forbids eval
+        "() => document.querySelector('#field-image video').videoWidth > 0")
+    await page.click("#field-image button:has-text('Capture')")
+    await page.locator("#field-image .hint", has_text="camera.png").wait_for()
+    await page.fill("#in-labels", "a,b")
+    await page.click("#run")
+    await page.locator('.output[data-output="caption"]', has_text="an image of").wait_for()
+    assert await page.locator("#field-image video").is_hidden()  # the camera was released
