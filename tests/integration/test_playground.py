@@ -62,7 +62,7 @@ async def test_page_lists_the_built_in_pipelines_and_models(page, gateway_url):
     assert "fingerprint" in meta and "tiny:caption" in meta
 
 
-async def test_caption_then_classify_shows_a_caption_and_two_bars(page, gateway_url):
+async def test_caption_then_classify_shows_a_caption_and_two_bars_clip_too(page, gateway_url):
     await page.goto(f"{gateway_url}/#pipeline/caption_then_classify")
     await page.set_input_files("#in-image", files=[png_file("green.png", (10, 200, 10))])
     await add_labels(page, "cat", "dog")
@@ -75,6 +75,12 @@ async def test_caption_then_classify_shows_a_caption_and_two_bars(page, gateway_
     assert {await bars.nth(i).get_attribute("aria-label") for i in range(2)} == {"cat", "dog"}
     for step in ("caption", "classify"):
         assert await state_of(page, step) == "done"
+    await page.click('#pipeline-list button[data-pipeline="clip_zero_shot"]')
+    await page.set_input_files("#in-image", files=[png_file("green.png", (10, 200, 10))])
+    assert await page.input_value("#in-template") == "a photo of a {}"  # the default
+    await add_labels(page, "green", "red")
+    await page.click("#run")
+    await page.locator('.output[data-output="labels"] .bar').nth(1).wait_for()
 
 
 async def test_text_to_image_shows_progress_then_an_image_then_the_cached_badge(

@@ -212,3 +212,67 @@ async def test_camera_capture_is_sent_as_png(page, url):
     await page.click("#run")
     await page.locator('.output[data-output="caption"]', has_text="an image of").wait_for()
     assert await page.locator("#field-image video").is_hidden()  # the camera was released
+
+
+async def test_drop_and_paste_fill_the_image_input(page, url):
+    """Drag-and-drop onto the image zone and a pasted image (the events a browser sends,
+    carrying a real File) both become the uploaded image."""
+    await page.goto(f"{url}/#pipeline/caption_then_classify")
+    await page.locator("#field-image").wait_for()
+    make = """([bytes, name]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+        return dt; }"""
+    dropped = await page.evaluate_handle(make, [list(png((1, 2, 3), 12)), "dropped.png"])
+    await page.dispatch_event("#field-image .drop", "drop", {"dataTransfer": dropped})
+    await page.locator("#field-image .hint", has_text="dropped.png").wait_for()
+    assert "--image 'dropped.png'" in await page.text_content("#cmd-cli")
+    pasted = await page.evaluate_handle(make, [list(png((9, 9, 9), 12)), "pasted.png"])
+    await page.evaluate("""(dt) => document.dispatchEvent(
+        new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}))""", pasted)
+    await page.locator("#field-image .hint", has_text="pasted.png").wait_for()
+    await page.fill("#in-labels", "x,y")
+    await page.click("#run")
+    await page.locator('.output[data-output="caption"]', has_text="an image of").wait_for()
+
+
+async def test_dark_when_the_system_is_dark(page, url):
+    await page.emulate_media(color_scheme="dark")
+    await page.goto(url)
+    dark = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    await page.emulate_media(color_scheme="light")
+    light = await page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+
+    def brightness(css: str) -> int:
+        return sum(int(v) for v in re.findall(r"\d+", css)[:3])
+
+    assert brightness(dark) < 150 < 600 < brightness(light)
+
+
+async def test_a_starting_gateway_shows_its_503_then_the_catalog(browser):
+    """While the router is starting every route answers 503 with Retry-After; the page
+    says so and asks again when told, with no reload."""
+    from fusion.errors import Overloaded
+
+    ready: list[Gateway] = []
+
+    def get_gateway() -> Gateway:
+        if not ready:
+            raise Overloaded("the gateway is still starting; retry shortly", retry_after_s=1.0)
+        return ready[0]
+
+    gw = Gateway(fake_config(), FakeModels())
+    with serve_app(create_api(get_gateway)) as base:
+        context = await browser.new_context()
+        try:
+            page = await context.new_page()
+            await page.goto(base)
+            banner = page.locator("#catalog-error")
+            await banner.wait_for()
+            assert "503 overloaded: the gateway is still starting" in await banner.inner_text()
+            assert "retry after 1 s" in await banner.inner_text()
+            ready.append(gw)
+            await page.locator("#pipeline-list button", has_text="embed").wait_for()
+            assert await banner.is_hidden()
+        finally:
+            await context.close()

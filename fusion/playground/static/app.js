@@ -85,6 +85,11 @@ function showCatalogError(err) {
   if (err.field === "authorization") showFieldError("authorization", text);
   $("catalog-error").textContent = `Catalog unavailable: ${text}`;
   $("catalog-error").hidden = false;
+  if (err.status === 503) { // still starting, or busy: ask again when it says to
+    clearTimeout(state.retry);
+    const seconds = Math.min(Math.max(err.retryAfter || 2, 1), 30);
+    state.retry = setTimeout(loadCatalog, seconds * 1000);
+  }
 }
 
 function drawCatalog() {
