@@ -247,6 +247,9 @@ function showError(err, failedStep = null) {
     + (err.requestId ? ` · request ${err.requestId}` : "");
   banner.hidden = false;
   $("status").textContent = placed ? "Failed: see the field marked above." : "Failed.";
+  if (placed && field !== "authorization") { // take the keyboard to the input at fault
+    state.fields.find((f) => f.name === field.slice(7).split(/[.[]/)[0])?.focus();
+  }
 }
 
 /* ---------- running ---------- */
@@ -276,6 +279,8 @@ async function run(event) {
   setStates($("graph"), t.steps, state.done);
   $("run").disabled = $("rerun").disabled = true;
   $("status").textContent = "Running…";
+  const graphTop = $("graph").getBoundingClientRect().top;
+  if (graphTop > innerHeight || graphTop < 0) $("graph").scrollIntoView({ block: "center" });
   const controller = new AbortController();
   state.running = controller;
   const started = performance.now();

@@ -53,7 +53,7 @@ export function setStates(list, steps, done, failed = null) {
     }
     node.dataset.state = state;
     const badges = node.querySelector(".badges");
-    const progress = badges.querySelector("progress");
+    const progress = badges.querySelector(".progress");
     const items = state === "idle" ? []
       : [el("span", { class: `badge state-${state}`, text: state })];
     if (report && !report.skipped && typeof report.ms === "number") {
@@ -69,15 +69,17 @@ export function setStates(list, steps, done, failed = null) {
 export function setProgress(list, step, value, total) {
   const node = list.querySelector(`.node[data-step="${CSS.escape(step)}"]`);
   if (!node) return;
-  let bar = node.querySelector("progress");
-  if (!bar) {
-    bar = el("progress", { max: String(total), "aria-label": `${step} progress` });
-    node.querySelector(".badges").append(bar);
+  let wrap = node.querySelector(".progress");
+  if (!wrap) {
+    wrap = el("div", { class: "progress" },
+      el("progress", { max: String(total), "aria-label": `${step} progress` }), el("span"));
+    node.querySelector(".badges").append(wrap);
   }
+  const bar = wrap.querySelector("progress");
   bar.max = total;
   bar.value = value;
   bar.textContent = `${value}/${total}`;
-  bar.title = `${value} of ${total}`;
+  wrap.querySelector("span").textContent = `${value}/${total}`;
 }
 
 export function formatMs(ms) {
