@@ -61,12 +61,12 @@ def test_page_and_assets_come_from_the_package(url):
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in html.headers["content-security-policy"]
     assert httpx.get(f"{url}/playground").text == html.text
-    refs = re.findall(r'(?:src|href)="(/playground/static/[^"]+)"', html.text)
-    assert {"/playground/static/app.js", "/playground/static/style.css"} <= set(refs)
-    for ref in refs:
-        r = httpx.get(url + ref)
+    refs = re.findall(r'(?:src|href)="(playground/static/[^"]+)"', html.text)
+    assert {"playground/static/app.js", "playground/static/style.css"} <= set(refs)
+    for ref in refs:  # relative: from / and /playground alike, and under a path prefix
+        r = httpx.get(f"{url}/{ref}")
         assert r.status_code == 200, ref
-        assert httpx.get(url + ref, headers={"If-None-Match": r.headers["etag"]}
+        assert httpx.get(f"{url}/{ref}", headers={"If-None-Match": r.headers["etag"]}
                          ).status_code == 304
     assert httpx.get(f"{url}/playground/static/../api.py").status_code == 404
     assert httpx.get(f"{url}/playground/static/nope.js").status_code == 404
@@ -276,3 +276,18 @@ async def test_a_starting_gateway_shows_its_503_then_the_catalog(browser):
             assert await banner.is_hidden()
         finally:
             await context.close()
+
+
+async def test_works_under_a_path_prefix(page):
+    """Behind a proxy or Serve route prefix (the SDK allows ``http://host/fusion``) the page
+    finds its assets and the API relative to itself, and copies the prefixed URL."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    gw = gateway()
+    with serve_app(Starlette(routes=[Mount("/fusion", app=create_api(lambda: gw))])) as base:
+        await page.goto(f"{base}/fusion/#pipeline/embed")
+        await page.fill("#in-text", "prefixed")
+        await page.click("#run")
+        await page.locator(".output .embedding", has_text="8 dimensions").wait_for()
+        assert f"'{base}/fusion/v1/pipelines/embed'" in await page.text_content("#cmd-curl")

@@ -7,6 +7,8 @@ import { el, makeField } from "./widgets.js";
 
 const KEY_STORE = "fusion.apiKey";
 const $ = (id) => document.getElementById(id);
+// URLs relative to the page's folder: the gateway may be served under a path prefix
+const api = (path) => new URL(path, document.baseURI).href;
 const state = { models: [], pipelines: [], target: null, fields: [], codes: {}, running: null };
 
 /* ---------- HTTP ---------- */
@@ -28,7 +30,7 @@ async function httpError(response) {
 }
 
 async function getJson(path) {
-  const r = await fetch(path, { headers: headers({ Accept: "application/json" }) });
+  const r = await fetch(api(path), { headers: headers({ Accept: "application/json" }) });
   if (!r.ok) throw await httpError(r);
   return r.json();
 }
@@ -65,8 +67,8 @@ async function loadCatalog() {
   $("catalog-error").hidden = true;
   try {
     const [models, pipelines, codes] = await Promise.all([
-      getJson("/v1/models"), getJson("/v1/pipelines"),
-      fetch("/playground/error-codes.json").then((r) => (r.ok ? r.json() : {}))]);
+      getJson("v1/models"), getJson("v1/pipelines"),
+      fetch(api("playground/error-codes.json")).then((r) => (r.ok ? r.json() : {}))]);
     state.models = models.models || [];
     state.pipelines = pipelines.pipelines || [];
     state.codes = codes;
@@ -190,7 +192,7 @@ function updateCommands() {
     && JSON.stringify(v) === JSON.stringify(decls[f.name].default);
   const described = Object.fromEntries(state.fields.map((f) => [f.name, f.describe()])
     .filter(([name, v]) => !isDefault(state.fields.find((f) => f.name === name), v)));
-  const base = location.origin;
+  const base = api(".").replace(/\/$/, "");
   const c = commands(base, t, described, $("no-cache").checked, !!$("api-key").value.trim());
   $("cmd-curl").textContent = c.curl;
   $("cmd-sdk").textContent = c.sdk;
@@ -301,7 +303,7 @@ async function run(event) {
 }
 
 async function runPipeline(t, inputs, hdrs, controller, started) {
-  const response = await fetch(`/v1/pipelines/${encodeURIComponent(t.name)}?stream=true`, {
+  const response = await fetch(api(`v1/pipelines/${encodeURIComponent(t.name)}?stream=true`), {
     method: "POST", body: JSON.stringify({ inputs }), signal: controller.signal,
     headers: { ...hdrs, Accept: "text/event-stream" } });
   if (!response.ok) throw await httpError(response);
@@ -332,7 +334,7 @@ async function runPipeline(t, inputs, hdrs, controller, started) {
 }
 
 async function runModel(t, inputs, hdrs, controller, started) {
-  const url = `/v1/models/${encodeURIComponent(t.name)}/${encodeURIComponent(t.task)}`;
+  const url = api(`v1/models/${encodeURIComponent(t.name)}/${encodeURIComponent(t.task)}`);
   const response = await fetch(url, { method: "POST", body: JSON.stringify({ inputs }),
                                       signal: controller.signal, headers: hdrs });
   if (!response.ok) throw await httpError(response);
