@@ -142,6 +142,7 @@ function fitCatalog() {
 }
 
 function select(target) {
+  state.running?.abort(); // leaving a run stops it (the gateway cancels the work)
   state.target = target;
   $("intro").hidden = !!target;
   $("target").hidden = !target;
@@ -293,10 +294,11 @@ async function run(event) {
     if (t.kind === "pipeline") await runPipeline(t, inputs, hdrs, controller, started);
     else await runModel(t, inputs, hdrs, controller, started);
   } catch (err) {
+    if (controller.signal.aborted) return; // left for another target: nothing to show
     if (err instanceof Error) showError({ message: `${err.name}: ${err.message}` });
     else showError(err);
   } finally {
-    state.running = null;
+    if (state.running === controller) state.running = null;
     $("run").disabled = false;
     $("rerun").disabled = false;
   }
