@@ -28,24 +28,27 @@ def chromium_path() -> str:
 
 @contextmanager
 def serve_app(app, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve an ASGI app on a free port in a background thread (uvicorn); yields its URL."""
+    """Serve an ASGI app on a free port in a background thread (uvicorn); yields its URL
+    once the socket listens."""
     import uvicorn
 
     from tests.redis_server import free_port
 
+    ready = threading.Event()
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            try:
+                await super().startup(sockets)
+            finally:
+                ready.set()  # listening, or failed (then ``started`` stays false)
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           lifespan="off"))
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                   lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    started = threading.Event()
-
-    def wait() -> None:  # uvicorn sets ``started`` once its socket listens
-        while thread.is_alive() and not server.started:
-            started.wait(0.02)
-
-    wait()
-    if not server.started:
+    if not ready.wait(30) or not server.started:
         raise RuntimeError("the in-process gateway did not start")
     try:
         yield f"http://{host}:{port}"
