@@ -76,7 +76,7 @@ def test_page_and_assets_come_from_the_package(url):
 
 def test_assets_load_nothing_from_elsewhere_and_ship_in_the_wheel():
     files = sorted(p.name for p in STATIC.iterdir())
-    assert {"index.html", "app.js", "render.js", "widgets.js", "style.css"} <= set(files)
+    assert {"index.html", "app.js", "http.js", "render.js", "widgets.js", "style.css"} <= set(files)
     for name in files:
         text = (STATIC / name).read_text()
         assert not re.search(r"https?://|(?:src|href)=\"//|@import|url\(", text), name

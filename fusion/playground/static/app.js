@@ -2,63 +2,23 @@
 // Pipelines run with ?stream=true (SSE over fetch, so the API key can go in a header);
 // model tasks answer one JSON body.
 
+import { api, httpError, sse } from "./http.js";
 import { commands, drawGraph, formatMs, renderOutputs, setProgress, setStates } from "./render.js";
 import { el, makeField } from "./widgets.js";
 
 const KEY_STORE = "fusion.apiKey";
 const $ = (id) => document.getElementById(id);
-// URLs relative to the page's folder: the gateway may be served under a path prefix
-const api = (path) => new URL(path, document.baseURI).href;
 const state = { models: [], pipelines: [], target: null, fields: [], codes: {}, running: null };
-
-/* ---------- HTTP ---------- */
 
 function headers(extra = {}) {
   const key = $("api-key").value.trim();
   return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
 }
 
-/** An HTTP error as {status, code, message, field, retryAfter, requestId}. */
-async function httpError(response) {
-  let body = {};
-  try { body = await response.json(); } catch { /* not JSON: keep the status */ }
-  const e = body.error || {};
-  const retry = response.headers.get("Retry-After");
-  return { status: response.status, code: e.code || "", field: e.field || null,
-           message: typeof e === "string" ? e : e.message || response.statusText,
-           retryAfter: retry !== null ? Number(retry) : null, requestId: e.request_id };
-}
-
 async function getJson(path) {
   const r = await fetch(api(path), { headers: headers({ Accept: "application/json" }) });
   if (!r.ok) throw await httpError(r);
   return r.json();
-}
-
-/** Server-sent events from a fetch body: yields {event, data}. */
-async function* sse(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value.replace(/\r\n/g, "\n");
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-      }
-      if (!data.length) continue;
-      let parsed;
-      try { parsed = JSON.parse(data.join("\n")); } catch { parsed = data.join("\n"); }
-      yield { event, data: parsed };
-    }
-  }
 }
 
 /* ---------- catalog ---------- */
