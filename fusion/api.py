@@ -36,6 +36,7 @@ from fusion.openai_compat import (
     retry_headers,
 )
 from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
+from fusion.playground import add_playground_routes
 from fusion.static_docs import add_offline_docs
 
 log = logging.getLogger("fusion.api")
@@ -341,6 +342,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)
     add_offline_docs(app)
+    add_playground_routes(app)
     return app
 
 
