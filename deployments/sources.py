@@ -32,6 +32,7 @@ TINY_RECIPES: dict[str, str] = {
     "clip": "deployments.clip:build_tiny_clip",
     "whisper": "deployments.audio:build_tiny_whisper",
     "diffusion": "deployments.diffusion:build_tiny_diffusion",
+    "llm": "deployments.llm_tiny:build_tiny_llm",
 }
 
 # Packaged offline weights: importable module -> sub-folder (relative to the package) that

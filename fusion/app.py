@@ -25,6 +25,7 @@ DEPLOYMENT_CLASSES = {
     "diffusion": "deployments.diffusion:DiffusionDeployment",
     "ocr": "deployments.ocr:OcrDeployment",
     "tts": "deployments.tts:TtsDeployment",
+    "llm": "deployments.llm:LlmDeployment",
 }
 
 

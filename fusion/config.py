@@ -111,7 +111,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-    family: Literal["text", "caption", "clip", "audio", "diffusion", "ocr", "tts"]
+    family: Literal["text", "caption", "clip", "audio", "diffusion", "ocr", "tts", "llm"]
     backend: str | None = None
     source: ModelSource
     num_replicas: int = Field(1, ge=1)

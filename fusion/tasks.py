@@ -13,7 +13,9 @@ an encoded audio file (WAV/FLAC/OGG) · ``embedding`` list[float] · ``labels`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 VALUE_TYPES = ("text", "image", "audio", "embedding", "labels", "json", "int", "float", "bool")
 BINARY_TYPES = ("image", "audio")
@@ -48,6 +50,10 @@ class TaskSpec:
     outputs: dict[str, str]
     batched: bool = True
     streams_progress: bool = False
+    streams_tokens: bool = False  # a streamed call yields {"token": text} events (llm)
+    # None: always cacheable; else says from the checked inputs why a call must not be
+    # cached (a sampled completion), or None when it may be
+    uncacheable: Callable[[dict[str, Any]], str | None] | None = None
     doc: str = ""
 
 
@@ -60,6 +66,22 @@ _ZERO_SHOT_TEXT = TaskSpec(
     {"labels": "labels"},
     doc="Score each label against the text; scores sum to 1.",
 )
+
+def _sampled(inputs: dict[str, Any]) -> str | None:
+    """Why a completion is not cached: sampled without a seed gives a new answer each time."""
+    if inputs.get("temperature") == 0 or inputs.get("seed") is not None:
+        return None
+    return "sampled (temperature > 0 and no seed): not cached"
+
+
+_GENERATE = {
+    "max_tokens": Param("int", False, None),  # None: the model's default, within its context
+    "temperature": Param("float", False, 1.0),
+    "top_p": Param("float", False, 1.0),
+    "stop": Param("list[text]", False, None),
+    "seed": Param("int", False, None),
+}
+_GENERATED = {"text": "text", "finish_reason": "text", "usage": "json"}
 
 TASKS: dict[str, dict[str, TaskSpec]] = {
     "text": {
@@ -99,6 +121,17 @@ TASKS: dict[str, dict[str, TaskSpec]] = {
     "tts": {
         "speak": TaskSpec({"text": _p("text")}, {"audio": "audio"}, batched=False),
     },
+    "llm": {
+        "chat": TaskSpec(
+            {"messages": Param("json", False, None), "prompt": Param("text", False, None),
+             "system": Param("text", False, None), **_GENERATE}, _GENERATED,
+            streams_tokens=True, uncacheable=_sampled,
+            doc="Answer a conversation (messages, or one user prompt) with the model's chat "
+                "template; deterministic when temperature is 0 or a seed is given."),
+        "complete": TaskSpec(
+            {"prompt": _p("text"), **_GENERATE}, _GENERATED, streams_tokens=True,
+            uncacheable=_sampled, doc="Continue the prompt as plain text."),
+    },
 }
 
 # Which tasks each backend of a family serves; the first backend is the family default.
@@ -111,6 +144,7 @@ BACKENDS: dict[str, dict[str, tuple[str, ...]]] = {
     "diffusion": {"diffusers": ("generate",)},
     "ocr": {"rapidocr": ("ocr",)},
     "tts": {"piper": ("speak",)},
+    "llm": {"transformers": ("chat", "complete")},
 }
 
 
