@@ -28,6 +28,7 @@ from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
+from fusion.openai_chat import add_chat_routes
 from fusion.openai_compat import add_openai_routes, is_openai_path, openai_error, retry_headers
 from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
 
@@ -333,6 +334,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
     add_admin_routes(app, gateway, require_key, require_admin)
     add_openai_routes(app, gateway, require_key)
+    add_chat_routes(app, gateway, require_key)
     return app
 
 

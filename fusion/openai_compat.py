@@ -23,7 +23,8 @@ from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
 from fusion.payloads import FastJSONResponse, read_form
 
-OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions")
+OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
+                "/v1/chat/completions", "/v1/completions")
 
 
 def is_openai_path(path: str) -> bool:
