@@ -29,6 +29,7 @@ def llm_config(**extra: Any) -> AppConfig:
     models = [
         {"name": "captioner", "family": "caption", "source": "tiny:caption"},
         {"name": "text", "family": "text", "source": "tiny:text-embedding"},
+        {"name": "clip", "family": "clip", "source": "tiny:clip"},
         {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
         {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
         {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime"},
