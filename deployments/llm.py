@@ -84,6 +84,7 @@ class LlmModel(ModelBackend):
         self.eos_ids = sorted({*eos, *([tok.eos_token_id] if tok.eos_token_id is not None
                                        else [])})
         self.pad_id = tok.pad_token_id
+        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0}
         self.chat_template = bool(getattr(tok, "chat_template", None))
         self.model = optimise(model, self.config, self.device)
         self._torch = torch
@@ -167,7 +168,10 @@ class LlmModel(ModelBackend):
         from transformers import StoppingCriteriaList
 
         if cancel is not None and cancel.is_set():
-            return [self._result(it, [], cancelled=True) for it in items]
+            results = [self._result(it, [], cancelled=True) for it in items]
+            for res in results:
+                self._count(res)
+            return results
         width = max(len(it.ids) for it in items)
         ids = [[self.pad_id] * (width - len(it.ids)) + it.ids for it in items]
         mask = [[0] * (width - len(it.ids)) + [1] * len(it.ids) for it in items]
@@ -192,9 +196,19 @@ class LlmModel(ModelBackend):
         cancelled = cancel is not None and cancel.is_set()
         results = [self._result(it, out[row, width:].tolist(), cancelled)
                    for row, it in enumerate(items)]
+        for res in results:
+            self._count(res)
         if streamer is not None:
             streamer.finish(results[0]["text"])
         return results
+
+    def _count(self, result: dict) -> None:
+        tokens = result["usage"]["completion_tokens"]
+        self.counts["generations"] += 1
+        self.counts["tokens"] += tokens
+        if result["finish_reason"] == "cancelled":
+            self.counts["cancelled"] += 1
+            self.counts["last_cancelled_tokens"] = tokens
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True,
@@ -298,6 +312,10 @@ class _DeltaStreamer:
 @serve.deployment
 class LlmDeployment(ServedModel):
     backend_cls = LlmModel
+
+    def stats(self) -> dict[str, int]:
+        """Generations, tokens, and those cut short because their caller left (ops, tests)."""
+        return dict(self.model.counts)
 
     async def _stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[Any]:
         """``{"token": delta}`` events as they are generated, then the timing and result.

@@ -33,9 +33,10 @@ from tests.integration.conftest import SCALER
 pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
-             "clip_zero_shot", "fused_image_labels", "embed"}
+             "clip_zero_shot", "fused_image_labels", "embed", "ask_image", "ask_audio",
+             "describe_then_draw"}
 MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
-          SCALER["name"]}
+          "llm", SCALER["name"]}
 
 
 @pytest.fixture
