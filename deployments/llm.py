@@ -23,20 +23,18 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ray import serve
-
-from deployments.base import ModelBackend, Progress, ServedModel, Timing
+from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, hub_kwargs, optimise
 from fusion.chat import chat_messages
 from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
+from fusion.tasks import Param, TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.llm")
 
@@ -57,7 +55,6 @@ class Prepared:
 
 
 class LlmModel(ModelBackend):
-    family = "llm"
     marker_files = ("config.json",)
 
     def load_weights(self) -> None:
@@ -309,46 +306,39 @@ class _DeltaStreamer:
             self.on_text(delta)
 
 
-@serve.deployment
-class LlmDeployment(ServedModel):
-    backend_cls = LlmModel
+def _sampled(inputs: dict[str, Any]) -> str | None:
+    """Why a completion is not cached: sampled without a seed, it differs every time."""
+    if inputs.get("temperature") == 0 or inputs.get("seed") is not None:
+        return None
+    return "sampled (temperature > 0 and no seed): not cached"
 
-    def stats(self) -> dict[str, int]:
-        """Generations, tokens, and those cut short because their caller left (ops, tests)."""
-        return dict(self.model.counts)
 
-    async def _stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[Any]:
-        """``{"token": delta}`` events as they are generated, then the timing and result.
-        Leaving early (the caller cancelled) sets ``cancel``: generation stops at once."""
-        item = self.model.prepare(task, inputs)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict] = asyncio.Queue()
-        cancel = threading.Event()
+_GENERATE = {
+    "max_tokens": Param("int", False, None),  # None: the model's default, within its context
+    "temperature": Param("float", False, 1.0),
+    "top_p": Param("float", False, 1.0),
+    "stop": Param("list[text]", False, None),
+    "seed": Param("int", False, None),
+}
+_GENERATED = {"text": "text", "finish_reason": "text", "usage": "json"}
 
-        def on_text(text: str) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, {"token": text})
-            except RuntimeError:  # the loop is gone (replica stopping)
-                cancel.set()
-
-        def work() -> tuple[list[dict], Timing]:
-            with self._lock:
-                started, started_ns = time.perf_counter(), time.time_ns()
-                outputs = self.model.generate([item], on_text, cancel)
-                return outputs, Timing(started, time.perf_counter(), started_ns,
-                                       time.time_ns(), 1)
-
-        job = asyncio.ensure_future(asyncio.to_thread(work))
-        try:
-            while not (job.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
-            outputs, timing = job.result()
-            yield timing
-            yield {"result": outputs[0]}
-        finally:
-            cancel.set()  # normal end: no effect; caller gone: generate stops
+FAMILY = Family(
+    name="llm",
+    tasks={
+        "chat": TaskSpec(
+            {"messages": Param("json", False, None), "prompt": Param("text", False, None),
+             "system": Param("text", False, None), **_GENERATE}, _GENERATED,
+            streams_tokens=True, uncacheable=_sampled,
+            doc="Answer a conversation (messages, or one user prompt) with the model's chat "
+                "template; deterministic when temperature is 0 or a seed is given."),
+        "complete": TaskSpec(
+            {"prompt": param("text"), **_GENERATE}, _GENERATED, streams_tokens=True,
+            uncacheable=_sampled, doc="Continue the prompt as plain text."),
+    },
+    backends={"transformers": ("chat", "complete")},
+    model=LlmModel,
+    tiny={"llm": "deployments.tiny.llm:build_tiny_llm"},
+    deployment="deployments.llm_served:LlmDeployment",
+    doc="Causal language models on transformers: chat and completion, streamed token by "
+        "token.",
+)

@@ -28,15 +28,15 @@ from fusion_client.cli import main
 from PIL import Image
 
 from tests.fakes import png
-from tests.integration.conftest import SCALER
+from tests.integration.conftest import OWN_MODELS, OWN_PIPELINE, SCALER
 
 pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
-             "clip_zero_shot", "fused_image_labels", "embed", "ask_image", "ask_audio",
-             "describe_then_draw"}
+             "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
+             OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw"}
 MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
-          "llm", SCALER["name"]}
+          "llm", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from fusion.app import DEPLOYMENT_CLASSES, load_config
+from fusion.app import load_config
 from fusion.config import ModelConfig, gpus_short
 from fusion.errors import SpecError
 from fusion.gateway import served_tasks
+from fusion.registry import CUSTOM, families
 from fusion.spec import load_pipelines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def test_serve_config_is_valid(name, config):
     app = schema.applications[0]
     assert app.import_path == "fusion.app:build_app"
     gateway = load_config(app.args)
-    assert {m.family for m in gateway.models} <= set(DEPLOYMENT_CLASSES)
+    assert {m.family for m in gateway.models} <= {*families(), CUSTOM}
     pipelines = load_pipelines(served_tasks(gateway), gateway.pipeline_dirs, gateway.pipelines)
     assert pipelines, f"{name} serves no built-in pipeline"
     for model in gateway.models:
@@ -47,7 +48,8 @@ def test_serve_config_is_valid(name, config):
 def test_local_profile_serves_every_builtin_pipeline_on_two_cpus():
     config = yaml.safe_load((ROOT / "ops/serve/local.yaml").read_text())
     gateway = load_config(config["applications"][0]["args"])
-    assert len(load_pipelines(served_tasks(gateway))) == 6
+    # 6, and the LLM pipelines ask_image, ask_audio, describe_then_draw
+    assert len(load_pipelines(served_tasks(gateway))) == 9
     cpus = sum(m.num_cpus * m.num_replicas for m in gateway.models) + \
         gateway.router.num_cpus * gateway.router.num_replicas
     assert cpus <= 2, "the local profile must fit in the 2 CPUs Ray sees on a laptop or CI"

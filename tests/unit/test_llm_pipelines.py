@@ -67,7 +67,7 @@ def test_template_steps_are_checked_at_start(step, problem):
 
 
 def test_builtin_llm_pipelines_load_and_chain_types():
-    pipes = load_pipelines(MODELS, skip_unservable=False)
+    pipes = load_pipelines(MODELS)
     for name in ("ask_image", "ask_audio", "describe_then_draw"):
         assert name in pipes
     ask = pipes["ask_image"].describe()
