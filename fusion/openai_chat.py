@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,8 @@ from fusion.errors import BadInput, FusionError, MalformedBody, NotFound
 from fusion.executor import CachePolicy
 from fusion.gateway import Gateway
 from fusion.openai_compat import openai_error
+
+log = logging.getLogger("fusion.openai_chat")
 
 CHAT_PATHS = ("/v1/chat/completions", "/v1/completions")
 MAX_CHOICES = 8
@@ -317,6 +320,8 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
             if kind == "token":
                 yield chunk(index, value)
             elif kind == "error":
+                if not isinstance(value, FusionError):
+                    log.error("chat stream failed", exc_info=value)
                 err = value if isinstance(value, FusionError) else FusionError(
                     "internal error")
                 yield _sse(json.loads(openai_error(err).body))

@@ -20,7 +20,7 @@ import yaml
 from fusion.errors import SpecError
 from fusion.refs import Condition, Ref, parse_condition, parse_ref
 from fusion.tasks import ModelTasks, Param, TaskSpec, accepts, is_value_type
-from fusion.template import TEMPLATE_TASK, TEMPLATE_TYPES, parse_template, template_task
+from fusion.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -215,15 +215,9 @@ class _Checker:
         elif "template" in raw:
             model, task, with_raw = None, TEMPLATE_TASK, raw.get("with") or {}
             try:
-                names = parse_template(raw["template"])
+                spec = template_task(check_template(raw["template"], with_raw))
             except ValueError as exc:
-                raise self.fail(f"{where} template", str(exc)) from None
-            if isinstance(with_raw, Mapping):
-                unused = sorted(set(with_raw) - set(names))
-                if unused:
-                    raise self.fail(where, f"with: {unused} not used by the template "
-                                    f"(placeholders: {names})")
-            spec = template_task(names)
+                raise self.fail(where, str(exc)) from None
         else:
             model, task = raw.get("model"), raw.get("task")
             if model not in self.models:

@@ -44,6 +44,19 @@ def parse_template(template: Any) -> list[str]:
     return names
 
 
+def check_template(template: Any, bindings: Any) -> list[str]:
+    """A template step's placeholders, checked against its ``with:`` keys: each key must be
+    used (an unused one is a typo); a missing one is reported as a missing task input."""
+    try:
+        names = parse_template(template)
+    except ValueError as exc:
+        raise ValueError(f"template: {exc}") from None
+    unused = sorted(set(bindings) - set(names)) if isinstance(bindings, dict) else []
+    if unused:
+        raise ValueError(f"with: {unused} not used by the template (placeholders: {names})")
+    return names
+
+
 def template_task(names: list[str]) -> TaskSpec:
     """The task signature of one template step: each placeholder a required input."""
     return TaskSpec({n: Param("json") for n in names}, {"text": "text"}, batched=False,
