@@ -204,10 +204,33 @@ def build_stable_diffusion(spec: dict[str, Any], folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
+def build_causal_lm(spec: dict[str, Any], folder: Path) -> None:
+    """A decoder-only LM (Qwen2) with a ChatML tokenizer, saved in the hub layout.
+
+    Rows of the embedding past the tokenizer (the hub model pads its vocabulary) and
+    ``<|im_start|>`` are suppressed in the generation config, so answers decode to text."""
+    import torch
+    import transformers
+
+    config = _config(spec["config"]["model_type"], spec["config"])
+    model = getattr(transformers, spec["architecture"])(config).eval()
+    t = spec["tokenizer"]
+    tokenizer = tok.chatml_tokenizer(t["bpe_size"], t["specials"], t["model_max_length"],
+                                     t["chat_template"])
+    ids = tokenizer.convert_tokens_to_ids
+    gen = model.generation_config
+    gen.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    gen.pad_token_id, gen.bos_token_id, gen.do_sample = ids("<|endoftext|>"), None, False
+    gen.suppress_tokens = [ids("<|im_start|>"), *range(len(tokenizer), config.vocab_size)]
+    model.to(getattr(torch, spec.get("dtype", "float32"))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 BUILDERS = {
     "clip": build_clip,
     "sequence_classifier": build_sequence_classifier,
     "blip_caption": build_blip_caption,
     "whisper": build_whisper,
     "stable_diffusion": build_stable_diffusion,
+    "causal_lm": build_causal_lm,
 }

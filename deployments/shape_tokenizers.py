@@ -126,6 +126,23 @@ def bert_tokenizer(vocab_size: int, model_max_length: int = 512, **extra: Any) -
                          model_max_length=model_max_length, **extra)
 
 
+def chatml_tokenizer(bpe_size: int, specials: list[str], model_max_length: int,
+                     chat_template: str) -> Any:
+    """Qwen2-style: byte-level BPE of ``bpe_size`` tokens (no prefix space), then the ChatML
+    special tokens at the ids after it, and the model's chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = byte_level_bpe(bpe_size)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, model_max_length=model_max_length,
+                                   eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=chat_template)
+
+
 def bart_tokenizer(vocab_size: int, model_max_length: int = 1024) -> Any:
     """RoBERTa/BART byte-level BPE: ``<s> <pad> </s> <unk>`` 0–3, BPE, ``<mask>`` last."""
     from transformers import BartTokenizer

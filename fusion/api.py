@@ -28,6 +28,7 @@ from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
 from fusion.executor import CachePolicy, RunResult
 from fusion.gateway import Gateway
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
+from fusion.openai_chat import add_chat_routes
 from fusion.openai_compat import (
     add_openai_routes,
     is_openai_path,
@@ -343,6 +344,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     add_openai_routes(app, gateway, require_key)
     add_offline_docs(app)
     add_playground_routes(app)
+    add_chat_routes(app, gateway, require_key)
     return app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,9 @@ from fusion.admission import Admission
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.fuse import fuse_explained
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
-from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
+from fusion.spec import PipelineSpec, StepSpec, builtin_task
 from fusion.tasks import ModelTasks, TaskSpec
+from fusion.template import TEMPLATE_TASK, fill_template
 from fusion.values import check_inputs, check_value
 
 Event = dict[str, Any]
@@ -69,6 +71,7 @@ class StepReport:
     cached: bool = False
     coalesced: bool = False
     skipped: bool = False
+    uncached: str | None = None  # why a computed step was not cached (a sampled completion)
 
 
 @dataclass
@@ -132,6 +135,9 @@ class Executor:
         spec = self.task_spec(model, task)
         checked = check_inputs(spec, inputs, where=f"{model}/{task}",
                                prefix=f"steps.{step}." if step else "inputs.")
+        uncached = spec.uncacheable(checked) if spec.uncacheable else None
+        use_cache = use_cache and uncached is None
+        streams = on_event is not None and (spec.streams_progress or spec.streams_tokens)
         by_deadline = False
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -145,13 +151,18 @@ class Executor:
         async def compute() -> dict:
             with self.observer.span(f"model {model}/{task}", {"fusion.model": model,
                                                               "fusion.task": task}):
-                if on_event is not None and spec.streams_progress:
+                if streams:
                     return await self._stream(model, task, checked, on_event, step or task)
                 return await self.caller.call(model, task, checked)
 
         try:
-            return await self._cached_call(model, task, checked, compute, policy, ttl_s,
-                                           use_cache, timeout_s, step, started, by_deadline)
+            result, report = await self._cached_call(model, task, checked, compute, policy,
+                                                     ttl_s, use_cache, timeout_s, step,
+                                                     started, by_deadline)
+            report.uncached = uncached
+            if streams and spec.streams_tokens and (report.cached or report.coalesced):
+                await replay_tokens(on_event, step or task, result.get("text", ""))
+            return result, report
         except Exception as exc:
             err = unwrap(exc)  # Ray wraps a replica's exception; the client wants the original
             if not isinstance(err, FusionError) or step:
@@ -197,6 +208,8 @@ class Executor:
                 p = event["progress"]
                 await emit(on_event, {"event": "progress", "step": step,
                                        "progress": p["step"], "total": p["total"]})
+            elif "token" in event:
+                await emit(on_event, {"event": "token", "step": step, "text": event["token"]})
             elif "result" in event:
                 result = event["result"]
         if result is None:
@@ -251,11 +264,11 @@ class Executor:
             except asyncio.CancelledError:
                 raise
             except FusionError as err:
-                self.observer.step(pipeline, step.name, step.model or "fuse", step.task or
-                                   "fuse", "error", time.perf_counter() - started, err.status)
+                self.observer.step(pipeline, step.name, step.model or step.task, step.task,
+                                   "error", time.perf_counter() - started, err.status)
                 raise
         report = reports[step.name]
-        self.observer.step(pipeline, step.name, step.model or "fuse", step.task or "fuse",
+        self.observer.step(pipeline, step.name, step.model or step.task, step.task,
                            outcome_of(report), report.ms / 1000)
 
     async def _step_body(self, step: StepSpec, values: dict, results: dict, reports: dict,
@@ -270,7 +283,11 @@ class Executor:
             return
         inputs = {k: v for k, v in inputs.items() if v is not None}
         try:
-            if step.model is None:
+            if step.model is None and step.task == TEMPLATE_TASK:
+                started = time.perf_counter()
+                result = {"text": fill_template(step.template or "", inputs)}
+                report = StepReport(round((time.perf_counter() - started) * 1000, 3))
+            elif step.model is None:
                 started = time.perf_counter()
                 labels, explanation = fuse_explained(
                     list(inputs["labels"]), inputs.get("weights"),
@@ -292,7 +309,8 @@ class Executor:
 
     def _starved(self, step: StepSpec, inputs: dict[str, Any]) -> bool:
         """A required input is missing because the step producing it was skipped."""
-        spec = FUSE_TASK if step.model is None else self.task_spec(step.model, step.task)
+        spec = builtin_task(step) if step.model is None else \
+            self.task_spec(step.model, step.task)
         for key, b in step.bindings.items():
             if inputs.get(key) is None and spec.inputs[key].required:
                 if b.ref is not None and b.ref.kind == "steps":
@@ -300,9 +318,19 @@ class Executor:
                 if b.ref is not None:
                     raise BadInput(f"input {b.ref.name!r} is required by step {step.name!r}",
                                    field=f"inputs.{b.ref.name}")
-        if step.model is None:
+        if step.model is None and step.task != TEMPLATE_TASK:
             return not any(inputs.get("labels") or [])
         return False
+
+
+_CHUNK = re.compile(r"\s*\S+\s*|\s+")
+
+
+async def replay_tokens(on_event: EventSink | None, step: str, text: str) -> None:
+    """A cached (or coalesced) answer of a token-streaming task, sent as a stream too: one
+    ``token`` event per word, so a client reads the same events either way."""
+    for chunk in _CHUNK.findall(text):
+        await emit(on_event, {"event": "token", "step": step, "text": chunk})
 
 
 def check_pipeline_inputs(spec: PipelineSpec, inputs: dict[str, Any]) -> dict[str, Any]:

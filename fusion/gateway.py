@@ -180,7 +180,8 @@ class Gateway:
                            deadline: float | None) -> RunResult:
         name = spec.name
         key = None
-        if self.cache is not None and (policy.read or policy.write):
+        if self.cache is not None and (policy.read or policy.write) and \
+                not self._generates(spec):
             models = sorted({s.model for s in spec.steps.values() if s.model})
             prints = [await self.fingerprint(m) for m in models]
             key = self.cache.pipeline_key(digest([spec.digest, models, prints]), checked)
@@ -201,6 +202,14 @@ class Gateway:
             await self.cache.put(key, {"outputs": result.outputs, "skipped": {
                 s: r.skipped for s, r in result.steps.items()}}, ttl, labels=("pipeline", name))
         return result
+
+
+    def _generates(self, spec: PipelineSpec) -> bool:
+        """Whether a step generates text (llm): such a pipeline skips the whole-pipeline
+        cache, which could hold a sampled answer and would replay no tokens; its steps are
+        cached one by one where deterministic (``TaskSpec.uncacheable``)."""
+        return any(s.model and self.executor.task_spec(s.model, s.task).streams_tokens
+                   for s in spec.steps.values())
 
 
 def admission_for(config: AppConfig, pipelines: dict[str, PipelineSpec]) -> Admission:

@@ -33,7 +33,7 @@ from fusion.openai_audio import add_audio_routes
 from fusion.payloads import FastJSONResponse
 
 OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
-                "/v1/audio/speech")
+                "/v1/audio/speech", "/v1/chat/completions", "/v1/completions")
 
 
 def is_openai_path(path: str) -> bool:

@@ -20,6 +20,7 @@ import yaml
 from fusion.errors import SpecError
 from fusion.refs import Condition, Ref, parse_condition, parse_ref
 from fusion.tasks import ModelTasks, Param, TaskSpec, accepts, is_value_type
+from fusion.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
@@ -76,6 +77,12 @@ class StepSpec:
     cache: bool = True
     cache_ttl_s: float | None = None
     streams_progress: bool = False
+    template: str | None = None  # the built-in ``template`` step (``fusion.template``)
+
+
+def builtin_task(step: StepSpec) -> TaskSpec:
+    """The signature of a step that runs in the router: ``template`` or ``fuse``."""
+    return template_task(list(step.bindings)) if step.task == TEMPLATE_TASK else FUSE_TASK
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,8 @@ class _Checker:
         where = f"step {name!r}"
         if not isinstance(raw, Mapping):
             raise self.fail(where, "must be a mapping")
-        unknown = set(raw) - {"model", "task", "with", "when", "timeout_s", "cache", "fuse"}
+        unknown = set(raw) - {"model", "task", "with", "when", "timeout_s", "cache", "fuse",
+                              "template"}
         if unknown:
             raise self.fail(where, f"unknown key(s) {sorted(unknown)}")
         if "fuse" in raw:
@@ -204,6 +212,12 @@ class _Checker:
                     not in FUSE_METHODS:
                 raise self.fail(where, f"fuse: method must be one of {FUSE_METHODS}")
             with_raw = {**{k: v for k, v in opts.items()}, **(raw.get("with") or {})}
+        elif "template" in raw:
+            model, task, with_raw = None, TEMPLATE_TASK, raw.get("with") or {}
+            try:
+                spec = template_task(check_template(raw["template"], with_raw))
+            except ValueError as exc:
+                raise self.fail(where, str(exc)) from None
         else:
             model, task = raw.get("model"), raw.get("task")
             if model not in self.models:
@@ -245,7 +259,8 @@ class _Checker:
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             raise self.fail(where, "timeout_s must be a positive number")
         return StepSpec(name, model, task, bindings, dict(spec.outputs), needs, when,
-                        timeout, cache_on, ttl, spec.streams_progress)
+                        timeout, cache_on, ttl, spec.streams_progress,
+                        raw["template"] if task == TEMPLATE_TASK else None)
 
     def _toposort(self, steps: dict[str, StepSpec]) -> list[str]:
         for step in steps.values():
@@ -293,10 +308,16 @@ class _Checker:
         return _literal_type(b.literal)
 
     def _check_types(self, step: StepSpec, inputs, steps) -> None:
-        spec = FUSE_TASK if step.model is None else self.models[step.model].spec(step.task)
+        spec = builtin_task(step) if step.model is None else \
+            self.models[step.model].spec(step.task)
         for key, b in step.bindings.items():
             where = f"step {step.name!r} input {key!r}"
             given = self._binding_type(b, inputs, steps, where)
+            if step.task == TEMPLATE_TASK and step.model is None:
+                if given not in TEMPLATE_TYPES:
+                    raise self.fail(where, f"a template fills in {', '.join(TEMPLATE_TYPES)}"
+                                    f", not {given}")
+                continue
             expected = spec.inputs[key].type
             ok = accepts(expected, given) or given == "json" or (
                 expected.startswith("list[") and given.startswith("list[")
@@ -377,5 +398,6 @@ def _unservable(data: Any, models: Mapping[str, ModelTasks]) -> bool:
     steps = data.get("steps") if isinstance(data, Mapping) else None
     if not isinstance(steps, Mapping):
         return False
-    return any(isinstance(s, Mapping) and "fuse" not in s and s.get("model") not in models
+    return any(isinstance(s, Mapping) and "fuse" not in s and "template" not in s
+               and s.get("model") not in models
                for s in steps.values())

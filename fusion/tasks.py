@@ -12,7 +12,9 @@ an encoded audio file (WAV/FLAC/OGG) · ``embedding`` list[float] · ``labels`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 VALUE_TYPES = ("text", "image", "audio", "embedding", "labels", "json", "int", "float", "bool")
 BINARY_TYPES = ("image", "audio")
@@ -47,6 +49,10 @@ class TaskSpec:
     outputs: dict[str, str]
     batched: bool = True
     streams_progress: bool = False
+    streams_tokens: bool = False  # a streamed call yields {"token": text} events (llm)
+    # None: always cacheable; else says from the checked inputs why a call must not be
+    # cached (a sampled completion), or None when it may be
+    uncacheable: Callable[[dict[str, Any]], str | None] | None = None
     doc: str = ""
 
 

@@ -70,6 +70,12 @@ PIPELINE_INPUTS = {
     "clip_zero_shot": lambda img, aud: {"image": img, "labels": LABELS},
     "fused_image_labels": lambda img, aud: {"image": img, "labels": LABELS},
     "embed": lambda img, aud: {"text": TEXT},
+    "ask_image": lambda img, aud: {"image": img, "question": "What is in it?",
+                                   "max_tokens": 16},
+    "ask_audio": lambda img, aud: {"audio": aud, "question": "What is heard?",
+                                   "max_tokens": 16},
+    "describe_then_draw": lambda img, aud: {"prompt": "a lighthouse at dusk", "max_tokens": 16,
+                                            "steps": 1},
 }
 
 

@@ -34,9 +34,9 @@ pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
              "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
-             OWN_PIPELINE["name"]}
+             OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw"}
 MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
-          SCALER["name"], *(m["name"] for m in OWN_MODELS)}
+          "llm", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
 
 
 @pytest.fixture

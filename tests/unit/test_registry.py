@@ -46,8 +46,8 @@ def test_builtin_families_are_found_without_importing_torch_or_ray():
             "print(sorted(f), sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == ("['audio', 'caption', 'clip', 'diffusion', 'image_classify', 'ocr', 'text', "
-                   "'tts'] []")
+    assert out == ("['audio', 'caption', 'clip', 'diffusion', 'image_classify', 'llm', 'ocr', "
+                   "'text', 'tts'] []")
 
 
 def test_every_tiny_recipe_comes_from_a_family_declaration():

@@ -47,6 +47,7 @@ HUB_PARAMETERS = {
     "blip-captioning-base": {"model": 223_971_644},
     "whisper-small": {"model": 241_734_912},
     "sd-turbo": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840},
+    "qwen2.5-0.5b-instruct": {"model": 494_032_768},
 }
 
 
@@ -69,6 +70,9 @@ def meta_modules(name: str) -> dict:
         if spec["builder"] == "blip_caption":
             return {"model": transformers.BlipForConditionalGeneration(
                 cfg("blip", spec["config"]))}
+        if spec["builder"] == "causal_lm":
+            return {"model": getattr(transformers, spec["architecture"])(
+                cfg(spec["config"]["model_type"], spec["config"]))}
         if spec["builder"] == "whisper":
             return {"model": transformers.WhisperForConditionalGeneration(
                 cfg("whisper", spec["config"]))}

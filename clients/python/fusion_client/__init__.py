@@ -7,6 +7,7 @@
 """
 
 from fusion_client._version import __version__
+from fusion_client.chat import ChatResult, ChatUsage
 from fusion_client.client import AsyncFusionClient, FusionClient
 from fusion_client.encoding import decode_wav, encode_wav
 from fusion_client.errors import (
@@ -35,6 +36,7 @@ from fusion_client.types import (
     StepEvent,
     StepResult,
     StepSpec,
+    TokenEvent,
 )
 
 __all__ = [
@@ -43,6 +45,8 @@ __all__ = [
     "BatchResult",
     "CacheStats",
     "CallResult",
+    "ChatResult",
+    "ChatUsage",
     "ConnectionFailed",
     "Event",
     "Forbidden",
@@ -58,6 +62,7 @@ __all__ = [
     "ResultEvent",
     "ServerError",
     "StepEvent",
+    "TokenEvent",
     "StepFailed",
     "StepResult",
     "StepSpec",

@@ -43,6 +43,7 @@ from fusion_client.types import (
     ProgressEvent,
     ResultEvent,
     StepEvent,
+    TokenEvent,
 )
 
 T = TypeVar("T")
@@ -361,7 +362,7 @@ class Protocol:
     def parse_event(self, sse: ServerSentEvent, request_id: str | None) -> Event | None:
         """Typed event for one SSE event; raises the typed error on ``error``; ``None`` for
         events this SDK does not know (ignored, for forward compatibility)."""
-        if sse.event not in ("step", "progress", "result", "error"):
+        if sse.event not in ("step", "progress", "token", "result", "error"):
             return None
         try:
             data = json.loads(sse.data) if sse.data else {}
@@ -378,6 +379,8 @@ class Protocol:
             return StepEvent.model_validate(data)
         if sse.event == "progress":
             return ProgressEvent.model_validate(data)
+        if sse.event == "token":
+            return TokenEvent.model_validate(data)
         return ResultEvent(result=self.parse_pipeline_result(data, request_id))
 
     def plain_stream_answer(self, status: int, headers: Mapping[str, str],

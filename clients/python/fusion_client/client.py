@@ -36,6 +36,13 @@ from fusion_client._core import (
     merge_inputs,
     transport_error,
 )
+from fusion_client.chat import (
+    ChatResult,
+    ChatStreamParser,
+    Messages,
+    chat_request,
+    parse_chat,
+)
 from fusion_client.types import (
     BatchResult,
     CacheStats,
@@ -248,6 +255,45 @@ class FusionClient(_BaseClient):
         return [o["embedding"] for o in self.call_many(
             model, task, [{"text": t} for t in _texts(texts)], cache_control=cache_control).outputs]
 
+    def chat(self, messages: Messages = None, /, *, model: str = "llm",
+             prompt: str | None = None, system: str | None = None,
+             cache_control: str | None = None, timeout_s: float | None = None,
+             **params: Any) -> ChatResult:
+        """Ask a language model: ``client.chat("hello")`` or ``client.chat([{"role": "user",
+        "content": "hello"}], max_tokens=64, temperature=0)``. ``params``: ``max_tokens``,
+        ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` (``/v1/chat/completions``).
+        Temperature 0 or a seed makes the answer deterministic, and cached."""
+        req = chat_request(messages, model=model, prompt=prompt, system=system,
+                           cache_control=cache_control, timeout_s=timeout_s, **params)
+        resp = self._send(req)
+        return parse_chat(resp.body, resp.request_id)
+
+    def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
+                    prompt: str | None = None, system: str | None = None,
+                    cache_control: str | None = None, timeout_s: float | None = None,
+                    **params: Any) -> Iterator[str]:
+        """``chat``, yielding the answer's text as the model generates it. Leaving the loop
+        early closes the connection, which stops the generation on the gateway."""
+        req = chat_request(messages, model=model, prompt=prompt, system=system, stream=True,
+                           cache_control=cache_control, timeout_s=timeout_s, **params)
+        try:
+            with self._http.stream(req.method, req.path, json=req.json,
+                                   headers=req.headers) as r:
+                rid = r.headers.get(REQUEST_ID_HEADER)
+                if r.status_code >= 400 or not is_event_stream(r.headers):
+                    r.read()
+                    yield parse_chat(check_response(r.status_code, r.headers,
+                                                    r.content).body, rid).text
+                    return
+                parser = ChatStreamParser(rid)
+                for chunk in r.iter_text():
+                    yield from parser.feed(chunk)
+                    if parser.done:
+                        return
+                yield from parser.close()
+        except httpx.TransportError as exc:
+            raise transport_error(exc, self._timeout_seconds()) from exc
+
     def cache_stats(self) -> CacheStats:
         """The gateway's cache counters."""
         return self._drive(self._proto.cache_stats())
@@ -383,6 +429,42 @@ class AsyncFusionClient(_BaseClient):
         result = await self.call_many(model, task, [{"text": t} for t in _texts(texts)],
                                       cache_control=cache_control)
         return [o["embedding"] for o in result.outputs]
+
+    async def chat(self, messages: Messages = None, /, *, model: str = "llm",
+                   prompt: str | None = None, system: str | None = None,
+                   cache_control: str | None = None, timeout_s: float | None = None,
+                   **params: Any) -> ChatResult:
+        req = chat_request(messages, model=model, prompt=prompt, system=system,
+                           cache_control=cache_control, timeout_s=timeout_s, **params)
+        resp = await self._send(req)
+        return parse_chat(resp.body, resp.request_id)
+
+    async def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
+                          prompt: str | None = None, system: str | None = None,
+                          cache_control: str | None = None, timeout_s: float | None = None,
+                          **params: Any) -> AsyncIterator[str]:
+        """``async for text in client.stream_chat(...)``."""
+        req = chat_request(messages, model=model, prompt=prompt, system=system, stream=True,
+                           cache_control=cache_control, timeout_s=timeout_s, **params)
+        try:
+            async with self._http.stream(req.method, req.path, json=req.json,
+                                         headers=req.headers) as r:
+                rid = r.headers.get(REQUEST_ID_HEADER)
+                if r.status_code >= 400 or not is_event_stream(r.headers):
+                    await r.aread()
+                    yield parse_chat(check_response(r.status_code, r.headers,
+                                                    r.content).body, rid).text
+                    return
+                parser = ChatStreamParser(rid)
+                async for chunk in r.aiter_text():
+                    for text in parser.feed(chunk):
+                        yield text
+                    if parser.done:
+                        return
+                for text in parser.close():
+                    yield text
+        except httpx.TransportError as exc:
+            raise transport_error(exc, self._timeout_seconds()) from exc
 
     async def cache_stats(self) -> CacheStats:
         return await self._drive(self._proto.cache_stats())

@@ -161,6 +161,16 @@ class StepEvent(_Model):
     cached: bool = False
     coalesced: bool = False
     skipped: bool = False
+    uncached: str | None = None  # why a computed step was not cached (a sampled answer)
+
+
+class TokenEvent(_Model):
+    """Text a language-model step just generated (stream event ``token``); a cached answer
+    is replayed as such events too."""
+
+    type: Literal["token"] = "token"
+    step: str | None = None
+    text: str = ""
 
 
 class ProgressEvent(_Model):
@@ -186,4 +196,4 @@ class ResultEvent(_Model):
     result: PipelineResult
 
 
-Event = StepEvent | ProgressEvent | ResultEvent
+Event = StepEvent | ProgressEvent | TokenEvent | ResultEvent

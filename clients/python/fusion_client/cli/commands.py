@@ -6,11 +6,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fusion_client.cli.chat import cmd_chat
 from fusion_client.cli.inputs import build_inputs, split_input_args
 from fusion_client.cli.output import ProgressBar, print_result, step_line, write_json
 from fusion_client.client import FusionClient
 from fusion_client.errors import NotFound
-from fusion_client.types import PipelineInfo, ProgressEvent, ResultEvent, StepEvent
+from fusion_client.types import (
+    PipelineInfo,
+    ProgressEvent,
+    ResultEvent,
+    StepEvent,
+    TokenEvent,
+)
 
 # ---- listings and admin ------------------------------------------------------------------
 
@@ -112,6 +119,10 @@ def cmd_stream(client: FusionClient, args, out, err, extra: list[str]) -> None:
                 out.flush()
             elif isinstance(event, ProgressEvent):
                 bar.update(event)
+            elif isinstance(event, TokenEvent):  # generated text, as it comes
+                bar.end()
+                err.write(event.text)
+                err.flush()
             elif isinstance(event, StepEvent):
                 bar.end()
                 err.write(step_line(event) + "\n")
@@ -132,3 +143,4 @@ COMMANDS = {
     "cache-stats": cmd_cache_stats, "clear-cache": cmd_clear_cache,
 }
 INPUT_COMMANDS = {"run": cmd_run, "stream": cmd_stream, "call": cmd_call}
+COMMANDS["chat"] = cmd_chat

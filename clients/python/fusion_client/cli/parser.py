@@ -72,6 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--explain", action="store_true",
                        help="print fusion explanations (fuse steps with explain: true) as a "
                             "table: each source's contribution and rank per label")
+    chat = add("chat", "talk to a language model: one prompt, stdin, or a conversation on "
+                       "a terminal; the answer streams as it is generated")
+    chat.add_argument("prompt", nargs="?", help="the question (default: stdin, or ask "
+                      "interactively when stdin is a terminal)")
+    chat.add_argument("--model", default="llm", help="a model serving chat (default llm)")
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float, help="0: deterministic (and cached)")
+    chat.add_argument("--top-p", type=float)
+    chat.add_argument("--seed", type=int, help="makes sampling reproducible (and cached)")
+    chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    chat.add_argument("--no-stream", action="store_true", help="print the answer at once")
+    cache = chat.add_mutually_exclusive_group()
+    cache.add_argument("--no-cache", dest="cache_control", action="store_const",
+                       const="no-cache", help="recompute, then store")
+    cache.add_argument("--no-store", dest="cache_control", action="store_const",
+                       const="no-store", help="bypass the cache")
     call = add("call", "call one task of one model")
     call.add_argument("model")
     call.add_argument("task")

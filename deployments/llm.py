@@ -1,0 +1,344 @@
+"""Language-model family on transformers: ``chat`` and ``complete`` with token streaming.
+
+``AutoModelForCausalLM`` + ``AutoTokenizer`` from any source the loader resolves (``hub:``,
+``path:``, ``tiny:llm``). A chat is rendered with the tokenizer's own chat template when it
+has one (so an instruct model sees the turns it was trained on), else as ``role: content``
+lines.
+
+Why it is shaped this way:
+
+- Every limit is checked in ``prepare``, before batching, so one client's bad request fails
+  alone and names its field: roles, empty messages, ``max_tokens`` ≤ 0 or above the context,
+  a prompt that fills the context. A ``max_tokens`` that fits the context but not beside the
+  prompt is clamped to what is left (the answer ends with ``finish_reason: length``).
+- Unary calls batch (``@serve.batch``): greedy requests (temperature 0) share one left-padded
+  ``generate``; sampled ones run one by one, so a seed gives the same answer whatever else
+  is in the batch.
+- A streamed call runs alone and yields text deltas as tokens come (``_DeltaStreamer``); the
+  final text is cut by the same code as the unary one, so a stream and a call agree. Text
+  that could still turn into a ``stop`` string, or an unfinished UTF-8 character, is held
+  back until it is known. When the caller goes away, Ray cancels the stream and a stopping
+  criterion ends ``generate`` at the next token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.base import ModelBackend, Progress
+from deployments.common import check_text, hub_kwargs, optimise
+from fusion.chat import chat_messages
+from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
+from fusion.tasks import Param, TaskSpec, param
+
+log = logging.getLogger("fusion.deployments.llm")
+
+DEFAULT_MAX_TOKENS = 128
+MAX_STOPS = 4  # as OpenAI
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One checked request: prompt token ids and the generation parameters."""
+
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+class LlmModel(ModelBackend):
+    marker_files = ("config.json",)
+
+    def load_weights(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        loc, kw = self.resolved.location, hub_kwargs(self)
+        tok = AutoTokenizer.from_pretrained(loc, **kw)
+        model = AutoModelForCausalLM.from_pretrained(loc, dtype=self.dtype, **kw)
+        model.to(self.device).eval()
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        self.tokenizer = tok
+        opts = self.config.options
+        self.context = int(opts.get("context") or getattr(model.config,
+                                                          "max_position_embeddings", 0)
+                           or tok.model_max_length)
+        self.default_max_tokens = int(opts.get("max_tokens", DEFAULT_MAX_TOKENS))
+        if self.context < 2 or self.default_max_tokens < 1:
+            raise SpecError(f"{self.config.name}: options.context must be >= 2 and "
+                            "options.max_tokens >= 1")
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_ids = sorted({*eos, *([tok.eos_token_id] if tok.eos_token_id is not None
+                                       else [])})
+        self.pad_id = tok.pad_token_id
+        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0}
+        self.chat_template = bool(getattr(tok, "chat_template", None))
+        self.model = optimise(model, self.config, self.device)
+        self._torch = torch
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "context": self.context, "chat_template": self.chat_template}
+
+    # -- request side -------------------------------------------------------------------------
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        if self.chat_template:
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                          add_generation_prompt=True)
+            except Exception as exc:  # a template that refuses a turn (e.g. no system role)
+                raise BadInput(f"the model's chat template refused the messages: {exc}",
+                               field="messages") from None
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def prepare(self, task: str, inputs: dict[str, Any]) -> Prepared:
+        item = super().prepare(task, inputs)
+        if task == "chat":
+            field = "messages" if item.get("messages") is not None else "prompt"
+            text = self.render(chat_messages(item))
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            field = "prompt"
+            ids = self.tokenizer(check_text(item["prompt"], "prompt"))["input_ids"]
+        if not ids:
+            raise BadInput(f"{field} is empty after tokenization", field=field)
+        if len(ids) >= self.context:
+            raise BadInput(f"{field} is {len(ids)} tokens; the model's context is "
+                           f"{self.context} tokens, and the answer needs at least one",
+                           field=field)
+        max_tokens = item["max_tokens"]
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
+        elif max_tokens <= 0:
+            raise BadInput(f"max_tokens must be at least 1, got {max_tokens}",
+                           field="max_tokens")
+        elif max_tokens > self.context:
+            raise BadInput(f"max_tokens {max_tokens} is above the model's context of "
+                           f"{self.context} tokens", field="max_tokens")
+        temperature, top_p, seed = item["temperature"], item["top_p"], item["seed"]
+        if not 0 <= temperature <= 2:
+            raise BadInput(f"temperature must lie in [0, 2], got {temperature}",
+                           field="temperature")
+        if not 0 < top_p <= 1:
+            raise BadInput(f"top_p must lie in (0, 1], got {top_p}", field="top_p")
+        if seed is not None and not -(1 << 63) <= seed < (1 << 63):
+            raise BadInput("seed must fit in 64 bits", field="seed")
+        stop = tuple(item["stop"] or ())
+        if len(stop) > MAX_STOPS:
+            raise BadInput(f"stop takes at most {MAX_STOPS} strings", field="stop")
+        for i, s in enumerate(stop):
+            if not s:
+                raise BadInput(f"stop[{i}] is empty", field=f"stop[{i}]")
+        return Prepared(ids, min(max_tokens, self.context - len(ids)), temperature, top_p,
+                        stop, seed)
+
+    # -- model side ---------------------------------------------------------------------------
+
+    def run(self, task: str, items: list[Any], progress: Progress | None = None) -> list[dict]:
+        """Greedy items together in one padded batch; sampled ones one by one (seeds)."""
+        self.task_spec(task)
+        out: list[dict] = [{} for _ in items]
+        greedy = [i for i, it in enumerate(items) if it.temperature == 0]
+        if greedy:
+            for i, res in zip(greedy, self.generate([items[i] for i in greedy]), strict=True):
+                out[i] = res
+        for i, it in enumerate(items):
+            if it.temperature != 0:
+                out[i] = self.generate([it])[0]
+        return out
+
+    def generate(self, items: list[Prepared], on_text: Callable[[str], None] | None = None,
+                 cancel: threading.Event | None = None) -> list[dict]:
+        """One ``generate`` over ``items`` (left-padded; all greedy, or one sampled item).
+        ``on_text`` (one item only) receives text deltas as tokens come."""
+        torch = self._torch
+        from transformers import StoppingCriteriaList
+
+        if cancel is not None and cancel.is_set():
+            results = [self._result(it, [], cancelled=True) for it in items]
+            for res in results:
+                self._count(res)
+            return results
+        width = max(len(it.ids) for it in items)
+        ids = [[self.pad_id] * (width - len(it.ids)) + it.ids for it in items]
+        mask = [[0] * (width - len(it.ids)) + [1] * len(it.ids) for it in items]
+        first = items[0]
+        kwargs: dict[str, Any] = {"max_new_tokens": max(it.max_tokens for it in items),
+                                  "pad_token_id": self.pad_id, "eos_token_id": self.eos_ids,
+                                  "do_sample": first.temperature > 0}
+        if first.temperature > 0:
+            kwargs.update(temperature=first.temperature, top_p=first.top_p)
+            if first.seed is not None:
+                torch.manual_seed(first.seed)  # under the replica's forward-pass lock
+        streamer = _DeltaStreamer(self, first.stop) if on_text is not None else None
+        if streamer is not None:
+            streamer.on_text = on_text
+        criteria = _StopCriteria(self, [it.stop for it in items], width, cancel, streamer)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=torch.tensor(ids, device=self.device),
+                attention_mask=torch.tensor(mask, device=self.device),
+                stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer,
+                **kwargs)
+        cancelled = cancel is not None and cancel.is_set()
+        results = [self._result(it, out[row, width:].tolist(), cancelled)
+                   for row, it in enumerate(items)]
+        for res in results:
+            self._count(res)
+        if streamer is not None:
+            streamer.finish(results[0]["text"])
+        return results
+
+    def _count(self, result: dict) -> None:
+        tokens = result["usage"]["completion_tokens"]
+        self.counts["generations"] += 1
+        self.counts["tokens"] += tokens
+        if result["finish_reason"] == "cancelled":
+            self.counts["cancelled"] += 1
+            self.counts["last_cancelled_tokens"] = tokens
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)
+
+    def _result(self, item: Prepared, new: list[int], cancelled: bool) -> dict:
+        """Cut the new tokens at end-of-text, ``max_tokens`` and the first stop string."""
+        ended = next((i for i, t in enumerate(new) if t in self.eos_ids or t == self.pad_id),
+                     None)
+        tokens = new[:ended] if ended is not None else new[:item.max_tokens]
+        reason = "stop" if ended is not None and ended < item.max_tokens else "length"
+        tokens = tokens[:item.max_tokens]
+        text = self.decode(tokens)
+        cut = min((i for i in (text.find(s) for s in item.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+        elif cancelled and len(tokens) < item.max_tokens and ended is None:
+            reason = "cancelled"
+        prompt = len(item.ids)
+        return {"text": text, "finish_reason": reason,
+                "usage": {"prompt_tokens": prompt, "completion_tokens": len(tokens),
+                          "total_tokens": prompt + len(tokens)}}
+
+
+class _StopCriteria:
+    """Ends a row at one of its own stop strings (decoding only its last tokens), or every
+    row on cancel. Per row: a batch-mate's stop string must not cut another's answer."""
+
+    def __init__(self, model: LlmModel, stops: list[tuple[str, ...]], start: int,
+                 cancel: threading.Event | None, streamer: _DeltaStreamer | None) -> None:
+        self.model, self.stops, self.start = model, stops, start
+        self.cancel, self.streamer = cancel, streamer
+        # a character is at most 4 byte-level tokens: this many tokens hold any stop string
+        self.window = 4 * max((len(s) for row in stops for s in row), default=0) + 4
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        torch = self.model._torch
+        rows = input_ids.shape[0]
+        if self.cancel is not None and self.cancel.is_set():
+            return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        if self.streamer is not None and self.streamer.stopped:
+            done[:] = True
+        elif any(self.stops):
+            lo = max(self.start, input_ids.shape[1] - self.window)
+            for row, stops in enumerate(self.stops):
+                if stops:
+                    tail = self.model.decode(input_ids[row, lo:].tolist())
+                    done[row] = any(s in tail for s in stops)
+        return done
+
+
+class _DeltaStreamer:
+    """transformers' streamer protocol (``put``/``end``): decodes the new tokens so far and
+    passes on text that can no longer change (held back: an unfinished UTF-8 character, or
+    a tail that may grow into a stop string)."""
+
+    def __init__(self, model: LlmModel, stops: tuple[str, ...]) -> None:
+        self.model, self.stops = model, stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.stopped = False
+        self.prompt_seen = False
+        self.on_text: Callable[[str], None] = lambda _text: None
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        ids = [int(t) for t in value.reshape(-1).tolist()]
+        ended = [t in self.model.eos_ids or t == self.model.pad_id for t in ids]
+        self.tokens += [t for t, e in zip(ids, ended, strict=True) if not e]
+        if any(ended) or self.stopped:
+            return
+        text = self.model.decode(self.tokens)
+        if text.endswith("\ufffd"):
+            return
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True  # the stopping criterion ends generate at this token
+            return
+        self._send(text[:max(len(self.sent), len(text) - self.hold)])
+
+    def end(self) -> None:
+        return None
+
+    def finish(self, final: str) -> None:
+        """After ``generate``: the rest of the final text (what the unary call returns)."""
+        if final.startswith(self.sent):
+            self._send(final)
+        else:  # cannot happen for byte-level decoders; never send a contradiction
+            log.warning("streamed text is not a prefix of the final text; rest not sent")
+
+    def _send(self, upto: str) -> None:
+        if len(upto) > len(self.sent):
+            delta, self.sent = upto[len(self.sent):], upto
+            self.on_text(delta)
+
+
+def _sampled(inputs: dict[str, Any]) -> str | None:
+    """Why a completion is not cached: sampled without a seed, it differs every time."""
+    if inputs.get("temperature") == 0 or inputs.get("seed") is not None:
+        return None
+    return "sampled (temperature > 0 and no seed): not cached"
+
+
+_GENERATE = {
+    "max_tokens": Param("int", False, None),  # None: the model's default, within its context
+    "temperature": Param("float", False, 1.0),
+    "top_p": Param("float", False, 1.0),
+    "stop": Param("list[text]", False, None),
+    "seed": Param("int", False, None),
+}
+_GENERATED = {"text": "text", "finish_reason": "text", "usage": "json"}
+
+FAMILY = Family(
+    name="llm",
+    tasks={
+        "chat": TaskSpec(
+            {"messages": Param("json", False, None), "prompt": Param("text", False, None),
+             "system": Param("text", False, None), **_GENERATE}, _GENERATED,
+            streams_tokens=True, uncacheable=_sampled,
+            doc="Answer a conversation (messages, or one user prompt) with the model's chat "
+                "template; deterministic when temperature is 0 or a seed is given."),
+        "complete": TaskSpec(
+            {"prompt": param("text"), **_GENERATE}, _GENERATED, streams_tokens=True,
+            uncacheable=_sampled, doc="Continue the prompt as plain text."),
+    },
+    backends={"transformers": ("chat", "complete")},
+    model=LlmModel,
+    tiny={"llm": "deployments.tiny.llm:build_tiny_llm"},
+    deployment="deployments.llm_served:LlmDeployment",
+    doc="Causal language models on transformers: chat and completion, streamed token by "
+        "token.",
+)

@@ -1,0 +1,394 @@
+"""OpenAI-compatible text generation: ``POST /v1/chat/completions`` and ``/v1/completions``.
+
+Over the ``Gateway`` like every other route: each choice is one cached model call
+(``Gateway.call_model``), so a temperature-0 or seeded request is cached and coalesced, and
+a sampled one is not. ``stream: true`` answers OpenAI's SSE chunks, ending in
+``data: [DONE]``.
+
+Why it is built this way:
+
+- The body is read by hand, not by a Pydantic model, so a bad field is named the way the
+  client wrote it (``messages[1].role``) in OpenAI's error body.
+- A stream answers its status only once the first event is known: the replica checks the
+  prompt against the context before its first token, so a prompt too long for the model is a
+  400 with ``param``, never a 200 followed by an error.
+- ``image_url`` parts (data URLs) are read by the gateway's captioner and OCR models, and the
+  LLM sees their text: a text-only model can answer about an image.
+- A client that leaves mid-stream cancels the calls (Starlette closes the generator), which
+  cancels the replica's stream, which stops ``generate`` at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
+from fusion.chat import chat_messages
+from fusion.errors import BadInput, FusionError, MalformedBody, NotFound
+from fusion.executor import CachePolicy
+from fusion.gateway import Gateway
+from fusion.openai_compat import openai_error
+
+log = logging.getLogger("fusion.openai_chat")
+
+CHAT_PATHS = ("/v1/chat/completions", "/v1/completions")
+MAX_CHOICES = 8
+_UNSUPPORTED = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "echo",
+                "suffix", "best_of", "logit_bias")
+
+
+def _get(body: dict, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise BadInput(f"{name} must be {_kind_name(kind)}", field=name)
+    if not isinstance(value, kind):
+        raise BadInput(f"{name} must be {_kind_name(kind)}", field=name)
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "an object"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def generation_params(body: dict) -> dict[str, Any]:
+    """The ``llm`` task inputs an OpenAI body asks for (``max_completion_tokens`` is the new
+    name of ``max_tokens``); ranges are the replica's to check, since they need the model."""
+    for name in _UNSUPPORTED:
+        if body.get(name) not in (None, False, [], {}):
+            raise BadInput(f"{name} is not supported by this gateway", field=name)
+    params: dict[str, Any] = {}
+    max_tokens = _get(body, "max_completion_tokens", int, None)
+    max_tokens = _get(body, "max_tokens", int, max_tokens)
+    if max_tokens is not None:
+        params["max_tokens"] = max_tokens
+    for name in ("temperature", "top_p"):
+        value = _get(body, name, (int, float))
+        if value is not None:
+            params[name] = float(value)
+    seed = _get(body, "seed", int)
+    if seed is not None:
+        params["seed"] = seed
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(
+            isinstance(s, str) for s in stop)):
+        raise BadInput("stop must be a string or a list of strings", field="stop")
+    if stop:
+        params["stop"] = stop
+    return params
+
+
+def _choices(body: dict) -> int:
+    n = _get(body, "n", int, 1)
+    if not 1 <= n <= MAX_CHOICES:
+        raise BadInput(f"n must lie between 1 and {MAX_CHOICES}", field="n")
+    return n
+
+
+def _model(gw: Gateway, body: dict, task: str) -> str:
+    name = _get(body, "model", str)
+    able = sorted(n for n, m in gw.models.items() if task in m.tasks)
+    if not name:
+        raise BadInput(f"model is required; one of {able}", field="model")
+    if name not in gw.models or task not in gw.models[name].tasks:
+        raise NotFound(f"The model '{name}' does not exist or cannot do {task}; use one of "
+                       f"{able}", field="model")
+    return name
+
+
+def _reader(gw: Gateway, task: str) -> str | None:
+    return next((n for n, m in gw.models.items() if task in m.tasks), None)
+
+
+def _data_url(url: Any, where: str) -> bytes:
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        raise BadInput(f"{where} must be a data URL (data:image/png;base64,...): the gateway "
+                       "fetches nothing", field=where)
+    try:
+        return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{where} is not valid base64", field=where) from None
+
+
+async def read_images(gw: Gateway, messages: Any, policy: CachePolicy,
+                      deadline: float | None) -> Any:
+    """``messages`` with each ``image_url`` part replaced by a text part: what the
+    captioner and the OCR model read in it (run together, cached like any step)."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(content, list):
+            out.append(msg)
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                where = f"messages[{i}].content[{j}].image_url.url"
+                url = part.get("image_url")
+                image = _data_url(url.get("url") if isinstance(url, dict) else url, where)
+                parts.append({"type": "text",
+                              "text": await _describe(gw, image, where, policy, deadline)})
+            else:
+                parts.append(part)
+        out.append({**msg, "content": parts})
+    return out
+
+
+async def _describe(gw: Gateway, image: bytes, where: str, policy: CachePolicy,
+                    deadline: float | None) -> str:
+    captioner, ocr = _reader(gw, "caption"), _reader(gw, "ocr")
+    if captioner is None and ocr is None:
+        raise BadInput("this gateway serves no captioner or OCR model to read images",
+                       field=where)
+
+    async def read(model: str | None, task: str) -> str:
+        if model is None:
+            return ""
+        try:
+            out, _ = await gw.call_model(model, task, {"image": image}, policy,
+                                         deadline=deadline)
+        except FusionError as err:
+            if err.status < 500 and err.field:
+                raise type(err)(err.message, field=where) from None
+            raise
+        return out["text"].strip()
+
+    caption, text = await asyncio.gather(read(captioner, "caption"), read(ocr, "ocr"))
+    lines = [f"[An image. It shows: {caption or 'nothing recognisable'}."]
+    if text:
+        lines.append(f"Text in the image: {text}")
+    return "\n".join(lines) + "]"
+
+
+async def _body(request: Request, gw: Gateway) -> dict:
+    raw = b""
+    limit = gw.config.limits.max_body_bytes
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise BadInput(f"body is over the {limit} byte limit", field="body")
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"body is not valid JSON ({exc})", field="body") from None
+    if not isinstance(body, dict):
+        raise BadInput("body must be a JSON object", field="body")
+    return body
+
+
+Call = tuple[str, dict[str, Any]]  # (task, inputs) of one choice
+
+
+class Completion:
+    """The n calls of one request, run together; events land on one queue in order."""
+
+    def __init__(self, gw: Gateway, model: str, calls: list[Call], policy: CachePolicy,
+                 deadline: float | None, stream: bool) -> None:
+        self.gw, self.model, self.calls = gw, model, calls
+        self.policy, self.deadline, self.stream = policy, deadline, stream
+        self.queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        self.jobs: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self.jobs = [asyncio.create_task(self._one(i, task, inputs))
+                     for i, (task, inputs) in enumerate(self.calls)]
+
+    async def _one(self, index: int, task: str, inputs: dict[str, Any]) -> None:
+        async def on_event(event: dict) -> None:
+            if event.get("event") == "token":
+                await self.queue.put(("token", index, event["text"]))
+
+        try:
+            out, _ = await self.gw.call_model(self.model, task, inputs, self.policy,
+                                              on_event=on_event if self.stream else None,
+                                              deadline=self.deadline)
+            await self.queue.put(("done", index, out))
+        except FusionError as err:
+            await self.queue.put(("error", index, err))
+        except Exception as exc:  # a bug: logged by the caller as a 500
+            await self.queue.put(("error", index, exc))
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            if not job.done():
+                job.cancel()
+
+    async def results(self) -> list[dict]:
+        out: list[dict] = [{} for _ in self.calls]
+        left = len(self.calls)
+        while left:
+            kind, index, value = await self.queue.get()
+            if kind == "error":
+                self.cancel()
+                raise value
+            if kind == "done":
+                out[index], left = value, left - 1
+        return out
+
+
+def _usage(outs: list[dict], calls: list[Call]) -> dict[str, int]:
+    """Prompt tokens once per distinct prompt (n choices share one), completions summed."""
+    prompts: dict[str, int] = {}
+    for (_, inputs), out in zip(calls, outs, strict=True):
+        key = json.dumps(inputs.get("messages") or inputs.get("prompt"), sort_keys=True)
+        prompts[key] = out["usage"]["prompt_tokens"]
+    prompt = sum(prompts.values())
+    completion = sum(o["usage"]["completion_tokens"] for o in outs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _sse(data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+async def respond(gw: Gateway, request: Request, body: dict, model: str, calls: list[Call],
+                  chat: bool) -> Any:
+    """Run the calls; a JSON completion, or an SSE stream of chunks ending in [DONE]."""
+    policy = CachePolicy.from_header(request.headers.get("cache-control"))
+    deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
+    stream = _get(body, "stream", bool, False)
+    options = _get(body, "stream_options", dict, {})
+    kind = "chat.completion" if chat else "text_completion"
+    head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": kind, "created": int(time.time()), "model": model,
+            "system_fingerprint": (await gw.fingerprint(model))[-16:]}
+    run = Completion(gw, model, calls, policy, deadline, stream)
+    run.start()
+    if not stream:
+        outs = await run.results()
+        choices = [{"index": i, "finish_reason": out["finish_reason"], "logprobs": None,
+                    **({"message": {"role": "assistant", "content": out["text"]}} if chat
+                       else {"text": out["text"]})} for i, out in enumerate(outs)]
+        return JSONResponse({**head, "choices": choices, "usage": _usage(outs, calls)})
+    try:
+        first = await run.queue.get()
+    except BaseException:
+        run.cancel()
+        raise
+    if first[0] == "error":
+        run.cancel()
+        raise first[2]
+    return StreamingResponse(_chunks(run, first, {**head, "object": f"{kind}.chunk"}, chat,
+                                     bool(options.get("include_usage"))),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat: bool,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    def chunk(index: int, text: str | None, reason: str | None = None,
+              role: bool = False) -> bytes:
+        if chat:
+            delta = ({"role": "assistant", "content": ""} if role else
+                     {"content": text} if text is not None else {})
+            choice = {"index": index, "delta": delta}
+        else:
+            choice = {"index": index, "text": text or ""}
+        choice |= {"finish_reason": reason, "logprobs": None}
+        return _sse({**head, "choices": [choice]})
+
+    outs: list[dict] = [{} for _ in run.calls]
+    left = len(run.calls)
+    try:
+        if chat:
+            for i in range(len(run.calls)):
+                yield chunk(i, None, role=True)
+        event = first
+        while True:
+            kind, index, value = event
+            if kind == "token":
+                yield chunk(index, value)
+            elif kind == "error":
+                if not isinstance(value, FusionError):
+                    log.error("chat stream failed", exc_info=value)
+                err = value if isinstance(value, FusionError) else FusionError(
+                    "internal error")
+                yield _sse(json.loads(openai_error(err).body))
+                return
+            else:
+                outs[index], left = value, left - 1
+                yield chunk(index, None, value["finish_reason"])
+                if not left:
+                    break
+            event = await run.queue.get()
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(outs, run.calls)})
+        yield _sse("[DONE]")
+    finally:
+        run.cancel()  # the client left (or the stream ended): stop generating for it
+
+
+def add_chat_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]],
+                    require_key: Callable) -> None:
+    """``/v1/chat/completions`` and ``/v1/completions`` on ``app``."""
+
+    async def guarded(fn: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await fn()
+        except FusionError as err:
+            return openai_error(err)
+
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request, gw: Gateway = Depends(gateway)):
+        async def run() -> Any:
+            body = await _body(request, gw)
+            model = _model(gw, body, "chat")
+            params, n = generation_params(body), _choices(body)
+            policy = CachePolicy.from_header(request.headers.get("cache-control"))
+            deadline = deadline_from(parse_request_timeout(request.headers.get(
+                TIMEOUT_HEADER)))
+            messages = await read_images(gw, body.get("messages"), policy, deadline)
+            messages = chat_messages({"messages": messages})  # 4xx before any stream
+            calls = [("chat", {"messages": messages, **_nth(params, i, n)}) for i in range(n)]
+            return await respond(gw, request, body, model, calls, chat=True)
+
+        return await guarded(run)
+
+    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(require_key)])
+    async def completions(request: Request, gw: Gateway = Depends(gateway)):
+        async def run() -> Any:
+            body = await _body(request, gw)
+            model = _model(gw, body, "complete")
+            params, n = generation_params(body), _choices(body)
+            prompt = body.get("prompt")
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, list) or not prompts or not all(
+                    isinstance(p, str) and p for p in prompts):
+                raise BadInput("prompt must be a non-empty string or list of strings",
+                               field="prompt")
+            if len(prompts) * n > MAX_CHOICES:
+                raise BadInput(f"prompts x n is over {MAX_CHOICES} choices", field="n")
+            calls = [("complete", {"prompt": p, **_nth(params, i, n)})
+                     for p in prompts for i in range(n)]
+            return await respond(gw, request, body, model, calls, chat=False)
+
+        return await guarded(run)
+
+
+def _nth(params: dict[str, Any], i: int, n: int) -> dict[str, Any]:
+    """The i-th of n choices: a seed moves by i, so seeded choices differ and each is
+    reproducible (greedy ones are alike anyway, and computed once)."""
+    if n > 1 and params.get("seed") is not None:
+        return {**params, "seed": params["seed"] + i}
+    return params
