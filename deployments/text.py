@@ -29,11 +29,18 @@ from ray import serve
 
 from deployments.base import ModelBackend, Progress, ServedModel
 from deployments.common import check_text, fill_template, hub_kwargs, optimise, ranked
+from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError
 
 log = logging.getLogger("fusion.deployments.text")
 
 DEFAULT_TEMPERATURE = 0.05
+# ``quantize: int8`` on the text family quantises these Linear layers (``options.int8_layers``).
+# Measured on MiniLM (tests/unit/test_compression.py, ops/bench/edge.py): all layers give
+# ~2.5x at batch 8 but embeddings at cosine ~0.97 to fp32; the FFN layers carry the
+# activation outliers, so "attention" (Q, K, V, output) keeps cosine >= 0.99 and most of the
+# speed.
+INT8_LAYERS = {"attention": lambda name: ".attention." in f".{name}.", "all": None}
 FORWARD_CHUNK = 64  # sequences per forward pass; bounds memory for many labels x items
 
 
@@ -67,8 +74,26 @@ class TextModel(ModelBackend):
             n = model.config.num_labels
             self.labels = [str(model.config.id2label.get(i, f"LABEL_{i}")) for i in range(n)]
             self.multi_label = model.config.problem_type == "multi_label_classification"
-        self.model = optimise(model, self.config, self.device)
+        self.int8_layers = str(self.config.options.get("int8_layers", "attention"))
+        if self.int8_layers not in INT8_LAYERS:
+            raise SpecError(f"{self.config.name}: options.int8_layers {self.int8_layers!r} is "
+                            f"not one of {sorted(INT8_LAYERS)}")
+        self.model = optimise(model, self.config, self.device,
+                              include=INT8_LAYERS[self.int8_layers])
         self._torch = torch
+
+    @classmethod
+    def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
+        """The ``onnx`` backend is its own class (ONNX Runtime in place of torch)."""
+        if config.backend == "onnx" and cls is TextModel:
+            from deployments.text_onnx import OnnxTextModel
+
+            return OnnxTextModel.load(config, model_dir)
+        return super().load(config, model_dir)
+
+    def variant(self) -> str:
+        base = super().variant()
+        return f"{base}-{self.int8_layers}" if base else ""
 
     def _st_pooling(self) -> str | None:
         """Pooling mode of a sentence-transformers folder (``1_Pooling/config.json``)."""
@@ -151,15 +176,20 @@ class TextModel(ModelBackend):
             for s in range(0, len(texts), FORWARD_CHUNK):
                 batch = self._encode(texts[s:s + FORWARD_CHUNK])
                 hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                if self.pooling == "cls":
-                    pooled = hidden[:, 0]
-                elif self.pooling == "max":
-                    pooled = hidden.masked_fill(mask == 0, -math.inf).max(dim=1).values
-                else:
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+                chunks.append(self.pool(hidden, batch["attention_mask"]).cpu())
         return torch.cat(chunks)
+
+    def pool(self, hidden: Any, attention_mask: Any) -> Any:
+        """Pooled (mean, cls or max over real tokens) and L2-normalised sentence vectors."""
+        torch = self._torch
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, -math.inf).max(dim=1).values
+        else:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
     def _logits(self, texts: list[str], pairs: list[str] | None = None) -> Any:
         torch = self._torch

@@ -104,7 +104,7 @@ TASKS: dict[str, dict[str, TaskSpec]] = {
 # Which tasks each backend of a family serves; the first backend is the family default.
 BACKENDS: dict[str, dict[str, tuple[str, ...]]] = {
     "text": {"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
-             "classifier": ("classify",)},
+             "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
     "caption": {"transformers": ("caption",)},
     "clip": {"open_clip": ("embed_image", "embed_text", "zero_shot")},
     "audio": {"faster-whisper": ("transcribe",), "transformers": ("transcribe",)},
