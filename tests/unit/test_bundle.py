@@ -141,3 +141,29 @@ def test_bundle_config_checks_and_size():
     split = [dict(models[0], num_replicas=2), models[1]]
     assert "different num_replicas" in bundle_problems(
         [ModelConfig.model_validate(m) for m in split])[0]
+
+
+def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
+    from pathlib import Path
+
+    import yaml
+
+    from fusion.app import load_config
+    from fusion.bundles import bundle_groups
+    from fusion.gateway import served_tasks
+    from fusion.spec import load_pipelines
+
+    root = Path(__file__).resolve().parents[2]
+
+    def profile(name: str) -> AppConfig:
+        raw = yaml.safe_load((root / "ops/serve" / name).read_text())
+        return load_config(raw["applications"][0]["args"])
+
+    default, edge = profile("local.yaml"), profile("edge.yaml")
+    assert {n: t.tasks for n, t in served_tasks(edge).items()} == \
+        {n: t.tasks for n, t in served_tasks(default).items()}
+    assert list(bundle_groups(edge.models)) == ["edge"] and all(m.bundle for m in edge.models)
+    assert set(load_pipelines(served_tasks(edge))) == set(load_pipelines(served_tasks(default)))
+    text, whisper = edge.model("text"), edge.model("whisper")
+    assert text.backend == "onnx" and whisper.options["compute_type"] == "int8"
+    assert all(m.num_gpus == 0 for m in edge.models) and edge.cache.redis_url in (None, "")
