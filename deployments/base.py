@@ -1,36 +1,38 @@
-"""The shape every model family shares, and the one Serve adapter around it.
+"""The shape every model family shares: ``ModelBackend``, free of Ray.
 
-A family is a ``ModelBackend`` subclass: pure Python + torch, loadable and testable without
-Ray. ``ServedModel`` is the thin Ray Serve side: it validates a request's inputs *before*
-batching (so one client's bad image fails that request only, never its batch-mates), batches
-with ``@serve.batch``, and runs model code in a worker thread so the replica's event loop
-keeps answering health checks while a model computes.
+A family's model is a ``ModelBackend`` subclass: pure Python + torch (imported inside its
+methods), loadable and testable without Ray. The Serve side (``ServedModel``, batching,
+threads, metrics) lives in ``deployments.served`` so that declaring or discovering a family
+never imports Ray; ``ServedModel`` and friends are still importable from here.
+
+The contract a backend implements (also what a ``family: custom`` model writes):
+
+- ``load_weights()``: load from ``self.resolved.location`` (a folder or hub id) onto
+  ``self.device`` with ``self.dtype``; ``self.config.options`` holds backend options.
+- ``prepare(task, inputs)``: check and decode ONE request's inputs, raising ``BadInput``
+  naming the field; runs before batching, so a bad request fails alone. The default checks
+  the declared types.
+- ``run(task, items, progress)``: one batch of prepared items of one task → one output dict
+  per item, keys and types as the task declares.
+- optional ``task_specs`` class attribute: the tasks the class serves; a custom model's
+  config must then declare the same types (checked at start-up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
 import os
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ray import serve
-
 from deployments.sources import ResolvedSource, resolve
-from fusion.config import ModelConfig, ObservabilityConfig
+from fusion.config import ModelConfig
 from fusion.errors import BadInput
-from fusion.observe import Recorder
-from fusion.ray_metrics import ray_recorder
 from fusion.tasks import TaskSpec
-from fusion.tracing import Tracing, tracing_from
 from fusion.values import check_inputs
 
 log = logging.getLogger("fusion.deployments")
@@ -124,7 +126,7 @@ class ModelBackend(ABC):
     def info(self) -> dict[str, Any]:
         return {
             "name": self.config.name,
-            "family": self.family,
+            "family": self.config.family,
             "backend": self.config.backend,
             "tasks": list(self.tasks),
             "source": str(self.config.source),
@@ -134,210 +136,11 @@ class ModelBackend(ABC):
         }
 
 
-async def run_grouped(requests: list[tuple[str, Any]],
-                      run: Callable[[str, list[Any]], Awaitable[list[Any]]]) -> list[Any]:
-    """Run a mixed batch one task at a time; results come back in the requests' order."""
-    by_task: dict[str, list[int]] = {}
-    for i, (task, _) in enumerate(requests):
-        by_task.setdefault(task, []).append(i)
-    out: list[Any] = [{} for _ in requests]
-    for task, idx in by_task.items():
-        results = await run(task, [requests[i][1] for i in idx])
-        for i, res in zip(idx, results, strict=True):
-            out[i] = res
-    return out
 
+def __getattr__(name: str) -> object:
+    """``ServedModel``, ``Timing``, ``run_grouped`` moved to ``deployments.served`` (Ray)."""
+    if name in ("ServedModel", "Timing", "run_grouped"):
+        from deployments import served
 
-@dataclass(frozen=True)
-class Timing:
-    """When the forward pass that carried a call ran (perf_counter and wall ns) and its size."""
-
-    started: float
-    ended: float
-    started_ns: int
-    ended_ns: int
-    batch: int
-
-
-@dataclass
-class _Probe:
-    timing: Timing | None = None
-
-
-class ServedModel:
-    """Base of every ``*Deployment`` class; subclasses set ``backend_cls``.
-
-    Metrics and spans are taken here, where queueing and computing happen (the batch queue
-    and the forward-pass lock), so a dashboard can tell a queueing model from a slow one.
-    """
-
-    backend_cls: ClassVar[type[ModelBackend]]
-
-    def __init__(self, config: dict[str, Any], model_dir: str | None = None,
-                 observability: dict[str, Any] | None = None) -> None:
-        cfg = ModelConfig.model_validate(config)
-        self.model = self.backend_cls.load(cfg, model_dir)
-        self._lock = threading.Lock()  # one forward pass at a time per replica
-        self._run_batch.set_max_batch_size(cfg.max_batch_size)
-        self._run_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        # None (unit tests, no Ray): no metrics, no tracing; the app builder always passes it
-        obs = ObservabilityConfig.model_validate(observability) if observability else None
-        self._recorder: Recorder | None = ray_recorder() if obs and obs.metrics else None
-        self._tracing: Tracing | None = tracing_from(obs.otlp_endpoint,
-                                                     obs.service_name) if obs else None
-        self._in_flight = 0
-        if self._recorder is not None:
-            self._recorder.set("fusion_replica_up", 1, {"model": cfg.name})
-        log.info("loaded %s", self.model.info())
-
-    def info(self) -> dict[str, Any]:
-        return self.model.info()
-
-    async def call(self, task: str, inputs: dict[str, Any],
-                   trace: dict[str, str] | None = None) -> dict[str, Any]:
-        """One call; ``trace`` is the caller's W3C context (spans continue its trace)."""
-        with self._observed(task, trace) as probe:
-            item = self.model.prepare(task, inputs)
-            if self.model.task_spec(task).batched:
-                result, probe.timing = await self._run_batch((task, item))
-                return result
-            outputs, probe.timing = await asyncio.to_thread(self._run_timed, task, [item], None)
-            self._observe_batch(task, probe.timing)
-            return outputs[0]
-
-    async def call_many(self, task: str, items: list[dict[str, Any]],
-                        trace: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """A list request: every item prepared, then run in chunks of ``max_batch_size``.
-
-        The list already is a batch, so it skips ``@serve.batch``; preparing (decoding images,
-        audio) happens in the worker thread too, so a long list never stalls the event loop.
-        A bad item fails the call with its index named (``inputs[3].image``).
-        """
-        if not self.model.task_spec(task).batched:
-            raise BadInput(f"task {task!r} takes one item per request", field="task")
-        with self._observed(task, trace) as probe:
-            outputs, timings = await asyncio.to_thread(self._run_many, task, items)
-            for chunk in timings:
-                self._observe_batch(task, chunk)
-            if timings:  # the whole list as one span: first chunk's start to last's end
-                first, last = timings[0], timings[-1]
-                probe.timing = Timing(first.started, last.ended, first.started_ns,
-                                      last.ended_ns, len(items))
-            return outputs
-
-    def _run_many(self, task: str, items: list[dict[str, Any]]
-                  ) -> tuple[list[dict], list[Timing]]:
-        prepared = []
-        for i, inputs in enumerate(items):
-            try:
-                prepared.append(self.model.prepare(task, inputs))
-            except BadInput as err:
-                where = f"inputs[{i}]"
-                raise type(err)(f"{where}: {err.message}",
-                                field=f"{where}.{err.field}" if err.field else where) from None
-        size = self.model.config.max_batch_size
-        out: list[dict] = []
-        timings: list[Timing] = []
-        for start in range(0, len(prepared), size):
-            outputs, timing = self._run_timed(task, prepared[start:start + size], None)
-            out += outputs
-            timings.append(timing)
-        return out, timings
-
-    @contextlib.contextmanager
-    def _observed(self, task: str, trace: dict[str, str] | None) -> Iterator[_Probe]:
-        """Around one call: the in-flight gauge, then its queue wait and replica span; the
-        call sets ``probe.timing`` once the forward pass that carried it has run."""
-        arrived, arrived_ns = time.perf_counter(), time.time_ns()
-        probe = _Probe()
-        error: BaseException | None = None
-        self._flight(1)
-        try:
-            yield probe
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._flight(-1)
-            self._observe_call(task, trace, arrived, arrived_ns, probe.timing, error)
-
-    def _flight(self, delta: int) -> None:
-        self._in_flight += delta
-        if self._recorder is not None:
-            self._recorder.set("fusion_model_in_flight", self._in_flight,
-                               {"model": self.model.config.name})
-
-    def _observe_batch(self, task: str, timing: Timing) -> None:
-        if self._recorder is not None:
-            tags = {"model": self.model.config.name, "task": task}
-            self._recorder.observe("fusion_compute_seconds", timing.ended - timing.started,
-                                   tags)
-            self._recorder.observe("fusion_batch_size", timing.batch, tags)
-
-    def _observe_call(self, task: str, trace: dict[str, str] | None, arrived: float,
-                      arrived_ns: int, timing: Timing | None,
-                      error: BaseException | None) -> None:
-        name = self.model.config.name
-        if self._recorder is not None and timing is not None:
-            self._recorder.observe("fusion_queue_wait_seconds", timing.started - arrived,
-                                   {"model": name, "task": task})
-        if self._tracing is not None and trace:
-            now = time.time_ns()
-            self._tracing.replica_spans(
-                trace, f"replica {name}/{task}", {"fusion.model": name, "fusion.task": task,
-                                                  "fusion.batch_size": timing.batch if timing
-                                                  else 0},
-                arrived_ns, timing.started_ns if timing else now,
-                timing.ended_ns if timing else now, error)
-
-    async def call_stream(self, task: str, inputs: dict[str, Any],
-                          trace: dict[str, str] | None = None) -> AsyncIterator[dict]:
-        """Yield ``{"progress": {"step", "total"}}`` events, then ``{"result": outputs}``."""
-        with self._observed(task, trace) as probe:
-            async for event in self._stream(task, inputs):
-                if isinstance(event, Timing):
-                    probe.timing = event
-                    self._observe_batch(task, event)
-                else:
-                    yield event
-
-    async def _stream(self, task: str, inputs: dict[str, Any]) -> AsyncIterator[Any]:
-        item = self.model.prepare(task, inputs)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict] = asyncio.Queue()
-
-        def progress(step: int, total: int) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait,
-                                      {"progress": {"step": step, "total": total}})
-
-        job = asyncio.ensure_future(asyncio.to_thread(self._run_timed, task, [item], progress))
-        while not (job.done() and queue.empty()):
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-            else:
-                getter.cancel()
-        outputs, timing = job.result()
-        yield timing
-        yield {"result": outputs[0]}
-
-    def _run_timed(self, task: str, items: list[Any],
-                   progress: Progress | None) -> tuple[list[dict], Timing]:
-        with self._lock:
-            started, started_ns = time.perf_counter(), time.time_ns()
-            outputs = self.model.run(task, items, progress)
-            return outputs, Timing(started, time.perf_counter(), started_ns, time.time_ns(),
-                                   len(items))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _run_batch(self, requests: list[tuple[str, Any]]) -> list[tuple[dict, Timing]]:
-        async def run(task: str, items: list[Any]) -> list[tuple[dict, Timing]]:
-            outputs, timing = await asyncio.to_thread(self._run_timed, task, items, None)
-            self._observe_batch(task, timing)
-            return [(out, timing) for out in outputs]
-
-        return await run_grouped(requests, run)
-
-    def check_health(self) -> None:  # Serve calls this periodically
-        return None
+        return getattr(served, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

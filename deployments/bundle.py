@@ -12,26 +12,24 @@ member has its own queue, and a bad item of one model can never reach another's 
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
-from deployments.base import ServedModel
+from deployments.served import ServedModel
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
+from fusion.registry import deployment_path, import_object
 
 log = logging.getLogger("fusion.deployments.bundle")
 
 
-def served_class(family: str) -> type[ServedModel]:
-    """The plain class behind a family's Serve deployment (``TextDeployment`` etc.)."""
-    from fusion.app import DEPLOYMENT_CLASSES
-
-    module, name = DEPLOYMENT_CLASSES[family].split(":")
-    deployment = getattr(importlib.import_module(module), name)
+def served_class(config: ModelConfig) -> type[ServedModel]:
+    """The plain class behind the Serve deployment the model would get alone (the shared
+    ``ServedModel``, or a family's own declared class)."""
+    deployment = import_object(deployment_path(config))
     return getattr(deployment, "func_or_class", deployment)
 
 
@@ -52,7 +50,7 @@ class ModelBundle:
         self.members: dict[str, ServedModel] = {}
         for raw in configs:
             cfg = ModelConfig.model_validate(raw)
-            base = (classes or {}).get(cfg.family) or served_class(cfg.family)
+            base = (classes or {}).get(cfg.family) or served_class(cfg)
             self.members[cfg.name] = _own_queue(base, cfg.name)(
                 cfg.model_dump(mode="json"), model_dir, observability)
         log.info("bundle loaded: %s", list(self.members))

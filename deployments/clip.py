@@ -21,12 +21,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ray import serve
-
-from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, fill_template, optimise, ranked
 from deployments.media import decode_image
 from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
+from fusion.tasks import TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.clip")
 
@@ -144,36 +144,17 @@ class ClipModel(ModelBackend):
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
 
 
-@serve.deployment
-class ClipDeployment(ServedModel):
-    backend_cls = ClipModel
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny random model, saved in the open_clip hub layout
-
-TINY_MODEL_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                   "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                 "layers": 1},
-}
-
-
-def build_tiny_clip(folder: str | Path) -> None:
-    import open_clip
-    import torch
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**json.loads(json.dumps(TINY_MODEL_CFG))).eval()
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHT_NAMES[0]))
-    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN),
-                  "std": list(open_clip.OPENAI_DATASET_STD),
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    (folder / CONFIG_NAME).write_text(json.dumps(
-        {"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": preprocess}, indent=2))
+FAMILY = Family(
+    name="clip",
+    tasks={
+        "embed_image": TaskSpec({"image": param("image")}, {"embedding": "embedding"}),
+        "embed_text": TaskSpec({"text": param("text")}, {"embedding": "embedding"}),
+        "zero_shot": TaskSpec(
+            {"image": param("image"), "labels": param("list[text]"),
+             "template": param("text", "a photo of a {}", False)},
+            {"labels": "labels"}, doc="CLIP zero-shot: softmax over label prompts."),
+    },
+    backends={"open_clip": ("embed_image", "embed_text", "zero_shot")},
+    model=ClipModel,
+    tiny={"clip": "deployments.tiny.clip:build_tiny_clip"},
+)

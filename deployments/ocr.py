@@ -18,11 +18,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ray import serve
-
-from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.base import ModelBackend, Progress
 from deployments.media import decode_image
 from fusion.errors import SpecError
+from fusion.registry import Family
+from fusion.tasks import TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.ocr")
 
@@ -86,6 +86,10 @@ class OcrModel(ModelBackend):
         return info
 
 
-@serve.deployment
-class OcrDeployment(ServedModel):
-    backend_cls = OcrModel
+FAMILY = Family(
+    name="ocr",
+    tasks={"ocr": TaskSpec({"image": param("image")}, {"text": "text", "lines": "json"},
+                           batched=False)},
+    backends={"rapidocr": ("ocr",)},
+    model=OcrModel,
+)

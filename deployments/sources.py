@@ -22,18 +22,6 @@ from pathlib import Path
 from fusion.config import ModelSource
 from fusion.errors import SpecError
 
-# Tiny random models for tests and the offline profile: recipe name -> "module:function".
-# Each builder takes a folder, writes a complete model (weights, config, tokenizer) into it.
-TINY_RECIPES: dict[str, str] = {
-    "text-embedding": "deployments.text:build_tiny_embedding",
-    "text-classifier": "deployments.text:build_tiny_classifier",
-    "text-nli": "deployments.text:build_tiny_nli",
-    "caption": "deployments.caption:build_tiny_caption",
-    "clip": "deployments.clip:build_tiny_clip",
-    "whisper": "deployments.audio:build_tiny_whisper",
-    "diffusion": "deployments.diffusion:build_tiny_diffusion",
-}
-
 # Packaged offline weights: importable module -> sub-folder (relative to the package) that
 # holds the model files. None means "search the package for the model folder".
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".ckpt", ".json", ".model",
@@ -130,10 +118,12 @@ def _build_once(folder: Path, build: Callable[[Path], None], label: str) -> Path
 
 def build_tiny(recipe: str, model_dir: Path | None = None) -> Path:
     """Build (once) and return the folder of a tiny random model."""
-    if recipe not in TINY_RECIPES:
-        raise SpecError(f"unknown tiny recipe {recipe!r}; known: {sorted(TINY_RECIPES)}")
-    module, func = TINY_RECIPES[recipe].split(":")
-    builder = getattr(importlib.import_module(module), func)
+    from fusion.registry import import_object, tiny_recipes
+
+    recipes = tiny_recipes()  # every family's FAMILY.tiny
+    if recipe not in recipes:
+        raise SpecError(f"unknown tiny recipe {recipe!r}; known: {sorted(recipes)}")
+    builder = import_object(recipes[recipe])
     return _build_once((model_dir or default_model_dir()) / f"tiny-{recipe}", builder, recipe)
 
 

@@ -25,12 +25,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ray import serve
-
-from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, fill_template, hub_kwargs, optimise, ranked
 from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
+from fusion.tasks import TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.text")
 
@@ -202,72 +202,22 @@ class TextModel(ModelBackend):
         return torch.cat(chunks)
 
 
-@serve.deployment
-class TextDeployment(ServedModel):
-    backend_cls = TextModel
-
-
-# ---------------------------------------------------------------------------------------------
-# tiny random models (tests, offline profile): saved to a folder, loaded by load_weights()
-
-_WORDS = str.split(
-    "the a an this that it is was are be to of and in on for with as at by from not no yes "
-    "i you he she we they my your love hate like good bad great terrible awful wonderful "
-    "happy sad phone food movie day man woman dog cat photo picture text review positive "
-    "negative neutral entailment contradiction about example sentence"
+FAMILY = Family(
+    name="text",
+    tasks={
+        "embed": TaskSpec({"text": param("text")}, {"embedding": "embedding"},
+                          doc="L2-normalised sentence embedding."),
+        "zero_shot": TaskSpec(
+            {"text": param("text"), "labels": param("list[text]"),
+             "template": param("text", "{}", False)},
+            {"labels": "labels"}, doc="Score each label against the text; scores sum to 1."),
+        "classify": TaskSpec({"text": param("text")}, {"labels": "labels"},
+                             doc="Sequence classification with the model's own labels."),
+    },
+    backends={"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
+              "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
+    model=TextModel,  # backend onnx: TextModel.load hands over to text_onnx.OnnxTextModel
+    tiny={"text-embedding": "deployments.tiny.text:build_tiny_embedding",
+          "text-classifier": "deployments.tiny.text:build_tiny_classifier",
+          "text-nli": "deployments.tiny.text:build_tiny_nli"},
 )
-
-
-def _tiny_tokenizer(folder: Path) -> int:
-    """A WordPiece (BERT) tokenizer over common words and ASCII characters; returns its size."""
-    from transformers import BertTokenizer
-
-    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(dict.fromkeys(_WORDS + chars + [f"##{c}" for c in chars if c.isalnum()]))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=128)
-    tok.save_pretrained(folder)
-    return len(vocab)
-
-
-def _tiny_bert_config(vocab_size: int, **extra: Any) -> Any:
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-                      pad_token_id=0, **extra)
-
-
-def _save_seeded(folder: Path, cls: Any, config: Any) -> None:
-    import torch
-
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    model.save_pretrained(folder)
-
-
-def build_tiny_embedding(folder: str | Path) -> None:
-    from transformers import BertModel
-
-    folder = Path(folder)
-    _save_seeded(folder, BertModel, _tiny_bert_config(_tiny_tokenizer(folder)))
-
-
-def build_tiny_classifier(folder: str | Path) -> None:
-    from transformers import BertForSequenceClassification
-
-    folder = Path(folder)
-    cfg = _tiny_bert_config(_tiny_tokenizer(folder), id2label={0: "negative", 1: "positive"},
-                            label2id={"negative": 0, "positive": 1})
-    _save_seeded(folder, BertForSequenceClassification, cfg)
-
-
-def build_tiny_nli(folder: str | Path) -> None:
-    from transformers import BertForSequenceClassification
-
-    folder = Path(folder)
-    names = ["contradiction", "neutral", "entailment"]
-    cfg = _tiny_bert_config(_tiny_tokenizer(folder), id2label=dict(enumerate(names)),
-                            label2id={n: i for i, n in enumerate(names)})
-    _save_seeded(folder, BertForSequenceClassification, cfg)

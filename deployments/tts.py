@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray import serve
 
-from deployments.base import ModelBackend, Progress, ServedModel
+from deployments.base import ModelBackend, Progress
 from deployments.media import encode_wav
 from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
+from fusion.tasks import TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.tts")
 
@@ -105,6 +106,9 @@ class TtsModel(ModelBackend):
         return info
 
 
-@serve.deployment
-class TtsDeployment(ServedModel):
-    backend_cls = TtsModel
+FAMILY = Family(
+    name="tts",
+    tasks={"speak": TaskSpec({"text": param("text")}, {"audio": "audio"}, batched=False)},
+    backends={"piper": ("speak",)},
+    model=TtsModel,
+)

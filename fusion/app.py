@@ -6,7 +6,6 @@ stops ``serve run`` with a message naming the file, the step and the problem.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,17 +15,8 @@ from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
 from fusion.errors import SpecError
 from fusion.gateway import admission_for, served_tasks
+from fusion.registry import CUSTOM, check_custom_backend, deployment_path, import_object
 from fusion.spec import load_pipelines
-
-DEPLOYMENT_CLASSES = {
-    "text": "deployments.text:TextDeployment",
-    "caption": "deployments.caption:CaptionDeployment",
-    "clip": "deployments.clip:ClipDeployment",
-    "audio": "deployments.audio:AudioDeployment",
-    "diffusion": "deployments.diffusion:DiffusionDeployment",
-    "ocr": "deployments.ocr:OcrDeployment",
-    "tts": "deployments.tts:TtsDeployment",
-}
 
 
 def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
@@ -51,8 +41,8 @@ def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None,
 
 def model_deployment(model: ModelConfig, model_dir: str | None,
                      observability: dict[str, Any] | None = None) -> Application:
-    module, cls = DEPLOYMENT_CLASSES[model.family].split(":")
-    deployment = getattr(importlib.import_module(module), cls)
+    """The model's Serve deployment: its family's declared class (``fusion.registry``)."""
+    deployment = import_object(deployment_path(model))
     return deployment.options(
         name=model.name,
         **replica_options(model.num_replicas, model.autoscaling,
@@ -84,6 +74,9 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     from fusion.ingress import Router
 
     config = load_config(args)
+    for m in config.models:  # import and check custom backends here, before any replica
+        if m.family == CUSTOM:
+            check_custom_backend(m.name, m.backend or "", m.tasks.specs)
     pipelines = load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)
     admission_for(config, pipelines)  # refuse early: a bad pipeline or limit stops serve run
     observability = config.observability.model_dump(mode="json")

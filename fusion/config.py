@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from fusion.tasks import BACKENDS, ModelTasks, model_tasks
+from fusion.tasks import ModelTasks
 
 SourceKind = Literal["hub", "path", "package", "tiny", "shape"]
 
@@ -105,14 +105,39 @@ def _check_replicas(num_replicas: int, autoscaling: AutoscalingConfig | None) ->
                          "(min/initial/max_replicas), not both")
 
 
-class ModelConfig(BaseModel):
-    """One model deployment: what it is, where its weights are, what resources it gets."""
+class CustomParam(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    required: bool = True
+    default: Any = None
+
+
+class CustomTask(BaseModel):
+    """One task of a ``family: custom`` model: typed inputs and outputs (``fusion.tasks``)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    inputs: dict[str, str | CustomParam]
+    outputs: dict[str, str] = Field(min_length=1)
+    batched: bool = True
+    doc: str = ""
+
+
+class ModelConfig(BaseModel):
+    """One model deployment: what it is, where its weights are, what resources it gets."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-    family: Literal["text", "caption", "clip", "audio", "diffusion", "ocr", "tts"]
-    backend: str | None = None
+    family: str = Field(description="a family declared in deployments/ (fusion.registry), "
+                        "one declared in family_module, or 'custom'")
+    family_module: str | None = Field(None, description="module declaring the family, when "
+                                      "it lives outside deployments/")
+    backend: str | None = Field(None, description="a backend of the family; for 'custom', "
+                                "the ModelBackend subclass as 'package.module:Class'")
+    custom_tasks: dict[str, CustomTask] | None = Field(
+        None, alias="tasks", description="family custom only: the tasks the backend serves")
     source: ModelSource
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.25, ge=0)
@@ -141,13 +166,38 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelConfig:
+        from fusion import registry  # a family module imports this one
+        from fusion.errors import SpecError
+
         _check_replicas(self.num_replicas, self.autoscaling)
-        known = BACKENDS[self.family]
+        where = f"model {self.name!r}"
+        try:
+            if self.family == registry.CUSTOM:
+                if not self.backend or ":" not in self.backend:
+                    raise ValueError(f"{where}: family custom needs backend: "
+                                     "'package.module:Class' (a ModelBackend subclass)")
+                if not self.custom_tasks:
+                    raise ValueError(f"{where}: family custom needs tasks: with typed "
+                                     "inputs and outputs")
+                specs = registry.custom_task_specs(
+                    self.model_dump(by_alias=True)["tasks"])
+                for task, spec in specs.items():
+                    registry.check_spec_types(spec, f"{where} task {task!r}")
+                self._tasks = ModelTasks(self.family, self.backend, tuple(specs), specs)
+                return self
+            if self.custom_tasks is not None:
+                raise ValueError(f"{where}: tasks: is only for family custom (family "
+                                 f"{self.family!r} declares its own)")
+            fam = registry.family(self.family, self.family_module)
+        except SpecError as err:
+            raise ValueError(err.message if err.message.startswith(where) else
+                             f"{where}: {err.message}") from None
         if self.backend is None:
-            self.backend = next(iter(known))
-        elif self.backend not in known:
-            raise ValueError(f"backend {self.backend!r} is not one of {sorted(known)} "
+            self.backend = fam.default_backend
+        elif self.backend not in fam.backends:
+            raise ValueError(f"backend {self.backend!r} is not one of {sorted(fam.backends)} "
                              f"for family {self.family!r}")
+        self._tasks = fam.model_tasks(self.backend)
         return self
 
     @model_validator(mode="after")
@@ -170,9 +220,13 @@ class ModelConfig(BaseModel):
                              "never holds more, so the autoscaler would never scale up")
         return self
 
+    _tasks: ModelTasks | None = PrivateAttr(None)
+
     @property
     def tasks(self) -> ModelTasks:
-        return model_tasks(self.family, self.backend)
+        """Family, backend, tasks and task signatures, from the registry (or ``tasks:``)."""
+        assert self._tasks is not None
+        return self._tasks
 
 
 class CacheConfig(BaseModel):

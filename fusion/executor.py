@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 from fusion.admission import Admission
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
-from fusion.fuse import fuse_labels
+from fusion.fuse import fuse_explained
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.spec import FUSE_TASK, PipelineSpec, StepSpec
-from fusion.tasks import TASKS, ModelTasks, TaskSpec
+from fusion.tasks import ModelTasks, TaskSpec
 from fusion.values import check_inputs, check_value
 
 Event = dict[str, Any]
@@ -117,7 +117,7 @@ class Executor:
         if task not in mt.tasks:
             raise NotFound(f"model {model!r} has no task {task!r}; it serves "
                            f"{list(mt.tasks)}", "task")
-        return TASKS[mt.family][task]
+        return mt.spec(task)
 
     async def call_model(self, model: str, task: str, inputs: dict[str, Any],
                          policy: CachePolicy = CachePolicy(), *, ttl_s: float | None = None,
@@ -272,9 +272,11 @@ class Executor:
         try:
             if step.model is None:
                 started = time.perf_counter()
-                result = {"labels": fuse_labels(
-                    [r for r in inputs["labels"] if r], inputs.get("weights"),
-                    inputs.get("method", "weighted_mean"))}
+                labels, explanation = fuse_explained(
+                    list(inputs["labels"]), inputs.get("weights"),
+                    inputs.get("method", "weighted_mean"), source_names(step))
+                result = {"labels": labels,
+                          "explanation": explanation if inputs.get("explain") else None}
                 report = StepReport(round((time.perf_counter() - started) * 1000, 3))
             else:
                 result, report = await self.call_model(
@@ -348,3 +350,12 @@ def step_error(step: StepSpec, exc: BaseException) -> FusionError:
 
 def _where(step: str, model: str, task: str) -> str:
     return f"step {step!r}" if step else f"{model}/{task}"
+
+
+def source_names(step: StepSpec) -> list[str]:
+    """Names of a fuse step's sources, for its explanation: the step each ranking comes from
+    (``clip`` for ``$steps.clip.labels``), else its position."""
+    binding = step.bindings["labels"]
+    items = binding.items if binding.items is not None else ()
+    names = [b.ref.name if b.ref is not None else f"labels[{i}]" for i, b in enumerate(items)]
+    return [n if names.count(n) == 1 else f"{n}[{i}]" for i, n in enumerate(names)]

@@ -19,16 +19,17 @@ import yaml
 
 from fusion.errors import SpecError
 from fusion.refs import Condition, Ref, parse_condition, parse_ref
-from fusion.tasks import TASKS, ModelTasks, Param, TaskSpec, accepts, is_value_type
+from fusion.tasks import ModelTasks, Param, TaskSpec, accepts, is_value_type
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 FUSE_TASK = TaskSpec(
     {"labels": Param("list[labels]"), "weights": Param("list[float]", False, None),
-     "method": Param("text", False, "weighted_mean")},
-    {"labels": "labels"}, batched=False,
+     "method": Param("text", False, "weighted_mean"), "explain": Param("bool", False, False)},
+    {"labels": "labels", "explanation": "json"}, batched=False,
     doc="Combine label rankings of several steps: weighted mean of normalised scores or "
-        "reciprocal rank fusion.")
+        "reciprocal rank fusion; with explain, each source's contribution to each label "
+        "and the sources' agreement (fusion.fuse).")
 FUSE_METHODS = ("weighted_mean", "rank")
 
 
@@ -212,7 +213,7 @@ class _Checker:
             if task not in mt.tasks:
                 raise self.fail(where, f"model {model!r} ({mt.family}/{mt.backend}) has no "
                                 f"task {task!r}; it serves {list(mt.tasks)}")
-            spec = TASKS[mt.family][task]
+            spec = mt.spec(task)
             with_raw = raw.get("with") or {}
         if not isinstance(with_raw, Mapping):
             raise self.fail(where, "with: must map task inputs to references or values")
@@ -292,7 +293,7 @@ class _Checker:
         return _literal_type(b.literal)
 
     def _check_types(self, step: StepSpec, inputs, steps) -> None:
-        spec = FUSE_TASK if step.model is None else TASKS[self.models[step.model].family][step.task]
+        spec = FUSE_TASK if step.model is None else self.models[step.model].spec(step.task)
         for key, b in step.bindings.items():
             where = f"step {step.name!r} input {key!r}"
             given = self._binding_type(b, inputs, steps, where)

@@ -1,8 +1,7 @@
-"""The task catalog: what each model family can do, and the types going in and out.
+"""Task signatures: the value types going in and out of a model task.
 
-This table is the contract between the router and the deployments. The router validates
-pipelines and HTTP calls against it before any model runs; each deployment implements
-exactly the tasks listed for its family and backend.
+Each family declares its tasks with these types in its own module (``fusion.registry``);
+the router validates pipelines and HTTP calls against them before any model runs.
 
 Values inside the gateway (between router, cache and replicas) are plain Python:
 ``text`` str · ``image`` bytes of an encoded image file (PNG/JPEG/...) · ``audio`` bytes of
@@ -51,83 +50,32 @@ class TaskSpec:
     doc: str = ""
 
 
-def _p(type_: str, default: object = None, required: bool | None = None) -> Param:
+def param(type_: str, default: object = None, required: bool | None = None) -> Param:
+    """An input of ``type_``; required unless a default is given (or ``required`` says)."""
     return Param(type_, default is None if required is None else required, default)
 
 
-_ZERO_SHOT_TEXT = TaskSpec(
-    {"text": _p("text"), "labels": _p("list[text]"), "template": _p("text", "{}", False)},
-    {"labels": "labels"},
-    doc="Score each label against the text; scores sum to 1.",
-)
-
-TASKS: dict[str, dict[str, TaskSpec]] = {
-    "text": {
-        "embed": TaskSpec({"text": _p("text")}, {"embedding": "embedding"},
-                          doc="L2-normalised sentence embedding."),
-        "zero_shot": _ZERO_SHOT_TEXT,
-        "classify": TaskSpec({"text": _p("text")}, {"labels": "labels"},
-                             doc="Sequence classification with the model's own labels."),
-    },
-    "caption": {
-        "caption": TaskSpec({"image": _p("image"), "max_new_tokens": _p("int", 20)},
-                            {"text": "text"}, doc="Describe the image in words."),
-    },
-    "clip": {
-        "embed_image": TaskSpec({"image": _p("image")}, {"embedding": "embedding"}),
-        "embed_text": TaskSpec({"text": _p("text")}, {"embedding": "embedding"}),
-        "zero_shot": TaskSpec(
-            {"image": _p("image"), "labels": _p("list[text]"),
-             "template": _p("text", "a photo of a {}", False)},
-            {"labels": "labels"}, doc="CLIP zero-shot: softmax over label prompts."),
-    },
-    "audio": {
-        "transcribe": TaskSpec({"audio": _p("audio"), "language": _p("text", "", False)},
-                               {"text": "text", "language": "text"}),
-    },
-    "diffusion": {
-        "generate": TaskSpec(
-            {"prompt": _p("text"), "negative_prompt": _p("text", "", False),
-             "steps": _p("int", 4), "guidance": _p("float", 0.0), "width": _p("int", 64),
-             "height": _p("int", 64), "seed": _p("int", 0)},
-            {"image": "image"}, batched=False, streams_progress=True,
-            doc="Text to image; deterministic for a given seed."),
-    },
-    "ocr": {
-        "ocr": TaskSpec({"image": _p("image")}, {"text": "text", "lines": "json"}, batched=False),
-    },
-    "tts": {
-        "speak": TaskSpec({"text": _p("text")}, {"audio": "audio"}, batched=False),
-    },
-}
-
-# Which tasks each backend of a family serves; the first backend is the family default.
-BACKENDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "text": {"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
-             "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
-    "caption": {"transformers": ("caption",)},
-    "clip": {"open_clip": ("embed_image", "embed_text", "zero_shot")},
-    "audio": {"faster-whisper": ("transcribe",), "transformers": ("transcribe",)},
-    "diffusion": {"diffusers": ("generate",)},
-    "ocr": {"rapidocr": ("ocr",)},
-    "tts": {"piper": ("speak",)},
-}
-
+_p = param
 
 @dataclass(frozen=True)
 class ModelTasks:
+    """What one configured model serves: its family, backend, tasks and their signatures.
+
+    Built from the family registry (``fusion.registry``) or, for ``family: custom``, from the
+    model's own ``tasks:`` config; the router validates pipelines and calls against it.
+    """
+
     family: str
     backend: str
     tasks: tuple[str, ...] = field(default_factory=tuple)
+    specs: dict[str, TaskSpec] = field(default_factory=dict, compare=False)
 
     def spec(self, task: str) -> TaskSpec:
-        return TASKS[self.family][task]
-
-
-def default_backend(family: str) -> str:
-    return next(iter(BACKENDS[family]))
+        return self.specs[task]
 
 
 def model_tasks(family: str, backend: str | None = None) -> ModelTasks:
-    backend = backend or default_backend(family)
-    return ModelTasks(family, backend, BACKENDS[family][backend])
+    """The tasks of a declared family's backend (its default backend when None)."""
+    from fusion.registry import family as get_family
+
+    return get_family(family).model_tasks(backend)

@@ -76,8 +76,6 @@ SIZES = {"text": (60, 240, 480, 6, 64, 256), "clip": (8, 24, 48, 2, 32, 32),
          "whisper": (6, 12, 32, 2, 8, 8), "noop": (150, 400, 800, 0, 0, 0)}
 QUICK = {"text": (20, 80, 160, 3, 64, 96), "clip": (4, 12, 24, 1, 16, 16),
          "whisper": (3, 6, 8, 1, 4, 4), "noop": (60, 150, 300, 0, 0, 0)}
-BACKENDS = {"text": "deployments.text:TextModel", "clip": "deployments.clip:ClipModel",
-            "audio": "deployments.audio:AudioModel"}
 MODE_ENV = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
             "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}}
 
@@ -145,13 +143,11 @@ def make_assets() -> dict[str, Any]:
 # -- in-process ---------------------------------------------------------------------------------
 
 def load_backend(name: str, clip: Path, **override: Any) -> Any:
-    import importlib
-
     from fusion.config import ModelConfig
+    from fusion.registry import model_class
 
     cfg = ModelConfig.model_validate({**model_config(name, clip), **override})
-    module, cls = BACKENDS[cfg.family].split(":")
-    return getattr(importlib.import_module(module), cls).load(cfg, model_dir())
+    return model_class(cfg).load(cfg, model_dir())
 
 
 def rate(backend: Any, name: str, items: list[dict], size: int) -> float:

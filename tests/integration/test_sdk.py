@@ -28,14 +28,15 @@ from fusion_client.cli import main
 from PIL import Image
 
 from tests.fakes import png
-from tests.integration.conftest import SCALER
+from tests.integration.conftest import OWN_MODELS, OWN_PIPELINE, SCALER
 
 pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
-             "clip_zero_shot", "fused_image_labels", "embed"}
+             "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
+             OWN_PIPELINE["name"]}
 MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
-          SCALER["name"]}
+          SCALER["name"], *(m["name"] for m in OWN_MODELS)}
 
 
 @pytest.fixture

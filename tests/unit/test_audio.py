@@ -10,8 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deployments.audio import AudioModel, build_tiny_whisper  # noqa: E402
+from deployments.audio import AudioModel  # noqa: E402
 from deployments.media import decode_audio, encode_wav  # noqa: E402
+from deployments.tiny.audio import build_tiny_whisper  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
 

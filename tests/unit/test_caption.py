@@ -14,8 +14,8 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deployments.base import ServedModel  # noqa: E402
-from deployments.caption import CaptionDeployment, CaptionModel  # noqa: E402
-from deployments.text import _tiny_tokenizer  # noqa: E402
+from deployments.caption import CaptionModel  # noqa: E402
+from deployments.tiny.text import _tiny_tokenizer  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
 
@@ -178,6 +178,8 @@ def test_other_architectures(tmp_path, builder, arch):
     assert batch == [model.run("caption", [it])[0] for it in items]
 
 
-def test_deployment_class():
-    assert CaptionDeployment.func_or_class.backend_cls is CaptionModel
-    assert issubclass(CaptionDeployment.func_or_class, ServedModel)
+def test_family_declares_the_backend_class():
+    from fusion.registry import family, import_object
+
+    assert family("caption").model_class() is CaptionModel
+    assert issubclass(import_object(family("caption").deployment).func_or_class, ServedModel)

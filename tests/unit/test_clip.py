@@ -15,7 +15,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deployments.base import ServedModel  # noqa: E402
-from deployments.clip import ClipDeployment, ClipModel  # noqa: E402
+from deployments.clip import ClipModel  # noqa: E402
 from deployments.sources import resolve  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
@@ -184,6 +184,8 @@ def test_hub_source_maps_to_open_clip_hf_hub():
     assert model._model_name() == "hf-hub:timm/vit_base_patch32_clip_224.openai"
 
 
-def test_deployment_class():
-    assert ClipDeployment.func_or_class.backend_cls is ClipModel
-    assert issubclass(ClipDeployment.func_or_class, ServedModel)
+def test_family_declares_the_backend_class():
+    from fusion.registry import family, import_object
+
+    assert family("clip").model_class() is ClipModel
+    assert issubclass(import_object(family("clip").deployment).func_or_class, ServedModel)

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from fusion.app import DEPLOYMENT_CLASSES, load_config
+from fusion.app import load_config
 from fusion.config import ModelConfig, gpus_short
 from fusion.errors import SpecError
 from fusion.gateway import served_tasks
+from fusion.registry import CUSTOM, families
 from fusion.spec import load_pipelines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def test_serve_config_is_valid(name, config):
     app = schema.applications[0]
     assert app.import_path == "fusion.app:build_app"
     gateway = load_config(app.args)
-    assert {m.family for m in gateway.models} <= set(DEPLOYMENT_CLASSES)
+    assert {m.family for m in gateway.models} <= {*families(), CUSTOM}
     pipelines = load_pipelines(served_tasks(gateway), gateway.pipeline_dirs, gateway.pipelines)
     assert pipelines, f"{name} serves no built-in pipeline"
     for model in gateway.models:

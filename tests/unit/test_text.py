@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deployments.base import ServedModel  # noqa: E402
-from deployments.text import TextDeployment, TextModel  # noqa: E402
+from deployments.text import TextModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
 
@@ -238,5 +238,7 @@ def test_bad_options(text_model_dir):
 
 
 def test_deployment_class():
-    assert TextDeployment.func_or_class.backend_cls is TextModel
-    assert issubclass(TextDeployment.func_or_class, ServedModel)
+    from fusion.registry import family, import_object
+
+    assert family("text").model_class() is TextModel
+    assert issubclass(import_object(family("text").deployment).func_or_class, ServedModel)

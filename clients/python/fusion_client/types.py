@@ -96,6 +96,14 @@ class PipelineResult(_Model):
     request_id: str | None = None
     cache: str | None = None
 
+    @property
+    def explanations(self) -> dict[str, dict]:
+        """Outputs that explain a fused ranking (``fuse`` with ``explain: true``), by name;
+        ``fusion_client.explain.explanation_table`` renders one."""
+        from fusion_client.explain import explanations
+
+        return explanations(self.outputs)
+
 
 class CallResult(_Model):
     """Result of ``call``: one task of one model."""

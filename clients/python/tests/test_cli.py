@@ -384,3 +384,48 @@ def test_build_inputs_embedding_and_json():
     types = {"vec": "embedding", "meta": "json", "n": "list[int]"}
     assert build_inputs([("vec", "0.5, 1"), ("meta", '{"k": 1}'), ("n", "1,2")], types,
                         "p") == {"vec": [0.5, 1.0], "meta": {"k": 1}, "n": [1, 2]}
+
+
+# ---- fusion explanations -------------------------------------------------------------------
+
+EXPLANATION = {
+    "method": "weighted_mean", "sources": ["cnn", "clip"], "weights": [0.7, 0.3],
+    "labels": [{"label": "cat", "score": 0.8, "contributions": {"cnn": 0.63, "clip": 0.17},
+                "ranks": {"cnn": 1, "clip": 2}},
+               {"label": "dog", "score": 0.2, "contributions": {"cnn": 0.07, "clip": 0.13},
+                "ranks": {"cnn": 2, "clip": 1}}],
+    "agreement": {"top1": {"cnn": "cat", "clip": "dog"}, "top1_agreement": 0.0,
+                  "kendall_tau": -1.0, "pairs": []}}
+
+
+def explained_result(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json=pipeline_result(
+        {"labels": LABELS, "explanation": EXPLANATION}, {"labels": "labels",
+                                                         "explanation": "json"}))
+
+
+def test_run_explain_prints_the_contribution_table(fusion, gateway, cat):
+    gateway.route("POST", "/v1/pipelines/caption_then_classify", explained_result)
+    r = fusion("run", "caption_then_classify", "--image", str(cat), "--labels", "cat, dog",
+               "--explain")
+    assert r.code == 0, r.err
+    table = r.out.splitlines()[r.out.splitlines().index("explanation:") + 1:]
+    assert table == [
+        "  method weighted_mean; weights cnn 0.70, clip 0.30",
+        "  LABEL  FUSED  cnn         clip",
+        "  cat    0.800  0.630 (#1)  0.170 (#2)",
+        "  dog    0.200  0.070 (#2)  0.130 (#1)",
+        "  top-1: cnn=cat, clip=dog; top-1 agreement 0%; Kendall tau -1.00"]
+
+
+def test_run_without_explain_hides_the_explanation(fusion, gateway, cat):
+    gateway.route("POST", "/v1/pipelines/caption_then_classify", explained_result)
+    r = fusion("run", "caption_then_classify", "--image", str(cat), "--labels", "cat")
+    assert "explanation: (use --explain to show)" in r.out.splitlines()
+
+
+def test_sdk_result_lists_its_explanations():
+    from fusion_client import PipelineResult
+
+    result = PipelineResult(outputs={"labels": LABELS, "explanation": EXPLANATION})
+    assert result.explanations == {"explanation": EXPLANATION}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fusion_client.encoding import BINARY_TYPES, b64, element_type, sniff_extension
+from fusion_client.explain import explanation_table, is_explanation
 from fusion_client.types import (
     CallResult,
     PipelineResult,
@@ -185,7 +186,12 @@ def print_result(result: PipelineResult | CallResult, args: argparse.Namespace,
                                  ensure_ascii=False) + "\n")
         return
     for name, value in result.outputs.items():
-        for line in format_output(name, value, result.types.get(name), written):
+        if is_explanation(value):  # fusion explanations: a table with --explain
+            lines = [f"{name}:", *(f"  {x}" for x in explanation_table(value))] \
+                if getattr(args, "explain", False) else [f"{name}: (use --explain to show)"]
+        else:
+            lines = format_output(name, value, result.types.get(name), written)
+        for line in lines:
             out.write(line + "\n")
     err.write(summary_line(result) + "\n")
 

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream = add("stream", "run a pipeline, showing steps and progress as they happen")
     stream.add_argument("pipeline")
     _run_options(stream)
+    for p in (run, stream):
+        p.add_argument("--explain", action="store_true",
+                       help="print fusion explanations (fuse steps with explain: true) as a "
+                            "table: each source's contribution and rank per label")
     call = add("call", "call one task of one model")
     call.add_argument("model")
     call.add_argument("task")
