@@ -2,7 +2,7 @@
 
 One short test: every model of the default profile answers from the one bundled replica, a
 pipeline crosses two bundle members, and a burst of mixed calls to several members with one
-bad item gives 200s for the good ones and a 400 naming the field for the bad one. Its own
+bad item gives 200s for the good ones and a 422 naming the field for the bad one. Its own
 process group and Ray instance, stopped with SIGINT, like ``test_serve_run``.
 """
 
@@ -81,7 +81,7 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
 
         *good, bad = asyncio.run(_burst())
         assert [g.status_code for g in good] == [200] * len(good), [g.text for g in good]
-        assert bad.status_code == 400 and "text" in bad.text
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "text", bad.text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
