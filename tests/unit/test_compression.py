@@ -1,10 +1,10 @@
 """Compressed models against their fp32 originals, in-process, on data the test makes.
 
 Real packaged weights: MiniLM (torch int8 dynamic quantisation of the attention layers, and
-the ONNX Runtime backend exported from the same folder) and Whisper tiny.en (CTranslate2 int8
-vs float32), with speech made by the packaged Piper voice. Bounds are the edge profile's
-(README "Edge profile"): embedding cosine >= 0.99 mean, identical zero-shot decisions, and
-word error rate 0 between the int8 and fp32 transcripts.
+the ONNX Runtime backend exported from the same folder, fp32 and int8) and Whisper tiny.en
+(CTranslate2 int8 vs float32), with speech made by the packaged Piper voice. Bounds are the
+edge profile's (README "Edge profile"): embedding cosine >= 0.99 mean, identical zero-shot
+decisions, and word error rate 0 between the int8 and fp32 transcripts.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def onnx() -> TextModel:
 
 
 @pytest.fixture(scope="module")
+def onnx_int8() -> TextModel:
+    return _text(backend="onnx", quantize="int8")
+
+
+@pytest.fixture(scope="module")
 def reference(fp32) -> list[list[float]]:
     return accuracy.embeddings(fp32, accuracy.sentences(300))
 
@@ -64,26 +69,35 @@ def test_int8_embeddings_keep_cosine_099_to_fp32(int8, reference, record_propert
     assert statistics.mean(cos) >= 0.99 and min(cos) >= 0.97
 
 
+def test_onnx_int8_embeddings_keep_cosine_099_to_fp32(onnx_int8, reference):
+    cos = accuracy.cosines(reference, accuracy.embeddings(onnx_int8, accuracy.sentences(300)))
+    print(f"onnx int8 vs fp32 cosine over {len(cos)}: mean {statistics.mean(cos):.4f} "
+          f"min {min(cos):.4f}")
+    assert statistics.mean(cos) >= 0.99 and min(cos) >= 0.97
+
+
 def test_onnx_embeddings_match_fp32(onnx, reference):
     cos = accuracy.cosines(reference, accuracy.embeddings(onnx, accuracy.sentences(300)))
     print(f"onnx vs fp32 cosine: mean {statistics.mean(cos):.6f} min {min(cos):.6f}")
     assert min(cos) >= 0.9999
 
 
-def test_zero_shot_decisions_identical_and_mostly_right(fp32, int8, onnx):
+def test_zero_shot_decisions_identical_and_mostly_right(fp32, int8, onnx, onnx_int8):
     truth = [label for _, label in accuracy.ZERO_SHOT_SET]
     base = accuracy.zero_shot_decisions(fp32)
     right = sum(a == b for a, b in zip(base, truth, strict=True))
     assert right >= 0.8 * len(truth), list(zip(base, truth, strict=True))
     assert accuracy.zero_shot_decisions(int8) == base
     assert accuracy.zero_shot_decisions(onnx) == base
+    assert accuracy.zero_shot_decisions(onnx_int8) == base
 
 
-def test_compressed_models_have_their_own_fingerprints(fp32, int8, onnx):
-    prints = {fp32.fingerprint, int8.fingerprint, onnx.fingerprint}
-    assert len(prints) == 3
+def test_compressed_models_have_their_own_fingerprints(fp32, int8, onnx, onnx_int8):
+    prints = {fp32.fingerprint, int8.fingerprint, onnx.fingerprint, onnx_int8.fingerprint}
+    assert len(prints) == 4
     assert int8.fingerprint == f"{fp32.fingerprint}+int8-attention"
     assert onnx.fingerprint.startswith(f"{fp32.fingerprint}+onnx#")
+    assert onnx_int8.fingerprint.startswith(f"{fp32.fingerprint}+onnx-int8#")
     assert onnx.info()["runtime"] == "onnxruntime"
 
 
