@@ -165,5 +165,6 @@ def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
     assert list(bundle_groups(edge.models)) == ["edge"] and all(m.bundle for m in edge.models)
     assert set(load_pipelines(served_tasks(edge))) == set(load_pipelines(served_tasks(default)))
     text, whisper = edge.model("text"), edge.model("whisper")
-    assert text.backend == "onnx" and whisper.options["compute_type"] == "int8"
+    assert text.backend == "onnx" and text.quantize == "int8"
+    assert whisper.options["compute_type"] == "int8"
     assert all(m.num_gpus == 0 for m in edge.models) and edge.cache.redis_url in (None, "")
