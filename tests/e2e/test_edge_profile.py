@@ -82,7 +82,7 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
 
         *good, bad = asyncio.run(_burst())
         assert [g.status_code for g in good] == [200] * len(good), [g.text for g in good]
-        assert bad.status_code == 422 and bad.json()["error"]["field"] == "text", bad.text
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "inputs.text", bad.text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
