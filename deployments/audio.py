@@ -257,6 +257,10 @@ class AudioModel(ModelBackend):
             return [self._run_faster_whisper(it) for it in items]
         return self._run_transformers(items)
 
+    def variant(self) -> str:
+        """CTranslate2's compute type changes the transcripts' arithmetic (int8 vs float32)."""
+        return f"ct2-{self.compute_type}" if self.config.backend == "faster-whisper" else ""
+
     def info(self) -> dict[str, Any]:
         info = super().info()
         if self.config.backend == "faster-whisper":

@@ -77,6 +77,7 @@ class ModelBackend(ABC):
         self.device, self.dtype = pick_device(config)
         self.tasks = config.tasks.tasks
         self.loaded_at = int(time.time())  # OpenAI's ``created`` on /v1/models
+        self.model_dir: Path | None = None  # set by load(): where derived files are cached
 
     @classmethod
     def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
@@ -88,12 +89,20 @@ class ModelBackend(ABC):
         resolved = resolve(config.source, Path(model_dir) if model_dir else None,
                            cls.marker_files)
         backend = cls(config, resolved)
+        backend.model_dir = Path(model_dir) if model_dir else None  # derived files (onnx)
         backend.load_weights()
         return backend
 
     @property
     def fingerprint(self) -> str:
-        return self.resolved.fingerprint
+        """The weights' fingerprint, plus the compression applied to them: an int8 model
+        answers slightly differently, so it must never share cache entries with fp32."""
+        variant = self.variant()
+        return f"{self.resolved.fingerprint}+{variant}" if variant else self.resolved.fingerprint
+
+    def variant(self) -> str:
+        """What changes the outputs besides the weights (``int8``, ``onnx#…``); "" for none."""
+        return "int8" if self.config.quantize == "int8" and self.device == "cpu" else ""
 
     @abstractmethod
     def load_weights(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from deployments.base import ModelBackend
@@ -13,8 +14,12 @@ from fusion.errors import BadInput
 log = logging.getLogger("fusion.deployments")
 
 
-def optimise(module: Any, config: ModelConfig, device: str, name: str = "") -> Any:
-    """Apply ``config.quantize`` (int8 dynamic, CPU only) and ``config.compile`` to a module."""
+def optimise(module: Any, config: ModelConfig, device: str, name: str = "",
+             include: Callable[[str], bool] | None = None) -> Any:
+    """Apply ``config.quantize`` (int8 dynamic, CPU only) and ``config.compile`` to a module.
+
+    ``include`` picks the ``Linear`` layers (by qualified name) to quantise; default all.
+    """
     import torch
 
     if config.quantize == "int8":
@@ -28,8 +33,10 @@ def optimise(module: Any, config: ModelConfig, device: str, name: str = "") -> A
             # per-tensor falls to ~0.93 (enough to flip close zero-shot calls)
             with warnings.catch_warnings():  # deprecated in favour of torchao, still works
                 warnings.simplefilter("ignore")
-                module = quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                          dtype=torch.qint8)
+                spec: Any = {torch.nn.Linear: per_channel_dynamic_qconfig} if include is None \
+                    else {n: per_channel_dynamic_qconfig for n, mod in module.named_modules()
+                          if isinstance(mod, torch.nn.Linear) and include(n)}
+                module = quantize_dynamic(module, spec, dtype=torch.qint8)
     if config.compile:
         log.info("%s: torch.compile %s", config.name, name or type(module).__name__)
         module = torch.compile(module, dynamic=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, fill_template, hub_kwargs, optimise, ranked
+from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
@@ -37,6 +38,12 @@ from fusion.tasks import TaskSpec, param
 log = logging.getLogger("fusion.deployments.text")
 
 DEFAULT_TEMPERATURE = 0.05
+# ``quantize: int8`` on the text family quantises these Linear layers (``options.int8_layers``).
+# Measured on MiniLM (tests/unit/test_compression.py, ops/bench/edge.py): all layers give
+# ~2.5x at batch 8 but embeddings at cosine ~0.97 to fp32; the FFN layers carry the
+# activation outliers, so "attention" (Q, K, V, output) keeps cosine >= 0.99 but gains only
+# ~1.2x. For speed at that accuracy use the onnx backend with quantize: int8 (~2.7x).
+INT8_LAYERS = {"attention": lambda name: ".attention." in f".{name}.", "all": None}
 FORWARD_CHUNK = 64  # sequences per forward pass; bounds memory for many labels x items
 
 
@@ -70,7 +77,12 @@ class TextModel(ModelBackend):
             n = model.config.num_labels
             self.labels = [str(model.config.id2label.get(i, f"LABEL_{i}")) for i in range(n)]
             self.multi_label = model.config.problem_type == "multi_label_classification"
-        self.model = optimise(model, self.config, self.device)
+        self.int8_layers = str(self.config.options.get("int8_layers", "attention"))
+        if self.int8_layers not in INT8_LAYERS:
+            raise SpecError(f"{self.config.name}: options.int8_layers {self.int8_layers!r} is "
+                            f"not one of {sorted(INT8_LAYERS)}")
+        self.model = optimise(model, self.config, self.device,
+                              include=INT8_LAYERS[self.int8_layers])
         self._torch = torch
         self.embedding_dim = int(getattr(model.config, "hidden_size", 0) or 0)
         dims = self.config.options.get("matryoshka_dims") or []
@@ -84,6 +96,19 @@ class TextModel(ModelBackend):
         if self.config.backend == "embedding":
             info.update(embedding_dim=self.embedding_dim, dimensions=self.matryoshka_dims)
         return info
+
+    @classmethod
+    def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
+        """The ``onnx`` backend is its own class (ONNX Runtime in place of torch)."""
+        if config.backend == "onnx" and cls is TextModel:
+            from deployments.text_onnx import OnnxTextModel
+
+            return OnnxTextModel.load(config, model_dir)
+        return super().load(config, model_dir)
+
+    def variant(self) -> str:
+        base = super().variant()
+        return f"{base}-{self.int8_layers}" if base else ""
 
     def _st_pooling(self) -> str | None:
         """Pooling mode of a sentence-transformers folder (``1_Pooling/config.json``)."""
@@ -166,15 +191,20 @@ class TextModel(ModelBackend):
             for s in range(0, len(texts), FORWARD_CHUNK):
                 batch = self._encode(texts[s:s + FORWARD_CHUNK])
                 hidden = self.model(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                if self.pooling == "cls":
-                    pooled = hidden[:, 0]
-                elif self.pooling == "max":
-                    pooled = hidden.masked_fill(mask == 0, -math.inf).max(dim=1).values
-                else:
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+                chunks.append(self.pool(hidden, batch["attention_mask"]).cpu())
         return torch.cat(chunks)
+
+    def pool(self, hidden: Any, attention_mask: Any) -> Any:
+        """Pooled (mean, cls or max over real tokens) and L2-normalised sentence vectors."""
+        torch = self._torch
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, -math.inf).max(dim=1).values
+        else:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
     def _logits(self, texts: list[str], pairs: list[str] | None = None) -> Any:
         torch = self._torch
@@ -200,8 +230,8 @@ FAMILY = Family(
                              doc="Sequence classification with the model's own labels."),
     },
     backends={"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
-              "classifier": ("classify",)},
-    model=TextModel,
+              "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
+    model=TextModel,  # backend onnx: TextModel.load hands over to text_onnx.OnnxTextModel
     tiny={"text-embedding": "deployments.tiny.text:build_tiny_embedding",
           "text-classifier": "deployments.tiny.text:build_tiny_classifier",
           "text-nli": "deployments.tiny.text:build_tiny_nli"},

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from ray.serve import Application
 
+from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
 from fusion.errors import SpecError
 from fusion.gateway import admission_for, served_tasks
@@ -52,8 +53,24 @@ def model_deployment(model: ModelConfig, model_dir: str | None,
     ).bind(model.model_dump(mode="json"), model_dir, observability)
 
 
+def bundle_deployment(name: str, members: list[ModelConfig], model_dir: str | None,
+                      observability: dict[str, Any] | None = None) -> Application:
+    """One deployment hosting several models in each replica (``fusion.bundles``)."""
+    from deployments.bundle import BundleDeployment
+
+    size = bundle_size(members)
+    return BundleDeployment.options(
+        name=name,
+        **replica_options(size.num_replicas, None,
+                          {"num_cpus": size.num_cpus, "num_gpus": size.num_gpus},
+                          size.resources),
+        max_ongoing_requests=size.max_ongoing_requests,
+        max_queued_requests=size.max_queued_requests,
+    ).bind([m.model_dump(mode="json") for m in members], model_dir, observability)
+
+
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
-    """The application: one deployment per model, and the router in front of them."""
+    """The application: one deployment per model or bundle, and the router in front."""
     from fusion.ingress import Router
 
     config = load_config(args)
@@ -64,7 +81,10 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     admission_for(config, pipelines)  # refuse early: a bad pipeline or limit stops serve run
     observability = config.observability.model_dump(mode="json")
     handles = {m.name: model_deployment(m, config.model_dir, observability)
-               for m in config.models}
+               for m in config.models if not m.bundle}
+    for name, members in bundle_groups(config.models).items():
+        bundle = bundle_deployment(name, members, config.model_dir, observability)
+        handles.update({m.name: bundle for m in members})  # one deployment, many names
     router = config.router
     return Router.options(
         **replica_options(router.num_replicas, router.autoscaling,

@@ -160,6 +160,9 @@ class ModelConfig(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict, description="custom Ray "
                                         "resources per replica (pins it to nodes that have "
                                         "them)")
+    bundle: str | None = Field(None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+                               description="share one replica process with the other models "
+                               "of this bundle (fusion.bundles); default: own deployment")
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelConfig:
@@ -335,6 +338,15 @@ class AppConfig(BaseModel):
                 raise ValueError(f"model name {m.name!r} appears twice")
             seen.add(m.name)
         return models
+
+    @model_validator(mode="after")
+    def _check_bundles(self) -> AppConfig:
+        from fusion.bundles import bundle_problems
+
+        problems = bundle_problems(self.models)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _fits_gpus(self) -> AppConfig:

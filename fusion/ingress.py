@@ -35,8 +35,9 @@ class HandleClient:
 
     def __init__(self, handles: dict[str, DeploymentHandle],
                  admission: Admission | None = None,
-                 observer: Observer = NULL_OBSERVER) -> None:
+                 observer: Observer = NULL_OBSERVER, bundled: set[str] | None = None) -> None:
         self.handles = handles
+        self.bundled = bundled or set()  # models whose deployment is a bundle: name them
         self.admission = admission or Admission(1 << 30)
         self.observer = observer
 
@@ -44,6 +45,9 @@ class HandleClient:
         if model not in self.handles:
             raise NotFound(f"unknown model {model!r}", field="model")
         return self.handles[model]
+
+    def _named(self, model: str) -> dict[str, str]:
+        return {"model": model} if model in self.bundled else {}
 
     async def call(self, model: str, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         return await self._unary(model, task, "call", inputs)
@@ -58,8 +62,9 @@ class HandleClient:
         remote = getattr(self._handle(model), method).remote
         trace = self.observer.carrier()
         try:
-            result = await (remote(task, payload, trace=trace) if trace
-                            else remote(task, payload))
+            named = self._named(model)
+            result = await (remote(task, payload, trace=trace, **named) if trace
+                            else remote(task, payload, **named))
         except Exception as exc:
             raise model_error(model, task, exc, self.admission) from exc
         self.admission.model_done(model)
@@ -68,7 +73,9 @@ class HandleClient:
     async def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]:
         trace = self.observer.carrier()
         stream = self._handle(model).options(stream=True).call_stream
-        gen = stream.remote(task, inputs, trace=trace) if trace else stream.remote(task, inputs)
+        named = self._named(model)
+        gen = (stream.remote(task, inputs, trace=trace, **named) if trace
+               else stream.remote(task, inputs, **named))
         try:
             async for event in gen:
                 yield event
@@ -77,7 +84,7 @@ class HandleClient:
         self.admission.model_done(model)
 
     async def info(self, model: str) -> dict[str, Any]:
-        return await self._handle(model).info.remote()
+        return await self._handle(model).info.remote(**self._named(model))
 
 
 def model_error(model: str, task: str, exc: BaseException,
@@ -136,7 +143,8 @@ class Router:
         observer = make_observer(cfg)
         if observer.recorder is not None:
             observer.recorder.set("fusion_replica_up", 1, {"model": "router"})
-        client = HandleClient(handles, observer=observer)
+        client = HandleClient(handles, observer=observer,
+                              bundled={m.name for m in cfg.models if m.bundle})
         gateway = Gateway(cfg, client, make_cache(cfg, observer.recorder), observer=observer)
         client.admission = gateway.admission  # one place for every refusal and its hooks
         install(gateway)

@@ -1,0 +1,89 @@
+"""One replica process hosting several models (a bundle; config side in ``fusion.bundles``).
+
+Each member is the very ``ServedModel`` its family deploys alone (same validation before
+batching, same worker thread, metrics and spans labelled with the member's name), loaded in
+this process. What the bundle adds is the routing by ``model=`` and one fix: Serve's
+``@serve.batch`` keeps ONE queue per decorated function, shared by every instance in the
+process, and runs a batch on the instance of its first request. Two members built from
+``ServedModel`` would thus share a queue, and a batch mixing both would run on one model.
+``_own_queue`` gives each member a subclass with a freshly decorated ``_run_batch``, so every
+member has its own queue, and a bad item of one model can never reach another's batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from deployments.served import ServedModel
+from fusion.config import ModelConfig
+from fusion.errors import NotFound
+from fusion.registry import deployment_path, import_object
+
+log = logging.getLogger("fusion.deployments.bundle")
+
+
+def served_class(config: ModelConfig) -> type[ServedModel]:
+    """The plain class behind the Serve deployment the model would get alone (the shared
+    ``ServedModel``, or a family's own declared class)."""
+    deployment = import_object(deployment_path(config))
+    return getattr(deployment, "func_or_class", deployment)
+
+
+def _own_queue(cls: type[ServedModel], model: str) -> type[ServedModel]:
+    """A subclass of ``cls`` whose ``_run_batch`` has a batch queue of its own."""
+    batched = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)(
+        ServedModel._run_batch.__wrapped__)
+    return type(f"{cls.__name__}[{model}]", (cls,), {"_run_batch": batched})
+
+
+class ModelBundle:
+    """The members of one bundle, loaded in this process, reached by model name."""
+
+    def __init__(self, configs: list[dict[str, Any]], model_dir: str | None = None,
+                 observability: dict[str, Any] | None = None,
+                 classes: dict[str, type[ServedModel]] | None = None) -> None:
+        """``classes`` overrides a family's served class (unit tests' stand-ins)."""
+        self.members: dict[str, ServedModel] = {}
+        for raw in configs:
+            cfg = ModelConfig.model_validate(raw)
+            base = (classes or {}).get(cfg.family) or served_class(cfg)
+            self.members[cfg.name] = _own_queue(base, cfg.name)(
+                cfg.model_dump(mode="json"), model_dir, observability)
+        log.info("bundle loaded: %s", list(self.members))
+
+    def member(self, model: str | None) -> ServedModel:
+        if model not in self.members:
+            raise NotFound(f"model {model!r} is not in this bundle; it holds "
+                           f"{list(self.members)}", field="model")
+        return self.members[model]
+
+    def info(self, model: str | None = None) -> dict[str, Any]:
+        return self.member(model).info()
+
+    async def call(self, task: str, inputs: dict[str, Any], trace: dict[str, str] | None = None,
+                   *, model: str | None = None) -> dict[str, Any]:
+        return await self.member(model).call(task, inputs, trace)
+
+    async def call_many(self, task: str, items: list[dict[str, Any]],
+                        trace: dict[str, str] | None = None, *,
+                        model: str | None = None) -> list[dict[str, Any]]:
+        return await self.member(model).call_many(task, items, trace)
+
+    async def call_stream(self, task: str, inputs: dict[str, Any],
+                          trace: dict[str, str] | None = None, *,
+                          model: str | None = None) -> AsyncIterator[dict]:
+        async for event in self.member(model).call_stream(task, inputs, trace):
+            yield event
+
+    def check_health(self) -> None:
+        for served in self.members.values():
+            served.check_health()
+
+
+@serve.deployment
+class BundleDeployment(ModelBundle):
+    """Serve deployment of a bundle: one per ``bundle:`` name in the config."""

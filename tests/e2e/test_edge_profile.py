@@ -1,0 +1,97 @@
+"""The edge profile as a user starts it (``ops/serve_local.py --edge ops/serve/edge.yaml``).
+
+One short test: every model of the default profile answers from the one bundled replica, a
+pipeline crosses two bundle members, and a burst of mixed calls to several members with one
+bad item gives 200s for the good ones and a 422 naming the field for the bad one. Its own
+process group and Ray instance, stopped with SIGINT, like ``test_serve_run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.accuracy import speech_wavs
+from tests.e2e.test_serve_run import _own_group, port_free
+from tests.fakes import png
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = "http://127.0.0.1:8000"
+
+pytestmark = pytest.mark.serve
+
+
+async def _burst() -> list[httpx.Response]:
+    image = base64.b64encode(png()).decode()
+    calls = [("text", "embed", {"text": f"sentence {i}"}) for i in range(4)]
+    calls += [("sentiment", "classify", {"text": f"good {i}"}) for i in range(3)]
+    calls += [("clip", "zero_shot", {"image": image, "labels": ["cat", "dog"]})]
+    calls += [("sentiment", "classify", {"text": "   "})]  # the bad one
+    async with httpx.AsyncClient(base_url=URL, timeout=120) as client:
+        return await asyncio.gather(*(client.post(f"/v1/models/{m}/{t}", json={"inputs": i},
+                                                  headers={"Cache-Control": "no-store"})
+                                       for m, t, i in calls))
+
+
+def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
+    assert port_free(8000), "port 8000 is taken: edge.yaml serves there"
+    with socket.socket() as s:  # any free port for Ray's metrics export
+        s.bind(("127.0.0.1", 0))
+        metrics_port = str(s.getsockname()[1])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FUSION_METRICS_PORT": metrics_port,
+           "FUSION_MODEL_DIR": os.environ.get("FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "ops/serve_local.py", "--edge",
+                             "ops/serve/edge.yaml"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, preexec_fn=_own_group)
+    try:
+        deadline, models = time.monotonic() + 420, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = httpx.get(f"{URL}/v1/models", timeout=30)
+                if r.status_code == 200:
+                    models = {m["name"]: m for m in r.json()["models"]}
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert models, (tmp_path / "serve.log").read_text()[-4000:]
+        assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper",
+                               "diffusion", "ocr", "tts"}
+        assert models["text"]["backend"] == "onnx"
+        assert "+onnx-int8#" in models["text"]["fingerprint"]
+        assert models["whisper"]["fingerprint"].endswith("+ct2-int8")
+
+        wav = base64.b64encode(speech_wavs()[0]).decode()
+        r = httpx.post(f"{URL}/v1/pipelines/transcribe_then_classify", timeout=120,
+                       json={"inputs": {"audio": wav, "labels": ["animals", "finance"]}})
+        assert r.status_code == 200, r.text
+        assert "fox" in r.json()["outputs"]["text"].lower()
+        assert r.json()["outputs"]["labels"][0]["label"] == "animals"
+
+        *good, bad = asyncio.run(_burst())
+        assert [g.status_code for g in good] == [200] * len(good), [g.text for g in good]
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "inputs.text", bad.text
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    deadline = time.monotonic() + 30
+    while not port_free(8000) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert port_free(8000), "the edge profile left port 8000 open"
