@@ -68,7 +68,7 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
             time.sleep(1)
         assert models, (tmp_path / "serve.log").read_text()[-4000:]
         assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper",
-                               "diffusion", "ocr", "tts"}
+                               "diffusion", "ocr", "tts", "llm"}
         assert models["text"]["backend"] == "onnx"
         assert "+onnx-int8#" in models["text"]["fingerprint"]
         assert models["whisper"]["fingerprint"].endswith("+ct2-int8")
@@ -79,6 +79,14 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
         assert r.status_code == 200, r.text
         assert "fox" in r.json()["outputs"]["text"].lower()
         assert r.json()["outputs"]["labels"][0]["label"] == "animals"
+
+        # a bundled member streams too: the LLM's tokens through the bundle's call_stream
+        r = httpx.post(f"{URL}/v1/chat/completions", timeout=120,
+                       json={"model": "llm", "messages": [{"role": "user", "content": "hi"}],
+                             "max_tokens": 8, "temperature": 0, "stream": True})
+        assert r.status_code == 200, r.text
+        chunks = [line for line in r.text.splitlines() if line.startswith("data: ")]
+        assert chunks[-1] == "data: [DONE]" and len(chunks) >= 3, r.text
 
         *good, bad = asyncio.run(_burst())
         assert [g.status_code for g in good] == [200] * len(good), [g.text for g in good]
