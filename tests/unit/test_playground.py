@@ -154,7 +154,7 @@ async def test_unknown_and_token_events_render(page, url):
 
 async def test_a_slow_step_is_running_from_its_start_event(page):
     """The gateway's ``start`` event marks the step running while the model works (the fake
-    captioner takes a minute here); the step after it waits, pending."""
+    captioner takes a minute here), with the time so far; the step after it waits, pending."""
     gw = Gateway(fake_config(), FakeModels(delays={"caption": 60}))
     with serve_app(create_api(lambda: gw)) as base:
         await page.goto(f"{base}/#pipeline/caption_then_classify")
@@ -168,6 +168,11 @@ async def test_a_slow_step_is_running_from_its_start_event(page):
         caption = page.locator('.node[data-step="caption"]')
         assert await caption.get_attribute("data-state") == "running"
         assert await caption.locator(".badge.state-running").inner_text() == "running"
+        elapsed = caption.locator(".badge.elapsed")  # how long it has run, counting up
+        first = await elapsed.inner_text()
+        await page.wait_for_function(  # a function, not an expression: the CSP forbids eval
+            """(first) => document.querySelector('.node[data-step="caption"] .badge.elapsed')
+                .textContent !== first""", arg=first)
         assert await page.get_attribute('.node[data-step="classify"]', "data-state") == \
             "pending"
         assert await page.locator('#events li[data-event="step"]').count() == 0

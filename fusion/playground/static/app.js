@@ -250,6 +250,11 @@ async function run(event) {
   const controller = new AbortController();
   state.running = controller;
   const started = performance.now();
+  const tick = setInterval(() => { // a running step's time so far, once a second
+    if (Object.keys(state.started).length) {
+      setStates($("graph"), t.steps, state.done, null, state.started);
+    }
+  }, 1000);
   try {
     const inputs = await readInputs();
     const hdrs = headers({ "Content-Type": "application/json" });
@@ -261,6 +266,7 @@ async function run(event) {
     if (err instanceof Error) showError({ message: `${err.name}: ${err.message}` });
     else showError(err);
   } finally {
+    clearInterval(tick);
     if (state.running === controller) state.running = null;
     $("run").disabled = false;
     $("rerun").disabled = false;
@@ -275,7 +281,7 @@ async function runPipeline(t, inputs, hdrs, controller, started) {
   for await (const { event, data } of sse(response)) {
     logEvent(started, event, data);
     if (event === "start") { // the step began (gateways before this event infer it)
-      state.started[data.step] = data;
+      state.started[data.step] = { ...data, at: performance.now() };
       setStates($("graph"), t.steps, state.done, null, state.started);
     } else if (event === "step") {
       state.done[data.step] = data;

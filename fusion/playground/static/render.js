@@ -39,8 +39,8 @@ export function drawGraph(list, steps) {
 }
 
 /** Re-label every node: `done` maps a finished step to its report (null: not run yet).
- * A step is running once its `start` event came (`started` maps it to that event) and until
- * its `step` event. A gateway older than `start` sends none (`started` empty): then a step
+ * A step is running once its `start` event came (`started` maps it to that event, with `at`,
+ * when it came, for the time it has been running) and until its `step` event. A gateway older than `start` sends none (`started` empty): then a step
  * whose needs are all done, and that has not finished, is taken to be running. */
 export function setStates(list, steps, done, failed = null, started = {}) {
   const fromEvents = Object.keys(started || {}).length > 0;
@@ -60,6 +60,10 @@ export function setStates(list, steps, done, failed = null, started = {}) {
     const progress = badges.querySelector(".progress");
     const items = state === "idle" ? []
       : [el("span", { class: `badge state-${state}`, text: state })];
+    if (state === "running" && typeof started?.[name]?.at === "number") { // time so far
+      items.push(el("span", { class: "badge ms elapsed",
+                              text: formatMs(performance.now() - started[name].at) }));
+    }
     if (report && !report.skipped && typeof report.ms === "number") {
       items.push(el("span", { class: "badge ms", text: `${formatMs(report.ms)}` }));
     }
