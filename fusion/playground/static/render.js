@@ -40,8 +40,9 @@ export function drawGraph(list, steps) {
 
 /** Re-label every node: `done` maps a finished step to its report (null: not run yet).
  * A step is running once its `start` event came (`started` maps it to that event, with `at`,
- * when it came, for the time it has been running) and until its `step` event. A gateway older than `start` sends none (`started` empty): then a step
- * whose needs are all done, and that has not finished, is taken to be running. */
+ * when it came, for the time it has been running) and until its `step` event. A gateway
+ * older than `start` sends none (`started` empty): then a step whose needs are all done,
+ * and that has not finished, is taken to be running. */
 export function setStates(list, steps, done, failed = null, started = {}) {
   const fromEvents = Object.keys(started || {}).length > 0;
   for (const node of list.querySelectorAll(".node")) {
