@@ -350,7 +350,8 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
 
 async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
                       body: Callable[[RunResult], dict], rid: str, deadline: float | None):
-    """SSE: step and progress events as they happen, then the result (or the error).
+    """SSE: start, progress, token and step events as they happen, then the result (or the
+    error).
 
     The run takes its admission slot when it starts (a slot taken before the response
     would leak if the client left before the stream began); the client going away

@@ -282,6 +282,10 @@ class Executor:
             await emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
             return
         inputs = {k: v for k, v in inputs.items() if v is not None}
+        # the step begins: its condition held. Sent before the cache look-up too, which can
+        # wait on an identical computation in flight (coalesced); ``step`` says how it went
+        await emit(on_event, {"event": "start", "step": step.name, "model": step.model,
+                              "task": step.task})
         try:
             if step.model is None and step.task == TEMPLATE_TASK:
                 started = time.perf_counter()

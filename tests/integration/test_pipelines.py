@@ -97,9 +97,11 @@ def test_sse_stream_progress_then_step_then_result(http, gateway_url):
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
-    assert kinds[:3] == ["progress"] * 3 and kinds[-1] == "result"
+    assert kinds[:4] == ["start"] + ["progress"] * 3 and kinds[-1] == "result"
     assert "step" in kinds and kinds.index("step") < kinds.index("result")
-    assert events[2][1] == {"step": "generate", "progress": 3, "total": 3}
+    assert events[0][1] == {"step": "generate", "model": "diffusion", "task": "generate"}
+    assert events[3][1] == {"step": "generate", "progress": 3, "total": 3}
+    assert kinds.count("start") == 1  # caption is skipped: it never starts
 
 
 def test_second_call_is_cached_with_identical_outputs(http):

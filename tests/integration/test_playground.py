@@ -96,7 +96,8 @@ async def test_text_to_image_shows_progress_then_an_image_then_the_cached_badge(
     events = await page.locator("#events li").evaluate_all(
         "els => els.map(e => e.dataset.event)")
     assert events.count("progress") == 3
-    assert events.index("progress") < events.index("step") < events.index("result")
+    assert events.index("start") < events.index("progress") < events.index("step") < \
+        events.index("result")
     generate = page.locator('.node[data-step="generate"]')
     assert await generate.locator(".badge.cached").count() == 0
     await page.click("#rerun")

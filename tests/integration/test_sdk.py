@@ -21,6 +21,7 @@ from fusion_client import (
     PipelineResult,
     ProgressEvent,
     ResultEvent,
+    StartEvent,
     StepEvent,
     StepResult,
 )
@@ -123,7 +124,8 @@ def test_stream_progress_then_steps_then_result(client):
     assert [(e.step, e.progress, e.total) for e in progress] == \
         [("generate", 1, 3), ("generate", 2, 3), ("generate", 3, 3)]
     assert progress[-1].fraction == 1.0
-    assert kinds[:3] == ["progress"] * 3
+    assert kinds[:4] == ["start"] + ["progress"] * 3
+    assert isinstance(events[0], StartEvent) and events[0].model == "diffusion"
     assert {e.step for e in steps} == {"generate", "caption"}
     first_step = kinds.index("step")
     assert all(k == "step" for k in kinds[first_step:-1])
@@ -202,8 +204,8 @@ async def test_async_client(gateway_url, image_path):
             "text_to_image", prompt=unique_prompt("an async stream"), steps=2,
             cache_control="no-store")]
         kinds = [e.type for e in events]
-        assert kinds[:2] == ["progress", "progress"] and kinds[-1] == "result"
-        assert kinds.index("step") > 1
+        assert kinds[:3] == ["start", "progress", "progress"] and kinds[-1] == "result"
+        assert kinds.index("step") > 2
         assert events[-1].result.outputs["image"].size == (64, 64)
 
         with pytest.raises(BadRequest) as info:

@@ -99,7 +99,7 @@ async def test_pipeline_image_output_base64_and_raw_png(client):
     assert raw.headers["content-type"] == "image/png" and raw.content == image
 
 
-async def test_sse_stream_sends_steps_then_progress_then_result(client):
+async def test_sse_stream_sends_start_progress_steps_then_result(client):
     events = []
     async with client.stream("POST", "/v1/pipelines/text_to_image?stream=true",
                              json={"inputs": {"prompt": "x", "steps": 3,
@@ -112,9 +112,11 @@ async def test_sse_stream_sends_steps_then_progress_then_result(client):
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line[6:])))
     kinds = [k for k, _ in events]
-    assert kinds == ["progress", "progress", "progress", "step", "step", "result"]
-    assert events[0][1] == {"step": "generate", "progress": 1, "total": 3}
-    assert events[3][1]["step"] == "generate" and events[4][1]["step"] == "caption"
+    assert kinds == ["start", "progress", "progress", "progress", "step", "start", "step",
+                     "result"]
+    assert events[0][1] == {"step": "generate", "model": "diffusion", "task": "generate"}
+    assert events[1][1] == {"step": "generate", "progress": 1, "total": 3}
+    assert events[4][1]["step"] == "generate" and events[6][1]["step"] == "caption"
     assert events[-1][1]["outputs"]["caption"].startswith("an image of")
 
 

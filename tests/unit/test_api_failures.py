@@ -181,7 +181,8 @@ async def test_request_timeout_in_a_stream_is_an_error_event():
         r = await c.post("/v1/pipelines/text_to_image?stream=true", json=t2i(),
                          headers={"X-Request-Timeout": "0.2", **NO_STORE})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    (kind, data), = sse_events(r.text)
+    (start, started), (kind, data) = sse_events(r.text)  # generate began, then timed out
+    assert start == "start" and started["step"] == "generate"
     assert kind == "error" and data["error"]["code"] == "step_timeout"
     assert data["error"]["field"] == "steps.generate" and data["error"]["request_id"]
     assert fake.cancelled == 1

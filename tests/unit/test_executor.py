@@ -179,7 +179,47 @@ async def test_progress_events_are_forwarded_before_the_step_event():
     events = []
     await make(FakeModels()).run(spec(raw), {"prompt": "p"}, CachePolicy(), events.append)
     kinds = [(e["event"], e.get("progress")) for e in events]
-    assert kinds == [("progress", 1), ("progress", 2), ("progress", 3), ("step", None)]
+    assert kinds == [("start", None), ("progress", 1), ("progress", 2), ("progress", 3),
+                     ("step", None)]
+    assert events[0] == {"event": "start", "step": "gen", "model": "diffusion",
+                         "task": "generate"}
+
+
+class Watched(FakeModels):
+    """Records, as each model call begins, the events sent so far."""
+
+    def __init__(self, events: list[dict]) -> None:
+        super().__init__()
+        self.events = events
+        self.seen: dict[str, list[tuple[str, str]]] = {}
+
+    async def call(self, model, task, inputs):
+        self.seen[task] = [(e["event"], e["step"]) for e in self.events]
+        return await super().call(model, task, inputs)
+
+
+async def test_start_comes_when_a_step_begins_and_never_for_a_skipped_step():
+    raw = {**COND, "steps": {**COND["steps"], "fused": {
+        "fuse": {}, "with": {"labels": ["$steps.cls.labels"]}}},
+        "outputs": {**COND["outputs"], "fused": "$steps.fused.labels"}}
+    for check, ran in ((True, ["gen", "cap", "cls", "fused"]), (False, ["gen"])):
+        events: list[dict] = []
+        fake = Watched(events)
+        await make(fake).run(spec(raw), {"prompt": "p", "check": check}, CachePolicy(),
+                             events.append)
+        starts = [e["step"] for e in events if e["event"] == "start"]
+        assert starts == ran
+        order = [(e["event"], e["step"]) for e in events if e["event"] in ("start", "step")]
+        for name in ran:  # its start, then (after the model was called) its step event
+            assert order.index(("start", name)) < order.index(("step", name))
+        for name in set(raw["steps"]) - set(ran):
+            assert ("step", name) in order and ("start", name) not in order
+        if check:  # a step starts only once what it needs is done
+            assert order.index(("step", "gen")) < order.index(("start", "cap"))
+            assert fake.seen["caption"][-1] == ("start", "cap")  # sent before the call
+            assert next(e for e in events if e["event"] == "start" and e["step"] == "fused"
+                        ) == {"event": "start", "step": "fused", "model": None,
+                              "task": "fuse"}
 
 
 FUSED = {

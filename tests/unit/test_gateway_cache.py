@@ -72,6 +72,23 @@ async def test_pipelines_sharing_a_first_step_reuse_its_result(env):
     assert fake.calls["captioner/caption"] == 1
 
 
+async def test_start_events_for_step_cache_hits_and_none_for_a_pipeline_hit(env):
+    """A step answered by the step cache still starts (its look-up can wait on a computation
+    in flight); a whole-pipeline hit runs no step, so sends no ``start``."""
+    client, fake, gw = env
+    await client.post("/v1/pipelines/caption_then_classify", json={"inputs": image_inputs()})
+    inputs = {"image": png((1, 2, 3)), "labels": ["cat", "dog"]}
+    for hit in (False, True):
+        events: list[dict] = []
+        await gw.run_pipeline("fused_image_labels", inputs, on_event=events.append)
+        starts = {e["step"] for e in events if e["event"] == "start"}
+        done = {e["step"]: e for e in events if e["event"] == "step"}
+        assert starts == (set() if hit else set(done))
+        assert done["caption"]["cached"] and done["classify"]["cached"]
+        assert done["clip"]["cached"] == hit
+    assert fake.calls["captioner/caption"] == 1
+
+
 async def test_a_different_input_misses(env):
     client, fake, _ = env
     await client.post("/v1/pipelines/caption_then_classify", json={"inputs": image_inputs()})

@@ -1,7 +1,8 @@
 """The playground page: served from the package, and driven in a real Chromium against an
 in-process gateway (create_api over fake models, served by uvicorn; no Ray) with API keys
-configured: the key flow, 503s with Retry-After, unknown stream events, keyboard use, the
-camera and a 360 px viewport. The model-backed runs are in tests/integration/test_playground.py.
+configured: the key flow, 503s with Retry-After, unknown stream events, a step running from
+its ``start`` event, keyboard use, the camera and a 360 px viewport. The model-backed runs are
+in tests/integration/test_playground.py.
 """
 
 from __future__ import annotations
@@ -149,6 +150,56 @@ async def test_unknown_and_token_events_render(page, url):
     assert await page.inner_text("#tokens") == "Hello"
     assert await page.locator('#events li[data-event="novelty"]').count() == 1
     assert await page.get_attribute('.node[data-step="generate"]', "data-state") == "done"
+
+
+async def test_a_slow_step_is_running_from_its_start_event(page):
+    """The gateway's ``start`` event marks the step running while the model works (the fake
+    captioner takes a minute here), with the time so far; the step after it waits, pending."""
+    gw = Gateway(fake_config(), FakeModels(delays={"caption": 60}))
+    with serve_app(create_api(lambda: gw)) as base:
+        await page.goto(f"{base}/#pipeline/caption_then_classify")
+        await page.set_input_files("#in-image", files=[png_file("s.png", (5, 5, 5))])
+        await page.fill("#in-labels", "a,b")
+        await page.click("#run")
+        start = page.locator('#events li[data-event="start"]')
+        await start.wait_for(state="attached")  # the event log is folded
+        assert '"step":"caption","model":"captioner","task":"caption"' in \
+            await start.text_content()
+        caption = page.locator('.node[data-step="caption"]')
+        assert await caption.get_attribute("data-state") == "running"
+        assert await caption.locator(".badge.state-running").inner_text() == "running"
+        elapsed = caption.locator(".badge.elapsed")  # how long it has run, counting up
+        first = await elapsed.inner_text()
+        await page.wait_for_function(  # a function, not an expression: the CSP forbids eval
+            """(first) => document.querySelector('.node[data-step="caption"] .badge.elapsed')
+                .textContent !== first""", arg=first)
+        assert await page.get_attribute('.node[data-step="classify"]', "data-state") == \
+            "pending"
+        assert await page.locator('#events li[data-event="step"]').count() == 0
+        await page.close()  # leaving cancels the slow run
+
+
+@pytest.mark.parametrize(("events", "classify"), [
+    (("start", "step"), "pending"),  # the gateway sends start: classify has not begun
+    (("step",), "running"),  # an older gateway: inferred from its needs being done
+])
+async def test_running_state_from_start_events_else_inferred(page, url, events, classify):
+    """The same moment of a run (caption done, the stream cut) from a gateway that sends
+    ``start`` and from one that does not."""
+    data = {"start": '{"step":"caption","model":"captioner","task":"caption"}',
+            "step": '{"step":"caption","ms":2.0,"cached":false,"coalesced":false,'
+                    '"skipped":false}'}
+    body = "".join(f"event: {e}\ndata: {data[e]}\n\n" for e in events)
+    await page.route("**/v1/pipelines/caption_then_classify?stream=true",
+                     lambda route: route.fulfill(status=200, body=body, headers={
+                         "Content-Type": "text/event-stream"}))
+    await page.goto(f"{url}/#pipeline/caption_then_classify")
+    await page.set_input_files("#in-image", files=[png_file("c.png", (1, 1, 1))])
+    await page.fill("#in-labels", "a,b")
+    await page.click("#run")
+    await page.locator("#run-error", has_text="the stream ended without a result").wait_for()
+    assert await page.get_attribute('.node[data-step="caption"]', "data-state") == "done"
+    assert await page.get_attribute('.node[data-step="classify"]', "data-state") == classify
 
 
 async def test_keyboard_only_run_and_copied_commands(page, url):

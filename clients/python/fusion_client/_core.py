@@ -42,6 +42,7 @@ from fusion_client.types import (
     PipelineResult,
     ProgressEvent,
     ResultEvent,
+    StartEvent,
     StepEvent,
     TokenEvent,
 )
@@ -362,7 +363,7 @@ class Protocol:
     def parse_event(self, sse: ServerSentEvent, request_id: str | None) -> Event | None:
         """Typed event for one SSE event; raises the typed error on ``error``; ``None`` for
         events this SDK does not know (ignored, for forward compatibility)."""
-        if sse.event not in ("step", "progress", "token", "result", "error"):
+        if sse.event not in ("start", "step", "progress", "token", "result", "error"):
             return None
         try:
             data = json.loads(sse.data) if sse.data else {}
@@ -375,6 +376,8 @@ class Protocol:
         if not isinstance(data, dict):
             raise ServerError(f"malformed {sse.event!r} event from the gateway",
                               request_id=request_id)
+        if sse.event == "start":
+            return StartEvent.model_validate(data)
         if sse.event == "step":
             return StepEvent.model_validate(data)
         if sse.event == "progress":

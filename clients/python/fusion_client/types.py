@@ -152,6 +152,20 @@ class CacheStats(_Model):
         return self.hits / total if total else None
 
 
+class StartEvent(_Model):
+    """A step began (stream event ``start``): its ``when:`` held and what it needs is done.
+
+    Sent for a step answered from the step cache too (the look-up may wait on the same
+    computation in flight); never for a skipped step, nor when the whole pipeline's answer
+    came from the cache. Its :class:`StepEvent` follows. ``model`` is ``None`` for a built-in
+    step (``fuse``, ``template``). Gateways before this event never send it."""
+
+    type: Literal["start"] = "start"
+    step: str
+    model: str | None = None
+    task: str | None = None
+
+
 class StepEvent(_Model):
     """A step finished (stream event ``step``)."""
 
@@ -196,4 +210,4 @@ class ResultEvent(_Model):
     result: PipelineResult
 
 
-Event = StepEvent | ProgressEvent | TokenEvent | ResultEvent
+Event = StartEvent | StepEvent | ProgressEvent | TokenEvent | ResultEvent

@@ -267,7 +267,8 @@ def test_url_and_key_flags_override_env(fusion, gateway, monkeypatch):
 
 # ---- stream ------------------------------------------------------------------------------
 
-STREAM = sse(("progress", {"step": "generate", "progress": 1, "total": 4}),
+STREAM = sse(("start", {"step": "generate", "model": "diffusion", "task": "generate"}),
+             ("progress", {"step": "generate", "progress": 1, "total": 4}),
              ("progress", {"step": "generate", "progress": 4, "total": 4}),
              ("step", {"step": "generate", "ms": 250.0, "cached": False}),
              ("step", {"step": "caption", "ms": 0, "skipped": True}),
@@ -283,11 +284,12 @@ def test_stream_shows_progress_then_result(fusion, gateway, tmp_path):
     assert r.code == 0, r.err
     assert gateway.requests[-1].url.params["stream"] == "true"
     err_lines = r.err.splitlines()
-    assert err_lines[0] == "generate [########----------------------] 1/4  25%"
-    assert err_lines[1] == "generate [##############################] 4/4 100%"
-    assert err_lines[2] == "step generate done in 250 ms"
-    assert err_lines[3] == "step caption done in 0.0 ms (skipped)"
-    assert "request id: rid-st" in err_lines[4]
+    assert err_lines[0] == "step generate started (diffusion/generate)"
+    assert err_lines[1] == "generate [########----------------------] 1/4  25%"
+    assert err_lines[2] == "generate [##############################] 4/4 100%"
+    assert err_lines[3] == "step generate done in 250 ms"
+    assert err_lines[4] == "step caption done in 0.0 ms (skipped)"
+    assert "request id: rid-st" in err_lines[5]
     assert out.read_bytes() == PNG and f"image: written to {out}" in r.out
 
 
@@ -296,8 +298,11 @@ def test_stream_json_is_one_event_per_line(fusion, gateway):
         200, content=STREAM, headers={"Content-Type": "text/event-stream"}))
     r = fusion("stream", "text_to_image", "--prompt", "p", "--json")
     events = [json.loads(line) for line in r.out.splitlines()]
-    assert [e["event"] for e in events] == ["progress", "progress", "step", "step", "result"]
-    assert events[0] == {"event": "progress", "step": "generate", "progress": 1.0, "total": 4.0}
+    assert [e["event"] for e in events] == ["start", "progress", "progress", "step", "step",
+                                            "result"]
+    assert events[0] == {"event": "start", "step": "generate", "model": "diffusion",
+                         "task": "generate"}
+    assert events[1] == {"event": "progress", "step": "generate", "progress": 1.0, "total": 4.0}
     assert events[-1]["outputs"]["image"] == b64(PNG)
 
 

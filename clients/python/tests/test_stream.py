@@ -15,6 +15,7 @@ from fusion_client import (
     ProgressEvent,
     ResultEvent,
     ServerError,
+    StartEvent,
     StepEvent,
     Timeout,
 )
@@ -23,7 +24,8 @@ from fusion_client.sse import ServerSentEvent, SSEDecoder
 PATH = "/v1/pipelines/text_to_image"
 RESULT = pipeline_result({"image": b64(PNG), "caption": None},
                          {"image": "image", "caption": "text"}, rid="rid-s")
-STREAM = sse(("progress", {"step": "generate", "progress": 1, "total": 2}),
+STREAM = sse(("start", {"step": "generate", "model": "diffusion", "task": "generate"}),
+             ("progress", {"step": "generate", "progress": 1, "total": 2}),
              ("progress", {"step": "generate", "progress": 2, "total": 2}),
              ("step", {"step": "generate", "ms": 40.0, "cached": False, "coalesced": False,
                        "skipped": False}),
@@ -84,10 +86,13 @@ def test_decoder_long_line_in_many_chunks():
 def test_stream_yields_typed_events(gateway, client):
     gateway.route("POST", PATH, sse_response(STREAM))
     events = list(client.stream("text_to_image", prompt="a red square", seed=1))
-    assert [type(e) for e in events] == [ProgressEvent, ProgressEvent, StepEvent, ResultEvent]
-    assert events[0].fraction == 0.5 and events[1].fraction == 1.0
-    assert events[2].step == "generate" and events[2].ms == 40.0
-    result = events[3].result
+    assert [type(e) for e in events] == [StartEvent, ProgressEvent, ProgressEvent, StepEvent,
+                                         ResultEvent]
+    assert (events[0].step, events[0].model, events[0].task) == \
+        ("generate", "diffusion", "generate")
+    assert events[1].fraction == 0.5 and events[2].fraction == 1.0
+    assert events[3].step == "generate" and events[3].ms == 40.0
+    result = events[4].result
     assert result.request_id == "rid-s" and result.outputs["caption"] is None
     request = gateway.requests[-1]
     assert request.url.params["stream"] == "true"
@@ -121,6 +126,18 @@ def test_stream_timeout_error_event(gateway, client):
     gateway.route("POST", PATH, sse_response(sse(("error", error_body("step_timeout", "t")))))
     with pytest.raises(Timeout):
         list(client.stream("text_to_image", prompt="p"))
+
+
+def test_start_event_of_a_built_in_step_and_with_fields_added_later(gateway, client):
+    """``start`` has no model for ``fuse``/``template`` steps; fields a newer gateway adds
+    are kept, not refused. (An SDK older than ``start`` ignores it: see the next test.)"""
+    body = sse(("start", {"step": "fused", "model": None, "task": "fuse", "attempt": 2}),
+               ("step", {"step": "fused", "ms": 0.1}), ("result", RESULT))
+    gateway.route("POST", PATH, sse_response(body))
+    start, step, _ = client.stream("text_to_image", prompt="p")
+    assert isinstance(start, StartEvent) and start.type == "start"
+    assert (start.step, start.model, start.task) == ("fused", None, "fuse")
+    assert start.model_extra == {"attempt": 2} and isinstance(step, StepEvent)
 
 
 def test_stream_ignores_unknown_events_and_stops_at_result(gateway, client):
@@ -163,7 +180,7 @@ def test_stream_retried_on_503_and_connection_errors_before_it_starts(gateway, c
                   httpx.ConnectError("refused"))
     gateway.route("POST", PATH, sse_response(STREAM))
     events = list(client.stream("text_to_image", prompt="p"))
-    assert len(events) == 4 and len(sleeps) == 2
+    assert len(events) == 5 and len(sleeps) == 2
 
 
 def test_stream_gives_up_on_503(gateway, client, sleeps):
@@ -209,7 +226,7 @@ def test_async_stream(gateway, make_async, sleeps):
             return [e async for e in client.stream("text_to_image", prompt="p")]
 
     events = run_async(go())
-    assert [e.type for e in events] == ["progress", "progress", "step", "result"]
+    assert [e.type for e in events] == ["start", "progress", "progress", "step", "result"]
     assert events[-1].result.outputs["image"] == PNG
     assert len(sleeps) == 1
 

@@ -204,7 +204,9 @@ function showError(err, failedStep = null) {
   // the step at fault: named by the field (steps.X) or, for an input's error, the message
   const step = failedStep || (field.startsWith("steps.") ? field.slice(6).split(/[.[]/)[0]
     : /^step '([^']+)'/.exec(err.message || "")?.[1] || null);
-  if (step && state.target) setStates($("graph"), state.target.steps, state.done || {}, step);
+  if (step && state.target) {
+    setStates($("graph"), state.target.steps, state.done || {}, step, state.started);
+  }
   const banner = $("run-error");
   banner.textContent = text + (field ? ` (field: ${field})` : "")
     + (err.requestId ? ` · request ${err.requestId}` : "");
@@ -238,6 +240,7 @@ async function run(event) {
   $("events").replaceChildren();
   $("event-count").textContent = "0";
   state.done = {};
+  state.started = {};
   drawGraph($("graph"), t.steps);
   setStates($("graph"), t.steps, state.done);
   $("run").disabled = $("rerun").disabled = true;
@@ -247,6 +250,11 @@ async function run(event) {
   const controller = new AbortController();
   state.running = controller;
   const started = performance.now();
+  const tick = setInterval(() => { // a running step's time so far, once a second
+    if (Object.keys(state.started).length) {
+      setStates($("graph"), t.steps, state.done, null, state.started);
+    }
+  }, 1000);
   try {
     const inputs = await readInputs();
     const hdrs = headers({ "Content-Type": "application/json" });
@@ -258,6 +266,7 @@ async function run(event) {
     if (err instanceof Error) showError({ message: `${err.name}: ${err.message}` });
     else showError(err);
   } finally {
+    clearInterval(tick);
     if (state.running === controller) state.running = null;
     $("run").disabled = false;
     $("rerun").disabled = false;
@@ -271,9 +280,12 @@ async function runPipeline(t, inputs, hdrs, controller, started) {
   if (!response.ok) throw await httpError(response);
   for await (const { event, data } of sse(response)) {
     logEvent(started, event, data);
-    if (event === "step") {
+    if (event === "start") { // the step began (gateways before this event infer it)
+      state.started[data.step] = { ...data, at: performance.now() };
+      setStates($("graph"), t.steps, state.done, null, state.started);
+    } else if (event === "step") {
       state.done[data.step] = data;
-      setStates($("graph"), t.steps, state.done);
+      setStates($("graph"), t.steps, state.done, null, state.started);
     } else if (event === "progress") {
       setProgress($("graph"), data.step, data.progress, data.total);
     } else if (event === "token" && typeof data?.text === "string") {
@@ -281,7 +293,7 @@ async function runPipeline(t, inputs, hdrs, controller, started) {
       $("tokens").append(data.text);
     } else if (event === "result") {
       for (const [name, report] of Object.entries(data.steps || {})) state.done[name] = report;
-      setStates($("graph"), t.steps, state.done);
+      setStates($("graph"), t.steps, state.done, null, state.started);
       renderOutputs($("outputs"), data.outputs || {}, data.types || t.spec.outputs);
       $("status").textContent = `Done in ${formatMs(performance.now() - started)} · cache ${data.cache}`
         + ` · request ${data.request_id}`;

@@ -38,9 +38,13 @@ export function drawGraph(list, steps) {
   setStates(list, steps, null);
 }
 
-/** Re-label every node: `done` maps a finished step to its report (null: not run yet); a
- * step whose needs are all done (and that has not finished) is running. */
-export function setStates(list, steps, done, failed = null) {
+/** Re-label every node: `done` maps a finished step to its report (null: not run yet).
+ * A step is running once its `start` event came (`started` maps it to that event, with `at`,
+ * when it came, for the time it has been running) and until its `step` event. A gateway
+ * older than `start` sends none (`started` empty): then a step whose needs are all done,
+ * and that has not finished, is taken to be running. */
+export function setStates(list, steps, done, failed = null, started = {}) {
+  const fromEvents = Object.keys(started || {}).length > 0;
   for (const node of list.querySelectorAll(".node")) {
     const name = node.dataset.step;
     const report = done?.[name];
@@ -48,7 +52,8 @@ export function setStates(list, steps, done, failed = null) {
     if (done === null) state = "idle";
     else if (report) state = report.skipped ? "skipped" : "done";
     else if (failed === name) state = "error";
-    else if (failed === null && (steps[name]?.needs || []).every((n) => done[n])) {
+    else if (failed === null && (fromEvents ? started[name]
+      : (steps[name]?.needs || []).every((n) => done[n]))) {
       state = "running";
     }
     node.dataset.state = state;
@@ -56,6 +61,10 @@ export function setStates(list, steps, done, failed = null) {
     const progress = badges.querySelector(".progress");
     const items = state === "idle" ? []
       : [el("span", { class: `badge state-${state}`, text: state })];
+    if (state === "running" && typeof started?.[name]?.at === "number") { // time so far
+      items.push(el("span", { class: "badge ms elapsed",
+                              text: formatMs(performance.now() - started[name].at) }));
+    }
     if (report && !report.skipped && typeof report.ms === "number") {
       items.push(el("span", { class: "badge ms", text: `${formatMs(report.ms)}` }));
     }

@@ -8,13 +8,20 @@ from typing import Any
 
 from fusion_client.cli.chat import cmd_chat
 from fusion_client.cli.inputs import build_inputs, split_input_args
-from fusion_client.cli.output import ProgressBar, print_result, step_line, write_json
+from fusion_client.cli.output import (
+    ProgressBar,
+    print_result,
+    start_line,
+    step_line,
+    write_json,
+)
 from fusion_client.client import FusionClient
 from fusion_client.errors import NotFound
 from fusion_client.types import (
     PipelineInfo,
     ProgressEvent,
     ResultEvent,
+    StartEvent,
     StepEvent,
     TokenEvent,
 )
@@ -123,9 +130,10 @@ def cmd_stream(client: FusionClient, args, out, err, extra: list[str]) -> None:
                 bar.end()
                 err.write(event.text)
                 err.flush()
-            elif isinstance(event, StepEvent):
+            elif isinstance(event, (StartEvent, StepEvent)):
                 bar.end()
-                err.write(step_line(event) + "\n")
+                err.write((start_line(event) if isinstance(event, StartEvent)
+                           else step_line(event)) + "\n")
                 err.flush()
     finally:
         bar.end()

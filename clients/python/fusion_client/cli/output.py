@@ -16,6 +16,7 @@ from fusion_client.types import (
     CallResult,
     PipelineResult,
     ProgressEvent,
+    StartEvent,
     StepEvent,
     StepResult,
 )
@@ -149,6 +150,12 @@ def _step_flags(step: StepResult | StepEvent) -> str:
     """`` (cached, skipped)`` for a step's set flags, or ``""``."""
     flags = [f for f in ("cached", "coalesced", "skipped") if getattr(step, f)]
     return f" ({', '.join(flags)})" if flags else ""
+
+
+def start_line(event: StartEvent) -> str:
+    """One step of ``fusion stream`` beginning: what runs now, before its progress or text."""
+    what = f"{event.model}/{event.task}" if event.model else event.task or "built-in"
+    return f"step {event.step} started ({what})"
 
 
 def step_line(event: StepEvent) -> str:
