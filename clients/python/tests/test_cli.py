@@ -12,6 +12,7 @@ from conftest import error_body
 
 from fusion_client.cli import build_inputs, guess_type, main, split_input_args
 
+
 # ---- listings ----------------------------------------------------------------------------
 
 def test_pipelines_human(fusion):
