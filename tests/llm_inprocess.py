@@ -14,7 +14,9 @@ import threading
 from typing import Any
 
 from deployments.llm import LlmModel
-from fusion.config import AppConfig, ModelConfig
+from fusion.cache import StepCache
+from fusion.config import AppConfig, CacheConfig, ModelConfig
+from fusion.gateway import Gateway
 from tests.fakes import FakeModels
 
 LLM_MODEL = {"name": "llm", "family": "llm", "source": "tiny:llm"}
@@ -36,6 +38,11 @@ def llm_config(**extra: Any) -> AppConfig:
         LLM_MODEL,
     ]
     return AppConfig.model_validate({"models": models, **extra})
+
+
+def llm_gateway(models: LlmModels) -> Gateway:
+    """The router's ``Gateway`` on ``llm_config()`` and ``models``, with an in-process cache."""
+    return Gateway(llm_config(), models, StepCache.from_config(CacheConfig(redis_url=None)))
 
 
 class LlmModels(FakeModels):

@@ -1,4 +1,5 @@
-"""Fixtures the cache unit tests share: a Redis for the whole session and StepCache makers."""
+"""Fixtures unit tests share: a Redis and StepCache makers for the cache tests; the real tiny
+LLM (``llm``) and the fake models with it (``models``) for the LLM route tests."""
 
 from __future__ import annotations
 
@@ -44,3 +45,19 @@ async def make_cache(request) -> Callable[..., StepCache]:
         await cache.clear()
         if kind == "redis":
             await cache.aclose()
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    """The real ``tiny:llm`` backend, loaded once per test module."""
+    from tests.llm_inprocess import load_tiny_llm
+
+    return load_tiny_llm(str(tmp_path_factory.mktemp("llm-models")))
+
+
+@pytest.fixture
+def models(llm):
+    """``LlmModels``: the fakes of the other families plus ``llm``, counting their calls."""
+    from tests.llm_inprocess import LlmModels
+
+    return LlmModels(llm)
