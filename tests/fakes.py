@@ -28,15 +28,17 @@ def png(color: tuple[int, int, int] = (255, 0, 0), size: int = 8) -> bytes:
     return buf.getvalue()
 
 
+FAKE_MODELS = (
+    {"name": "captioner", "family": "caption", "source": "tiny:caption"},
+    {"name": "text", "family": "text", "source": "tiny:text-embedding"},
+    {"name": "clip", "family": "clip", "source": "tiny:clip"},
+    {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
+    {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
+)
+
+
 def fake_config(**extra: Any) -> AppConfig:
-    models = [
-        {"name": "captioner", "family": "caption", "source": "tiny:caption"},
-        {"name": "text", "family": "text", "source": "tiny:text-embedding"},
-        {"name": "clip", "family": "clip", "source": "tiny:clip"},
-        {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
-        {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
-    ]
-    return AppConfig.model_validate({"models": models, **extra})
+    return AppConfig.model_validate({"models": [dict(m) for m in FAKE_MODELS], **extra})
 
 
 def _scores(labels: list[str], seed: str) -> list[dict]:

@@ -17,7 +17,7 @@ from deployments.llm import LlmModel
 from fusion.cache import StepCache
 from fusion.config import AppConfig, CacheConfig, ModelConfig
 from fusion.gateway import Gateway
-from tests.fakes import FakeModels
+from tests.fakes import FAKE_MODELS, FakeModels
 
 LLM_MODEL = {"name": "llm", "family": "llm", "source": "tiny:llm"}
 
@@ -28,15 +28,9 @@ def load_tiny_llm(model_dir: str) -> LlmModel:
 
 def llm_config(**extra: Any) -> AppConfig:
     """The fakes' models plus ``llm`` and ``ocr`` (what the built-in LLM pipelines need)."""
-    models = [
-        {"name": "captioner", "family": "caption", "source": "tiny:caption"},
-        {"name": "text", "family": "text", "source": "tiny:text-embedding"},
-        {"name": "clip", "family": "clip", "source": "tiny:clip"},
-        {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
-        {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
-        {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime"},
-        LLM_MODEL,
-    ]
+    models = [*(dict(m) for m in FAKE_MODELS),
+              {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime"},
+              dict(LLM_MODEL)]
     return AppConfig.model_validate({"models": models, **extra})
 
 
