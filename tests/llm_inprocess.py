@@ -13,6 +13,7 @@ import asyncio
 import threading
 from typing import Any
 
+from deployments.common import relay
 from deployments.llm import LlmModel
 from fusion.cache import StepCache
 from fusion.config import AppConfig, CacheConfig, ModelConfig
@@ -72,13 +73,8 @@ class LlmModels(FakeModels):
         job = asyncio.ensure_future(asyncio.to_thread(self.llm.generate, [item], on_text,
                                                       cancel))
         try:
-            while not (job.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            async for event in relay(job, queue):
+                yield event
             yield {"result": job.result()[0]}
         finally:
             if not job.done():
