@@ -12,6 +12,8 @@ import io
 from collections import Counter
 from typing import Any
 
+from deployments.base import ModelBackend
+from deployments.sources import ResolvedSource
 from fusion.config import AppConfig
 from fusion.errors import BadInput
 
@@ -120,3 +122,17 @@ class FakeModels:
         if task == "classify":
             return {"labels": _scores(["negative", "positive"], inputs["text"])}
         raise AssertionError(f"fake has no task {task}")
+
+
+class WeightlessBackend(ModelBackend):
+    """A ``ModelBackend`` that loads nothing (no source, no weights): subclasses script
+    ``run`` to test the replica side (``ServedModel``) without a model."""
+
+    @classmethod
+    def load(cls, config, model_dir=None):
+        backend = cls(config, ResolvedSource(config.source, "/nowhere", None, "fp", True))
+        backend.load_weights()
+        return backend
+
+    def load_weights(self) -> None:
+        pass
