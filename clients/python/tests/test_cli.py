@@ -12,7 +12,6 @@ from conftest import error_body
 
 from fusion_client.cli import build_inputs, guess_type, main, split_input_args
 
-
 # ---- listings ----------------------------------------------------------------------------
 
 def test_pipelines_human(fusion):
