@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.common import relay
 from deployments.llm import LlmModel
 from deployments.served import ServedModel, Timing
 
@@ -53,16 +54,11 @@ class LlmDeployment(ServedModel):
 
         job = asyncio.ensure_future(asyncio.to_thread(work))
         try:
-            while not (job.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    text = getter.result()["token"]
-                    while not queue.empty():  # tokens that came meanwhile: one event
-                        text += queue.get_nowait()["token"]
-                    yield {"token": text}
-                else:
-                    getter.cancel()
+            async for event in relay(job, queue):
+                text = event["token"]
+                while not queue.empty():  # tokens that came meanwhile: one event
+                    text += queue.get_nowait()["token"]
+                yield {"token": text}
             outputs, timing = job.result()
             yield timing
             yield {"result": outputs[0]}

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from ray import serve
 
 from deployments.base import ModelBackend, Progress
+from deployments.common import relay
 from fusion.config import ModelConfig, ObservabilityConfig
 from fusion.errors import BadInput
 from fusion.observe import Recorder
@@ -209,13 +210,8 @@ class ServedModel:
                                       {"progress": {"step": step, "total": total}})
 
         job = asyncio.ensure_future(asyncio.to_thread(self._run_timed, task, [item], progress))
-        while not (job.done() and queue.empty()):
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-            else:
-                getter.cancel()
+        async for event in relay(job, queue):
+            yield event
         outputs, timing = job.result()
         yield timing
         yield {"result": outputs[0]}

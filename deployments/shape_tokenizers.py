@@ -67,6 +67,15 @@ def _letter_strings(prefixes: list[str]) -> Iterator[tuple[str, str]]:
         level = nxt
 
 
+def trained_bpe(tok: Any) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a trained ``tokenizers`` BPE model, as the ``transformers``
+    tokenizers take them: merges as pairs (the saved JSON holds lists in newer ``tokenizers``
+    releases, ``"a b"`` strings in older ones)."""
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
 def byte_level_bpe(size: int, specials: tuple[str, ...] = ()) -> tuple[dict[str, int],
                                                                         list[tuple[str, str]]]:
     """GPT-2 style byte-level BPE of exactly ``size`` tokens (``specials`` first, then the 256
@@ -79,9 +88,7 @@ def byte_level_bpe(size: int, specials: tuple[str, ...] = ()) -> tuple[dict[str,
     tok.train_from_iterator(_corpus(), trainers.BpeTrainer(
         vocab_size=size, show_progress=False, special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = json.loads(tok.to_str())["model"]
-    vocab: dict[str, int] = dict(model["vocab"])
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    vocab, merges = trained_bpe(tok)
     for base, c in _letter_strings(["Ġ", *string.ascii_lowercase]):
         if len(vocab) >= size:
             break

@@ -49,12 +49,18 @@ def add_offline_docs(app: FastAPI) -> None:
     params = {**swagger_ui_default_parameters, "validatorUrl": None}
     redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
+    def page(request: Request, kind: str) -> tuple[str, dict[str, str]]:
+        """The path prefix the app is served under (``root_path``, e.g. behind a proxy) and
+        what every docs page is given: the OpenAPI document's URL below it, and a title."""
+        root = request.scope.get("root_path", "")
+        return root, {"openapi_url": f"{root}{app.openapi_url}",
+                      "title": f"{app.title} - {kind}"}
+
     @app.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        root, common = page(request, "Swagger UI")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{redirect}",
+            **common, oauth2_redirect_url=f"{root}{redirect}",
             swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{assets}/swagger-ui.css",
             swagger_favicon_url=f"{root}{assets}/favicon.png", swagger_ui_parameters=params)
@@ -65,8 +71,7 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        root, common = page(request, "ReDoc")
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{assets}/redoc.standalone.js",
+            **common, redoc_js_url=f"{root}{assets}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{assets}/favicon.png", with_google_fonts=False)

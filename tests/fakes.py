@@ -12,6 +12,8 @@ import io
 from collections import Counter
 from typing import Any
 
+from deployments.base import ModelBackend
+from deployments.sources import ResolvedSource
 from fusion.config import AppConfig
 from fusion.errors import BadInput
 
@@ -28,15 +30,17 @@ def png(color: tuple[int, int, int] = (255, 0, 0), size: int = 8) -> bytes:
     return buf.getvalue()
 
 
+FAKE_MODELS = (
+    {"name": "captioner", "family": "caption", "source": "tiny:caption"},
+    {"name": "text", "family": "text", "source": "tiny:text-embedding"},
+    {"name": "clip", "family": "clip", "source": "tiny:clip"},
+    {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
+    {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
+)
+
+
 def fake_config(**extra: Any) -> AppConfig:
-    models = [
-        {"name": "captioner", "family": "caption", "source": "tiny:caption"},
-        {"name": "text", "family": "text", "source": "tiny:text-embedding"},
-        {"name": "clip", "family": "clip", "source": "tiny:clip"},
-        {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
-        {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
-    ]
-    return AppConfig.model_validate({"models": models, **extra})
+    return AppConfig.model_validate({"models": [dict(m) for m in FAKE_MODELS], **extra})
 
 
 def _scores(labels: list[str], seed: str) -> list[dict]:
@@ -118,3 +122,17 @@ class FakeModels:
         if task == "classify":
             return {"labels": _scores(["negative", "positive"], inputs["text"])}
         raise AssertionError(f"fake has no task {task}")
+
+
+class WeightlessBackend(ModelBackend):
+    """A ``ModelBackend`` that loads nothing (no source, no weights): subclasses script
+    ``run`` to test the replica side (``ServedModel``) without a model."""
+
+    @classmethod
+    def load(cls, config, model_dir=None):
+        backend = cls(config, ResolvedSource(config.source, "/nowhere", None, "fp", True))
+        backend.load_weights()
+        return backend
+
+    def load_weights(self) -> None:
+        pass

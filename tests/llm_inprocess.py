@@ -13,9 +13,12 @@ import asyncio
 import threading
 from typing import Any
 
+from deployments.common import relay
 from deployments.llm import LlmModel
-from fusion.config import AppConfig, ModelConfig
-from tests.fakes import FakeModels
+from fusion.cache import StepCache
+from fusion.config import AppConfig, CacheConfig, ModelConfig
+from fusion.gateway import Gateway
+from tests.fakes import FAKE_MODELS, FakeModels
 
 LLM_MODEL = {"name": "llm", "family": "llm", "source": "tiny:llm"}
 
@@ -26,16 +29,15 @@ def load_tiny_llm(model_dir: str) -> LlmModel:
 
 def llm_config(**extra: Any) -> AppConfig:
     """The fakes' models plus ``llm`` and ``ocr`` (what the built-in LLM pipelines need)."""
-    models = [
-        {"name": "captioner", "family": "caption", "source": "tiny:caption"},
-        {"name": "text", "family": "text", "source": "tiny:text-embedding"},
-        {"name": "clip", "family": "clip", "source": "tiny:clip"},
-        {"name": "whisper", "family": "audio", "source": "tiny:whisper"},
-        {"name": "diffusion", "family": "diffusion", "source": "tiny:diffusion"},
-        {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime"},
-        LLM_MODEL,
-    ]
+    models = [*(dict(m) for m in FAKE_MODELS),
+              {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime"},
+              dict(LLM_MODEL)]
     return AppConfig.model_validate({"models": models, **extra})
+
+
+def llm_gateway(models: LlmModels) -> Gateway:
+    """The router's ``Gateway`` on ``llm_config()`` and ``models``, with an in-process cache."""
+    return Gateway(llm_config(), models, StepCache.from_config(CacheConfig(redis_url=None)))
 
 
 class LlmModels(FakeModels):
@@ -71,13 +73,8 @@ class LlmModels(FakeModels):
         job = asyncio.ensure_future(asyncio.to_thread(self.llm.generate, [item], on_text,
                                                       cancel))
         try:
-            while not (job.done() and queue.empty()):
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    yield getter.result()
-                else:
-                    getter.cancel()
+            async for event in relay(job, queue):
+                yield event
             yield {"result": job.result()[0]}
         finally:
             if not job.done():

@@ -6,7 +6,6 @@ weights; named by the ``tiny`` recipes of ``deployments.audio.FAMILY``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 _CORPUS = (
@@ -23,14 +22,14 @@ def _byte_level_bpe(corpus: tuple[str, ...], vocab_size: int) -> tuple[dict[str,
     """A small GPT-2 style byte-level BPE (all 256 byte symbols + learned merges), offline."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+    from deployments.shape_tokenizers import trained_bpe
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(corpus) * 4, trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    return trained_bpe(tok)
 
 
 def build_tiny_whisper(folder: str | Path) -> None:

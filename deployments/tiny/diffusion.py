@@ -6,7 +6,6 @@ weights; named by the ``tiny`` recipes of ``deployments.diffusion.FAMILY``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ def _tiny_clip_tokenizer(max_length: int) -> Any:
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import CLIPTokenizer
 
+    from deployments.shape_tokenizers import trained_bpe
+
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -35,8 +36,7 @@ def _tiny_clip_tokenizer(max_length: int) -> Any:
     trainer = trainers.BpeTrainer(vocab_size=700, show_progress=False, initial_alphabet=alphabet,
                                   end_of_word_suffix="</w>")
     tok.train_from_iterator(list(_CORPUS) * 4, trainer)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" "))
-              for m in json.loads(tok.to_str())["model"]["merges"]]
+    _, merges = trained_bpe(tok)
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(a + "</w>" for a in alphabet), *("".join(m) for m in merges),
                   "<|startoftext|>", "<|endoftext|>"]:

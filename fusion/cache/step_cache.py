@@ -1,52 +1,29 @@
-"""``StepCache``: read-through cache with single-flight, the object the executor uses."""
+"""``StepCache``: read-through cache with single-flight, the object the executor uses.
+
+It decides which path a request takes (in-process single-flight, bypass, whole results, list
+look-ups) and keeps the shared statistics; reading and writing values is
+``fusion.cache.value_store``'s, and the cross-replica lock protocol ``fusion.cache.ownership``'s.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusion.cache.backends import CacheBackend, CacheUnavailable, MemoryBackend, RedisBackend
-from fusion.cache.codec import CorruptValue, UnencodableValue, decode, encode
-from fusion.cache.keys import KEY_VERSION, check_namespace, lock_key, pipeline_key, step_key
+from fusion.cache.keys import KEY_VERSION, check_namespace, pipeline_key, step_key
+from fusion.cache.ownership import LockOwnership
 from fusion.cache.single_flight import SingleFlight
 from fusion.cache.stats import CacheStats, EventHook, Labels, unflatten
+from fusion.cache.value_store import MISS, CallState, Outcome, ValueStore
 
 if TYPE_CHECKING:
     from fusion.config import CacheConfig
 
-log = logging.getLogger("fusion.cache")
-
 PIPELINE_LABELS: Labels = ("pipeline", "run")
 STATS_FLUSH_S = 1.0  # how often a replica adds its counts to the shared statistics
-_MISS = object()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a value was obtained: ``cached`` — read from the store (not computed for this
-    call); ``coalesced`` — shared with another in-flight request (this replica or another)."""
-
-    cached: bool = False
-    coalesced: bool = False
-
-
-class _Call:
-    """Per-call state: after the first backend failure the call stops touching the backend."""
-
-    __slots__ = ("labels", "degraded", "corrupt_seen")
-
-    def __init__(self, labels: Labels) -> None:
-        self.labels = labels
-        self.degraded = False
-        self.corrupt_seen = False
-
-
 class StepCache:
     """Content-addressed result cache over a ``CacheBackend``; see ``fusion.cache``."""
 
@@ -67,8 +44,12 @@ class StepCache:
                                else max(1.0, 4 * self.lock_ttl_ms / 1000))
         self._stats = CacheStats(on_event)
         self._flights: SingleFlight[tuple[Any, Outcome]] = SingleFlight()
-        self._corrupt_logged = False
         self._background: set[asyncio.Task] = set()
+        self._store = ValueStore(self.backend, self._stats, max_value_bytes)
+        self._ownership = LockOwnership(
+            self._store, self.namespace, lock_ttl_ms=self.lock_ttl_ms,
+            wait_timeout_s=self.wait_timeout_s, poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s, background=self._background)
         self._flushed: dict[str, int] = {}  # counters already added to the shared hash
         self._last_flush = 0.0
         self._flush_lock = asyncio.Lock()
@@ -117,7 +98,7 @@ class StepCache:
             return await self._direct(key, compute, ttl, read and self.enabled,
                                       write and self.enabled, labels)
         (value, outcome), shared = await self._flights.do(
-            key, lambda: self._fill(key, compute, ttl, labels))
+            key, lambda: self._ownership.fill(key, compute, ttl, labels))
         if shared:
             self._stats.add("coalesced", labels)
             return value, Outcome(cached=outcome.cached, coalesced=True)
@@ -125,102 +106,17 @@ class StepCache:
 
     async def _direct(self, key: str, compute: Callable[[], Awaitable[Any]], ttl: float | None,
                       read: bool, write: bool, labels: Labels) -> tuple[Any, Outcome]:
-        call = _Call(labels)
+        call = CallState(labels)
         if read:
-            value = await self._read(key, call)
-            if value is not _MISS:
+            value = await self._store.read(key, call)
+            if value is not MISS:
                 self._stats.add("hits", labels)
                 return value, Outcome(cached=True)
         self._stats.add("misses", labels)
         value = await compute()
         if write and not call.degraded:
-            await self._write(key, value, ttl, call)
+            await self._store.write(key, value, ttl, call)
         return value, Outcome()
-
-    async def _fill(self, key: str, compute: Callable[[], Awaitable[Any]], ttl: float | None,
-                    labels: Labels) -> tuple[Any, Outcome]:
-        """The leader's path: read; else take the cross-replica lock and compute, or wait."""
-        call = _Call(labels)
-        value = await self._read(key, call)
-        if value is not _MISS:
-            self._stats.add("hits", labels)
-            return value, Outcome(cached=True)
-        lock, token = lock_key(self.namespace, key), uuid.uuid4().hex
-        deadline = time.monotonic() + self.wait_timeout_s
-        delay = self.poll_initial_s
-        waited = False
-        while not call.degraded:
-            if await self._backend(call, self.backend.acquire(lock, token, self.lock_ttl_ms)):
-                try:
-                    value = await self._read(key, call)  # it may have landed meanwhile
-                    if value is not _MISS:
-                        # after waiting, it is the other owner's fresh result
-                        self._stats.add("coalesced" if waited else "hits", labels)
-                        return value, Outcome(cached=True, coalesced=waited)
-                    return await self._compute_and_store(key, compute, ttl, call, lock, token)
-                finally:
-                    await self._release(lock, token)
-            if call.degraded:
-                break
-            if time.monotonic() >= deadline:
-                log.info("waited %.1fs for another replica to compute %s; computing here",
-                         self.wait_timeout_s, key)
-                break
-            waited = True
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, self.poll_max_s)
-            value = await self._read(key, call)
-            if value is not _MISS:
-                self._stats.add("coalesced", labels)
-                return value, Outcome(cached=True, coalesced=True)
-        return await self._compute_and_store(key, compute, ttl, call, None, token)
-
-    async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[Any]],
-                                 ttl: float | None, call: _Call, lock: str | None,
-                                 token: str) -> tuple[Any, Outcome]:
-        self._stats.add("misses", call.labels)
-        beat = (asyncio.ensure_future(self._heartbeat(lock, token))
-                if lock is not None else None)
-        try:
-            value = await compute()
-        finally:
-            if beat is not None:
-                beat.cancel()
-        if not call.degraded:
-            await self._write(key, value, ttl, call)
-        return value, Outcome()
-
-    async def _release(self, lock: str, token: str) -> None:
-        """Release the lock; if the backend is unavailable, keep trying in the background for a
-        while, so other replicas need not wait for the lock's TTL after a short blip."""
-        try:
-            await self.backend.release(lock, token)
-        except CacheUnavailable:
-            task = asyncio.ensure_future(self._release_later(lock, token))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _release_later(self, lock: str, token: str) -> None:
-        pause = float(getattr(self.backend, "retry_after_s", 1.0))
-        deadline = time.monotonic() + self.lock_ttl_ms / 1000
-        while time.monotonic() < deadline:
-            await asyncio.sleep(pause)
-            try:
-                await self.backend.release(lock, token)
-                return
-            except CacheUnavailable:
-                continue
-
-    async def _heartbeat(self, lock: str, token: str) -> None:
-        """Keep the owner's lock alive while it computes; a crashed owner stops extending it."""
-        interval = self.lock_ttl_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self.backend.refresh(lock, token, self.lock_ttl_ms):
-                    return
-            except CacheUnavailable:
-                continue
 
     # -- whole results (pipelines) ------------------------------------------------------------
 
@@ -228,9 +124,9 @@ class StepCache:
         """The stored value of ``key`` or None (miss, corrupt, backend unavailable)."""
         if not self.enabled:
             return None
-        call = _Call((str(labels[0]), str(labels[1])))
-        value = await self._read(key, call)
-        if value is _MISS:
+        call = CallState((str(labels[0]), str(labels[1])))
+        value = await self._store.read(key, call)
+        if value is MISS:
             self._stats.add("misses", call.labels)
             return None
         self._stats.add("hits", call.labels)
@@ -241,8 +137,8 @@ class StepCache:
         """Store ``value``; False when not stored (too large, unencodable, unavailable)."""
         if not self.enabled:
             return False
-        call = _Call((str(labels[0]), str(labels[1])))
-        return await self._write(key, value, self.ttl_s if ttl_s is None else ttl_s, call)
+        call = CallState((str(labels[0]), str(labels[1])))
+        return await self._store.write(key, value, self.ttl_s if ttl_s is None else ttl_s, call)
 
     async def get_many(self, keys: list[str], *, labels: tuple[str, str] = ("model", "task")
                        ) -> list[Any | None]:
@@ -251,26 +147,27 @@ class StepCache:
         List requests use this instead of ``get_or_compute``: they look up every item at once
         and compute only the misses, as one batch; they do not join in-flight computations.
         """
-        call = _Call((str(labels[0]), str(labels[1])))
-        raws = await self._backend(call, self.backend.get_many(keys)) if self.enabled else None
-        values = [self._decode(k, r, call) if r is not None else _MISS
+        call = CallState((str(labels[0]), str(labels[1])))
+        raws = (await self._store.guarded(call, self.backend.get_many(keys))
+                if self.enabled else None)
+        values = [self._store.decode(k, r, call) if r is not None else MISS
                   for k, r in zip(keys, raws or [None] * len(keys), strict=True)]
-        hits = sum(v is not _MISS for v in values)
+        hits = sum(v is not MISS for v in values)
         for name, n in (("hits", hits), ("misses", len(keys) - hits)):
             if self.enabled and n:
                 self._stats.add(name, call.labels, n)
-        return [None if v is _MISS else v for v in values]
+        return [None if v is MISS else v for v in values]
 
     async def put_many(self, items: list[tuple[str, Any]], ttl_s: float | None = None, *,
                        labels: tuple[str, str] = ("model", "task")) -> int:
         """Store every ``(key, value)`` in one round trip; returns how many were stored."""
         if not self.enabled or not items:
             return 0
-        call = _Call((str(labels[0]), str(labels[1])))
+        call = CallState((str(labels[0]), str(labels[1])))
         encoded = [(k, data) for k, v in items
-                   if (data := self._encode(k, v, call)) is not None]
+                   if (data := self._store.encode(k, v, call)) is not None]
         if encoded:
-            await self._backend(call, self.backend.set_many(
+            await self._store.guarded(call, self.backend.set_many(
                 encoded, self.ttl_s if ttl_s is None else ttl_s))
         if call.degraded:
             return 0
@@ -279,7 +176,7 @@ class StepCache:
         return len(encoded)
 
     async def delete(self, key: str) -> None:
-        await self._backend(_Call(PIPELINE_LABELS), self.backend.delete(key))
+        await self._store.guarded(CallState(PIPELINE_LABELS), self.backend.delete(key))
 
     async def clear(self, *, strict: bool = False) -> int:
         """Delete every key of this namespace (values and locks); other namespaces stay.
@@ -347,62 +244,3 @@ class StepCache:
 
     def _health_changed(self, healthy: bool) -> None:
         self._stats.emit("healthy", {}, 1.0 if healthy else 0.0)
-
-    async def _backend(self, call: _Call, op: Awaitable[Any], *, count: bool = True) -> Any:
-        """Run a backend operation; on failure mark the call degraded and count one error."""
-        try:
-            return await op
-        except CacheUnavailable as exc:
-            if count and not call.degraded:
-                self._stats.add("errors", call.labels)
-            call.degraded = True
-            log.debug("cache operation failed: %s", exc)
-            return None
-
-    async def _read(self, key: str, call: _Call) -> Any:
-        if call.degraded:
-            return _MISS
-        raw = await self._backend(call, self.backend.get(key))
-        if raw is None:
-            return _MISS
-        return self._decode(key, raw, call)
-
-    def _decode(self, key: str, raw: bytes, call: _Call) -> Any:
-        try:
-            value = decode(raw)
-        except CorruptValue as exc:
-            if not call.corrupt_seen:
-                call.corrupt_seen = True
-                self._stats.add("corrupt", call.labels)
-                if not self._corrupt_logged:
-                    self._corrupt_logged = True
-                    log.warning("cache value %s is not one this cache wrote (%s); treated as "
-                                "a miss and overwritten (further ones are only counted)",
-                                key, exc)
-            return _MISS
-        self._stats.add("bytes_read", call.labels, len(raw))
-        return value
-
-    def _encode(self, key: str, value: Any, call: _Call) -> bytes | None:
-        """The stored form of ``value``, or None (counted) when it cannot or should not be."""
-        try:
-            data = encode(value)
-        except UnencodableValue as exc:
-            self._stats.add("errors", call.labels)
-            log.debug("not caching %s: %s", key, exc)
-            return None
-        if len(data) > self.max_value_bytes:
-            self._stats.add("skipped_too_large", call.labels)
-            return None
-        return data
-
-    async def _write(self, key: str, value: Any, ttl: float | None, call: _Call) -> bool:
-        data = self._encode(key, value, call)
-        if data is None:
-            return False
-        await self._backend(call, self.backend.set(key, data, ttl))
-        if call.degraded:
-            return False
-        self._stats.add("stores", call.labels)
-        self._stats.add("bytes_written", call.labels, len(data))
-        return True

@@ -146,6 +146,17 @@ def gateway_url(gateway_config, metrics_port):
         ray.shutdown()
 
 
+@pytest.fixture(scope="package")
+def oai(gateway_url):
+    """The official ``openai`` client on the gateway's ``/v1`` routes (no retries: a failure
+    shows as it happened)."""
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
+                timeout=120) as client:
+        yield client
+
+
 @pytest.fixture
 def http(gateway_url):
     with httpx.Client(base_url=gateway_url, timeout=120) as client:

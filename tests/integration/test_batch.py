@@ -10,7 +10,6 @@ import uuid
 
 import numpy as np
 import pytest
-from openai import OpenAI
 from PIL import Image
 
 pytestmark = pytest.mark.serve
@@ -85,12 +84,10 @@ def test_oversize_list_is_422_naming_inputs(http, gateway_config):
     assert r.status_code == 422 and r.json()["error"]["field"] == "inputs"
 
 
-def test_openai_embeddings_list_in_one_request(gateway_url):
+def test_openai_embeddings_list_in_one_request(oai):
     texts = [f"sentence number {i} about {w}" for i, w in
              enumerate(["cats", "dogs", "cars", "rain"] * 16)]
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
-        emb = client.embeddings.create(model="text", input=texts)
-        assert [d.index for d in emb.data] == list(range(64))
-        first = client.embeddings.create(model="text", input=texts[5]).data[0].embedding
+    emb = oai.embeddings.create(model="text", input=texts)
+    assert [d.index for d in emb.data] == list(range(64))
+    first = oai.embeddings.create(model="text", input=texts[5]).data[0].embedding
     assert float(np.dot(emb.data[5].embedding, first)) > 0.999

@@ -10,20 +10,12 @@ import time
 
 import httpx
 import pytest
-from openai import OpenAI
 
 from tests.fakes import png
 
 pytestmark = pytest.mark.serve
 
 ASK = [{"role": "user", "content": "what is in this image?"}]
-
-
-@pytest.fixture
-def oai(gateway_url):
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
-        yield client
 
 
 def llm_stats() -> dict:

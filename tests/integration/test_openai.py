@@ -15,19 +15,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
 from PIL import Image
 
+from tests.integration.openai_helpers import SENTENCE, openai_error_body
+
 pytestmark = pytest.mark.serve
-
-SENTENCE = "The quick brown fox jumps over the lazy dog."
-
-
-@pytest.fixture
-def oai(gateway_url):
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -39,22 +32,6 @@ def speech_wav(gateway_url) -> bytes:
     wav = base64.b64decode(r.json()["outputs"]["audio"])
     assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
     return wav
-
-
-def openai_error_body(exc: openai.APIStatusError, status: int) -> dict:
-    """The OpenAI-style error of ``exc``, checked for shape; returns its inner object."""
-    assert exc.status_code == status
-    body = exc.response.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert {"message", "type", "code", "param"} <= set(err), err
-    assert "request_id" not in err and "field" not in err, f"gateway error body: {err}"
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["type"] == "invalid_request_error"
-    # the client parsed it: what openai users read
-    assert exc.body == err and exc.code == err["code"] and exc.type == err["type"]
-    assert exc.response.headers["x-request-id"]
-    return err
 
 
 # ---- embeddings ----------------------------------------------------------------------------

@@ -11,21 +11,13 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-from openai import OpenAI
 
-from tests.integration.test_openai import SENTENCE, openai_error_body
+from tests.integration.openai_helpers import SENTENCE, openai_error_body
 
 pytestmark = pytest.mark.serve
 
 VOICE = "en_US-joe-medium"  # the packaged voice's one speaker (GET /v1/models/tts lists it)
 CUE = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d) --> (\d\d):(\d\d):(\d\d)[,.](\d\d\d)")
-
-
-@pytest.fixture(scope="module")
-def oai(gateway_url):
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

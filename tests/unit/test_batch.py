@@ -12,14 +12,13 @@ import uuid
 import httpx
 import pytest
 
-from deployments.base import ModelBackend, ServedModel
-from deployments.sources import ResolvedSource
+from deployments.base import ServedModel
 from fusion.api import create_api
 from fusion.cache import MemoryBackend, RedisBackend, StepCache
 from fusion.config import CacheConfig, ModelConfig
 from fusion.errors import BadInput
 from fusion.gateway import Gateway
-from tests.fakes import FakeModels, fake_config, png
+from tests.fakes import FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url
 
 
@@ -189,18 +188,9 @@ async def test_step_cache_put_many_get_many_and_an_outage_is_all_misses():
 
 # -- the replica side: ServedModel.call_many, without Ray ---------------------------------------
 
-class _RecordingText(ModelBackend):
+class _RecordingText(WeightlessBackend):
     family = "text"
     runs: list[tuple[int, str]] = []
-
-    @classmethod
-    def load(cls, config, model_dir=None):
-        backend = cls(config, ResolvedSource(config.source, "/nowhere", None, "fp", True))
-        backend.load_weights()
-        return backend
-
-    def load_weights(self) -> None:
-        pass
 
     def prepare(self, task, inputs):
         item = super().prepare(task, inputs)

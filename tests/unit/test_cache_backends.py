@@ -9,15 +9,7 @@ import uuid
 import pytest
 
 from fusion.cache import CacheBackend, MemoryBackend, RedisBackend
-from tests.redis_server import RedisUnavailable, redis_url
-
-
-@pytest.fixture(scope="module")
-def shared_redis_url() -> str:
-    try:
-        return redis_url()
-    except RedisUnavailable as exc:
-        pytest.fail(f"no Redis answers and none could be started: {exc}")
+from tests.unit.cache_helpers import until
 
 
 @pytest.fixture
@@ -48,21 +40,12 @@ async def test_get_set_delete(backend: CacheBackend, ns: str) -> None:
     await backend.delete(key)  # deleting a missing key is fine
 
 
-async def _until(read, expected, within_s: float = 10.0) -> None:
-    """Poll ``await read()`` until it returns ``expected``: expiry is awaited as an event, so
-    a loaded machine cannot make the test miss its moment; fail after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while await read() != expected:
-        assert time.monotonic() < deadline, f"still not {expected!r} after {within_s}s"
-        await asyncio.sleep(0.02)
-
-
 async def test_ttl(backend: CacheBackend, ns: str) -> None:
     started = time.monotonic()
     await backend.set(f"{ns}:short", b"v", 0.6)
     await backend.set(f"{ns}:long", b"v", 60)
     assert await backend.get(f"{ns}:short") == b"v"
-    await _until(lambda: backend.get(f"{ns}:short"), None)
+    await until(lambda: backend.get(f"{ns}:short"), None)
     assert time.monotonic() - started >= 0.59  # gone by its TTL, not before
     assert await backend.get(f"{ns}:long") == b"v"
 
@@ -85,7 +68,7 @@ async def test_lock_expires(backend: CacheBackend, ns: str) -> None:
     lock = f"{ns}:lock:k"
     assert await backend.acquire(lock, "crashed", 600)
     assert not await backend.acquire(lock, "waiter", 600)
-    await _until(lambda: backend.acquire(lock, "waiter", 60_000), True)
+    await until(lambda: backend.acquire(lock, "waiter", 60_000), True)
     assert not await backend.release(lock, "crashed")  # a late owner cannot free another's lock
     assert await backend.release(lock, "waiter")
 

@@ -13,15 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fusion.chat import chat_messages  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
-from tests.llm_inprocess import load_tiny_llm  # noqa: E402
 
 QUESTION = [{"role": "system", "content": "you are a helpful assistant"},
             {"role": "user", "content": "what is in this image?"}]
-
-
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    return load_tiny_llm(str(tmp_path_factory.mktemp("llm-models")))
 
 
 def call(llm, task: str, **inputs) -> dict:

@@ -9,32 +9,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fusion.cache import StepCache  # noqa: E402
-from fusion.config import CacheConfig  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
 from fusion.executor import CachePolicy  # noqa: E402
-from fusion.gateway import Gateway, served_tasks  # noqa: E402
+from fusion.gateway import served_tasks  # noqa: E402
 from fusion.spec import load_pipelines, load_spec  # noqa: E402
 from fusion.template import fill_template, parse_template  # noqa: E402
 from tests.fakes import png  # noqa: E402
-from tests.llm_inprocess import LlmModels, llm_config, load_tiny_llm  # noqa: E402
+from tests.llm_inprocess import llm_config, llm_gateway  # noqa: E402
 
 MODELS = served_tasks(llm_config())
-
-
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    return load_tiny_llm(str(tmp_path_factory.mktemp("llm-models")))
-
-
-@pytest.fixture
-def models(llm) -> LlmModels:
-    return LlmModels(llm)
-
-
-def gateway(models: LlmModels) -> Gateway:
-    cache = StepCache.from_config(CacheConfig(redis_url=None))
-    return Gateway(llm_config(), models, cache)
 
 
 def test_template_fill_has_no_code_path():
@@ -79,7 +62,7 @@ def test_builtin_llm_pipelines_load_and_chain_types():
 
 
 async def test_ask_image_streams_tokens_after_the_step_events(models):
-    gw = gateway(models)
+    gw = llm_gateway(models)
     events: list[dict] = []
     inputs = {"image": png(), "question": "what is written here?", "max_tokens": 12}
     result = await gw.run_pipeline("ask_image", inputs, on_event=events.append)
@@ -103,7 +86,7 @@ async def test_ask_image_streams_tokens_after_the_step_events(models):
 
 
 async def test_greedy_answer_is_cached_and_replays_as_a_stream(models):
-    gw = gateway(models)
+    gw = llm_gateway(models)
     inputs = {"audio": b"RIFF fake", "question": "who speaks?", "max_tokens": 10}
     first: list[dict] = []
     one = await gw.run_pipeline("ask_audio", inputs, on_event=first.append)
@@ -117,7 +100,7 @@ async def test_greedy_answer_is_cached_and_replays_as_a_stream(models):
 
 
 async def test_sampled_answer_is_not_cached_and_the_report_says_why(models):
-    gw = gateway(models)
+    gw = llm_gateway(models)
     inputs = {"audio": b"RIFF fake", "question": "who speaks?", "max_tokens": 10,
               "temperature": 1.0}
     one = await gw.run_pipeline("ask_audio", inputs)
@@ -134,7 +117,7 @@ async def test_sampled_answer_is_not_cached_and_the_report_says_why(models):
 
 
 async def test_describe_then_draw_feeds_the_llm_into_diffusion(models):
-    gw = gateway(models)
+    gw = llm_gateway(models)
     result = await gw.run_pipeline("describe_then_draw", {"prompt": "a red boat"},
                                    CachePolicy(read=False, write=False))
     assert result.outputs["description"] and result.outputs["image"][:4] == b"\x89PNG"

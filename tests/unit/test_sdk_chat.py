@@ -17,26 +17,13 @@ from fusion_client import AsyncFusionClient, BadRequest, FusionClient, TokenEven
 from fusion_client.cli import main  # noqa: E402
 
 from fusion.api import create_api  # noqa: E402
-from fusion.cache import StepCache  # noqa: E402
-from fusion.config import CacheConfig  # noqa: E402
-from fusion.gateway import Gateway  # noqa: E402
 from tests.fakes import png  # noqa: E402
-from tests.llm_inprocess import LlmModels, llm_config, load_tiny_llm  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    return load_tiny_llm(str(tmp_path_factory.mktemp("llm-models")))
-
-
-@pytest.fixture
-def models(llm) -> LlmModels:
-    return LlmModels(llm)
+from tests.llm_inprocess import llm_gateway  # noqa: E402
 
 
 @pytest.fixture
 def transport(models):
-    gw = Gateway(llm_config(), models, StepCache.from_config(CacheConfig(redis_url=None)))
+    gw = llm_gateway(models)
     return httpx.ASGITransport(app=create_api(lambda: gw))
 
 

@@ -12,26 +12,17 @@ import threading
 
 import pytest
 
-from deployments.base import ModelBackend, ServedModel, run_grouped
-from deployments.sources import ResolvedSource
+from deployments.base import ServedModel, run_grouped
 from fusion.config import ModelConfig
 from fusion.errors import BadInput
+from tests.fakes import WeightlessBackend
 
 CONFIG = {"name": "gen", "family": "diffusion", "source": "tiny:diffusion"}
 
 
-class RecordingBackend(ModelBackend):
+class RecordingBackend(WeightlessBackend):
     family = "diffusion"
     runs: list[tuple[str, int, str]] = []
-
-    @classmethod
-    def load(cls, config, model_dir=None):
-        backend = cls(config, ResolvedSource(config.source, "/nowhere", None, "fp", True))
-        backend.load_weights()
-        return backend
-
-    def load_weights(self) -> None:
-        pass
 
     def run(self, task, items, progress=None):
         self.runs.append((task, len(items), threading.current_thread().name))

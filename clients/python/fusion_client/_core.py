@@ -4,33 +4,25 @@ Each API operation is a generator: it yields a :class:`Request`, receives the ch
 :class:`Response` back (errors already raised), may yield more requests (``run`` first looks up
 the pipeline's declared input types, once per client) and finally returns the typed result.
 The sync client drives these generators with ``httpx.Client``, the async one with
-``httpx.AsyncClient``; retries, error mapping, SSE parsing and value encoding live here.
+``httpx.AsyncClient``; request building, SSE parsing and value encoding live here, error
+mapping in :mod:`fusion_client._http` and retry timing in :mod:`fusion_client.retry`.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import random
-import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import httpx
-
+# REQUEST_ID_HEADER, transport_error and RetryPolicy are re-exported: _core was their home
+from fusion_client._http import REQUEST_ID_HEADER as REQUEST_ID_HEADER
+from fusion_client._http import Request, Response, check_response, error_from_body
+from fusion_client._http import transport_error as transport_error
 from fusion_client._version import __version__
 from fusion_client.encoding import decode_outputs, encode_inputs
-from fusion_client.errors import (
-    ERROR_CODES,
-    ConnectionFailed,
-    FusionError,
-    ServerError,
-    Timeout,
-    error_class_for_code,
-    error_class_for_status,
-)
+from fusion_client.errors import ServerError
+from fusion_client.retry import RetryPolicy as RetryPolicy
 from fusion_client.sse import ServerSentEvent, SSEDecoder
 from fusion_client.types import (
     BatchResult,
@@ -50,170 +42,9 @@ from fusion_client.types import (
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 CACHE_CONTROL_VALUES = ("no-cache", "no-store")
-REQUEST_ID_HEADER = "x-request-id"
 TIMEOUT_HEADER = "X-Request-Timeout"
 
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    params: dict[str, str] | None = None
-    json: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Response:
-    status: int
-    headers: Mapping[str, str]
-    body: Any  # decoded JSON (None for an empty body)
-
-    @property
-    def request_id(self) -> str | None:
-        return self.headers.get(REQUEST_ID_HEADER)
-
-
 Operation = Generator[Request, Response, T]
-
-
-# ---- errors ------------------------------------------------------------------------------
-
-def _json_or_none(content: bytes) -> Any:
-    if not content:
-        return None
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def error_from_body(body: Any, *, status: int | None, request_id: str | None,
-                    fallback_text: str = "") -> FusionError:
-    """Build the typed error from a gateway error body (ours, OpenAI's or FastAPI's)."""
-    message, code, field_, rid = None, None, None, None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
-        message = err.get("message")
-        code = err.get("code") if isinstance(err.get("code"), str) else None
-        field_ = err.get("field") or err.get("param")
-        rid = err.get("request_id")
-    elif isinstance(body, dict) and "detail" in body:  # FastAPI's own errors
-        detail = body["detail"]
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            first = detail[0]
-            loc = [str(p) for p in first.get("loc", []) if p != "body"]
-            field_ = ".".join(loc) or None
-            message = first.get("msg")
-        elif isinstance(detail, str):
-            message = detail
-    if status is not None:
-        cls = error_class_for_status(status)
-        if code in ERROR_CODES and ERROR_CODES[code][1] == status:
-            cls = ERROR_CODES[code][0]  # the gateway's own code: its exact class (StepFailed)
-    else:
-        cls, status = error_class_for_code(code)
-    if not message:
-        message = fallback_text.strip()[:500] or (f"HTTP {status}" if status else "error")
-    return cls(str(message), status=status, code=code, field=field_ if field_ else None,
-               request_id=rid or request_id)
-
-
-def check_response(status: int, headers: Mapping[str, str], content: bytes) -> Response:
-    """Decode a complete response; raise the typed error for a non-2xx status."""
-    rid = headers.get(REQUEST_ID_HEADER)
-    body = _json_or_none(content)
-    if status >= 400:
-        text = content.decode("utf-8", "replace") if body is None else ""
-        raise error_from_body(body, status=status, request_id=rid, fallback_text=text)
-    if content and body is None:
-        raise ServerError(f"the gateway answered {status} with a body that is not JSON",
-                          status=status, request_id=rid)
-    return Response(status, headers, body)
-
-
-def transport_error(exc: httpx.TransportError, timeout: float | None) -> FusionError:
-    """Map an httpx transport failure to ``Timeout`` or ``ConnectionFailed``."""
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(
-            exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return Timeout(f"no response within the client timeout ({timeout} s): {exc}",
-                       code="client_timeout")
-    return ConnectionFailed(f"cannot reach the gateway: {exc or type(exc).__name__}")
-
-
-# ---- retries -----------------------------------------------------------------------------
-
-class RetryPolicy:
-    """When and how long to wait before retrying.
-
-    Retried: HTTP 503 (the gateway sheds load) and transport failures where no answer came
-    (connection refused/reset, connect or pool timeouts, broken responses). Never retried: 4xx,
-    other 5xx, read timeouts (the request is likely still running). Waits grow exponentially
-    (``backoff`` · 2^attempt, capped at ``max_backoff``) with "equal jitter" (half fixed, half
-    random); a ``Retry-After`` header (seconds or HTTP date) replaces the computed wait, capped
-    at ``max_retry_after``.
-    """
-
-    retry_statuses = frozenset({503})
-
-    def __init__(self, retries: int = 3, backoff: float = 0.5, max_backoff: float = 8.0,
-                 max_retry_after: float = 60.0, rng: random.Random | None = None) -> None:
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
-        self.rng = rng or random.Random()
-
-    def backoff_delay(self, attempt: int) -> float:
-        cap = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return cap / 2 + self.rng.uniform(0, cap / 2)
-
-    def retry_after(self, value: str | None) -> float | None:
-        if not value:
-            return None
-        value = value.strip()
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when is None:
-                return None
-            seconds = when.timestamp() - time.time()
-        return max(0.0, min(self.max_retry_after, seconds))
-
-    def retry_after_ms(self, value: str | None) -> float | None:
-        """``Retry-After-Ms`` (the gateway's exact estimate; ``Retry-After`` rounds up to
-        whole seconds), in seconds."""
-        try:
-            ms = float(value) if value else None
-        except ValueError:
-            return None
-        if ms is None or ms != ms:
-            return None
-        return max(0.0, min(self.max_retry_after, ms / 1000))
-
-    def delay_after_status(self, attempt: int, status: int,
-                           headers: Mapping[str, str]) -> float | None:
-        """Seconds to wait before retrying after ``status``, or ``None``: do not retry."""
-        if attempt >= self.retries or status not in self.retry_statuses:
-            return None
-        after = self.retry_after_ms(headers.get("retry-after-ms"))
-        if after is None:
-            after = self.retry_after(headers.get("retry-after"))
-        return after if after is not None else self.backoff_delay(attempt)
-
-    def delay_after_error(self, attempt: int, exc: BaseException) -> float | None:
-        """Seconds to wait before retrying after a transport error, or ``None``."""
-        if attempt >= self.retries:
-            return None
-        retryable = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout | httpx.NetworkError
-                               | httpx.RemoteProtocolError)
-        return self.backoff_delay(attempt) if retryable else None
 
 
 # ---- the protocol ------------------------------------------------------------------------

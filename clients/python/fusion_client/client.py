@@ -9,40 +9,40 @@ requests in flight, so sending the same request twice computes it at most once a
 same answer. They are retried on HTTP 503 and on connection failures (never on 4xx, other 5xx
 or a read timeout), ``retries`` times, with exponential backoff and jitter, honouring
 ``Retry-After``. A stream is only retried before its first event arrived.
+
+The asyncio twin lives in :mod:`fusion_client.async_client` and is re-exported here, as are
+the shared helpers (:mod:`fusion_client._base`) and :class:`SyncOverAsyncTransport`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
+from fusion_client._base import (
+    TimeoutTypes,
+    _BaseClient,
+    check_texts,
+    resolve_api_key,
+    resolve_base_url,
+)
 from fusion_client._core import (
-    DEFAULT_URL,
     REQUEST_ID_HEADER,
     EventStreamParser,
     Operation,
-    Protocol,
     Request,
     Response,
-    RetryPolicy,
     check_response,
     is_event_stream,
     merge_inputs,
     transport_error,
 )
-from fusion_client.chat import (
-    ChatResult,
-    ChatStreamParser,
-    Messages,
-    chat_request,
-    parse_chat,
-)
+from fusion_client.async_client import AsyncFusionClient
+from fusion_client.chat import ChatResult, ChatStreamParser, Messages, chat_request, parse_chat
+from fusion_client.transport import SyncOverAsyncTransport
 from fusion_client.types import (
     BatchResult,
     CacheStats,
@@ -53,48 +53,8 @@ from fusion_client.types import (
     PipelineResult,
 )
 
-TimeoutTypes = float | httpx.Timeout | None
-
-
-def resolve_base_url(base_url: str | None) -> str:
-    """``base_url``, else ``$FUSION_URL``, else ``http://127.0.0.1:8000`` (no trailing ``/``)."""
-    url = base_url or os.environ.get("FUSION_URL") or DEFAULT_URL
-    return url.rstrip("/")
-
-
-def resolve_api_key(api_key: str | None) -> str | None:
-    """``api_key``, else ``$FUSION_API_KEY``, else none."""
-    if api_key is not None:
-        return api_key or None
-    return os.environ.get("FUSION_API_KEY") or None
-
-
-class _BaseClient:
-    def __init__(self, base_url: str | None, api_key: str | None, timeout: TimeoutTypes,
-                 retries: int, decode_images: bool, backoff: float, max_backoff: float) -> None:
-        self.base_url = resolve_base_url(base_url)
-        self.api_key = resolve_api_key(api_key)
-        self.timeout = timeout
-        self.retry_policy = RetryPolicy(retries=retries, backoff=backoff,
-                                        max_backoff=max_backoff)
-        self._proto = Protocol(self.api_key, decode_images=decode_images)
-
-    @property
-    def retries(self) -> int:
-        return self.retry_policy.retries
-
-    def _timeout_seconds(self) -> float | None:
-        if isinstance(self.timeout, httpx.Timeout):
-            return self.timeout.read
-        return self.timeout
-
-    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        headers = self._proto.default_headers()
-        headers.update(extra or {})
-        return headers
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
+__all__ = ["AsyncFusionClient", "FusionClient", "SyncOverAsyncTransport", "TimeoutTypes",
+           "resolve_api_key", "resolve_base_url"]
 
 
 class FusionClient(_BaseClient):
@@ -253,7 +213,8 @@ class FusionClient(_BaseClient):
         """Embeddings of ``texts``, in order, computed as one batch (``task="embed_text"`` for
         a CLIP model)."""
         return [o["embedding"] for o in self.call_many(
-            model, task, [{"text": t} for t in _texts(texts)], cache_control=cache_control).outputs]
+            model, task, [{"text": t} for t in check_texts(texts)],
+            cache_control=cache_control).outputs]
 
     def chat(self, messages: Messages = None, /, *, model: str = "llm",
              prompt: str | None = None, system: str | None = None,
@@ -301,231 +262,3 @@ class FusionClient(_BaseClient):
     def clear_cache(self) -> int:
         """Clear the gateway's cache namespace (admin key); returns the number deleted."""
         return self._drive(self._proto.clear_cache())
-
-
-class AsyncFusionClient(_BaseClient):
-    """The asyncio twin of :class:`FusionClient`: same arguments, same methods, awaited
-    (``stream`` returns an async iterator)."""
-
-    def __init__(self, base_url: str | None = None, api_key: str | None = None,
-                 timeout: TimeoutTypes = 60.0, retries: int = 3, *,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 decode_images: bool = True, headers: Mapping[str, str] | None = None,
-                 backoff: float = 0.5, max_backoff: float = 8.0) -> None:
-        super().__init__(base_url, api_key, timeout, retries, decode_images, backoff,
-                         max_backoff)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
-                                       transport=transport, headers=self._headers(headers))
-        self._sleep: Callable[[float], Any] = asyncio.sleep
-
-    # -- plumbing --
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    close = aclose
-
-    async def __aenter__(self) -> AsyncFusionClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _drive(self, op: Operation) -> Any:
-        try:
-            request = next(op)
-            while True:
-                request = op.send(await self._send(request))
-        except StopIteration as stop:
-            return stop.value
-
-    async def _send(self, req: Request) -> Response:
-        attempt = 0
-        while True:
-            try:
-                r = await self._http.request(req.method, req.path, params=req.params,
-                                             json=req.json, headers=req.headers)
-            except httpx.TransportError as exc:
-                delay = self.retry_policy.delay_after_error(attempt, exc)
-                if delay is None:
-                    raise transport_error(exc, self._timeout_seconds()) from exc
-            else:
-                delay = self.retry_policy.delay_after_status(attempt, r.status_code, r.headers)
-                if delay is None:
-                    return check_response(r.status_code, r.headers, r.content)
-            await self._sleep(delay)
-            attempt += 1
-
-    # -- API --
-    async def health(self) -> dict:
-        return await self._drive(self._proto.health())
-
-    async def pipelines(self) -> list[PipelineInfo]:
-        return await self._drive(self._proto.pipelines())
-
-    async def pipeline(self, name: str) -> PipelineInfo | None:
-        return await self._drive(self._proto.pipeline_info(name))
-
-    async def models(self) -> list[ModelInfo]:
-        return await self._drive(self._proto.models())
-
-    async def run(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-                  cache_control: str | None = None, timeout_s: float | None = None,
-                  **kwargs: Any) -> PipelineResult:
-        return await self._drive(self._proto.run(pipeline, merge_inputs(inputs, kwargs),
-                                                 cache_control, timeout_s))
-
-    async def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
-                     cache_control: str | None = None, timeout_s: float | None = None,
-                     **kwargs: Any) -> AsyncIterator[Event]:
-        """``async for event in client.stream(...)``."""
-        request = await self._drive(self._proto.stream_request(
-            pipeline, merge_inputs(inputs, kwargs), cache_control, timeout_s))
-        attempt = 0
-        started = False
-        while True:
-            try:
-                async with self._http.stream(request.method, request.path,
-                                             params=request.params, json=request.json,
-                                             headers=request.headers) as r:
-                    rid = r.headers.get(REQUEST_ID_HEADER)
-                    if r.status_code >= 400 or not is_event_stream(r.headers):
-                        await r.aread()
-                        delay = self.retry_policy.delay_after_status(attempt, r.status_code,
-                                                                     r.headers)
-                        if delay is None:
-                            yield self._proto.plain_stream_answer(r.status_code, r.headers,
-                                                                  r.content)
-                            return
-                    else:
-                        parser = EventStreamParser(self._proto, rid)
-                        async for chunk in r.aiter_text():
-                            for event in parser.feed(chunk):
-                                started = True
-                                yield event
-                            if parser.done:
-                                return
-                        for event in parser.close():
-                            yield event
-                        return
-            except httpx.TransportError as exc:
-                delay = None if started else self.retry_policy.delay_after_error(attempt, exc)
-                if delay is None:
-                    raise transport_error(exc, self._timeout_seconds()) from exc
-            await self._sleep(delay)
-            attempt += 1
-
-    async def call(self, model: str, task: str, inputs: Mapping[str, Any] | None = None, /, *,
-                   cache_control: str | None = None, timeout_s: float | None = None,
-                   **kwargs: Any) -> CallResult:
-        return await self._drive(self._proto.call(model, task, merge_inputs(inputs, kwargs),
-                                                  cache_control, timeout_s))
-
-    async def call_many(self, model: str, task: str, items: list[Mapping[str, Any]], /, *,
-                        cache_control: str | None = None) -> BatchResult:
-        return await self._drive(self._proto.call_many(model, task, list(items), cache_control))
-
-    async def embed(self, texts: list[str], /, *, model: str = "text", task: str = "embed",
-                    cache_control: str | None = None) -> list[list[float]]:
-        result = await self.call_many(model, task, [{"text": t} for t in _texts(texts)],
-                                      cache_control=cache_control)
-        return [o["embedding"] for o in result.outputs]
-
-    async def chat(self, messages: Messages = None, /, *, model: str = "llm",
-                   prompt: str | None = None, system: str | None = None,
-                   cache_control: str | None = None, timeout_s: float | None = None,
-                   **params: Any) -> ChatResult:
-        req = chat_request(messages, model=model, prompt=prompt, system=system,
-                           cache_control=cache_control, timeout_s=timeout_s, **params)
-        resp = await self._send(req)
-        return parse_chat(resp.body, resp.request_id)
-
-    async def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
-                          prompt: str | None = None, system: str | None = None,
-                          cache_control: str | None = None, timeout_s: float | None = None,
-                          **params: Any) -> AsyncIterator[str]:
-        """``async for text in client.stream_chat(...)``."""
-        req = chat_request(messages, model=model, prompt=prompt, system=system, stream=True,
-                           cache_control=cache_control, timeout_s=timeout_s, **params)
-        try:
-            async with self._http.stream(req.method, req.path, json=req.json,
-                                         headers=req.headers) as r:
-                rid = r.headers.get(REQUEST_ID_HEADER)
-                if r.status_code >= 400 or not is_event_stream(r.headers):
-                    await r.aread()
-                    yield parse_chat(check_response(r.status_code, r.headers,
-                                                    r.content).body, rid).text
-                    return
-                parser = ChatStreamParser(rid)
-                async for chunk in r.aiter_text():
-                    for text in parser.feed(chunk):
-                        yield text
-                    if parser.done:
-                        return
-                for text in parser.close():
-                    yield text
-        except httpx.TransportError as exc:
-            raise transport_error(exc, self._timeout_seconds()) from exc
-
-    async def cache_stats(self) -> CacheStats:
-        return await self._drive(self._proto.cache_stats())
-
-    async def clear_cache(self) -> int:
-        return await self._drive(self._proto.clear_cache())
-
-
-def _texts(texts: list[str]) -> list[str]:
-    if isinstance(texts, str):  # a lone string would embed each character
-        raise TypeError("texts must be a list of strings; wrap a single text in a list")
-    return list(texts)
-
-
-class SyncOverAsyncTransport(httpx.BaseTransport):
-    """Drive an async transport (e.g. ``httpx.ASGITransport``) from the blocking client.
-
-    Requests run on one private event loop in a daemon thread, so an in-process ASGI app keeps
-    a single loop for its lifetime. Response bodies are read whole before they are returned
-    (a stream then arrives at once, which is fine for tests).
-    """
-
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
-        self._transport = transport
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def _run(self, coro: Any) -> Any:
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=self._loop.run_forever,
-                                                name="fusion-client-transport", daemon=True)
-                self._thread.start()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        content = request.read()
-
-        async def go() -> httpx.Response:
-            forwarded = httpx.Request(request.method, request.url, headers=request.headers,
-                                      content=content, extensions=request.extensions)
-            response = await self._transport.handle_async_request(forwarded)
-            try:
-                raw = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  content=raw, extensions=response.extensions)
-
-        return self._run(go())
-
-    def close(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._run(self._transport.aclose())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._loop.close()
-            self._loop = None

@@ -190,5 +190,32 @@ def make_async(gateway, sleeps):
     return make
 
 
+class Run:
+    """One ``fusion`` command's exit code and what it printed."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def fusion(gateway):
+    """``fusion(*argv) -> Run``: the ``fusion`` command, in-process, on the fake gateway."""
+    from fusion_client.cli import main
+
+    def invoke(*argv: str) -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), transport=gateway.transport, stdout=out, stderr=err)
+        return Run(code, out.getvalue(), err.getvalue())
+    return invoke
+
+
+@pytest.fixture
+def cat(tmp_path):
+    """A PNG file to pass as ``--image``."""
+    path = tmp_path / "cat.png"
+    path.write_bytes(PNG)
+    return path
+
+
 def run_async(coro):
     return asyncio.run(coro)
