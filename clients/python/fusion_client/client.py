@@ -151,9 +151,11 @@ class FusionClient(_BaseClient):
     def stream(self, pipeline: str, inputs: Mapping[str, Any] | None = None, /, *,
                cache_control: str | None = None, timeout_s: float | None = None,
                **kwargs: Any) -> Iterator[Event]:
-        """Run a pipeline and iterate over its events: :class:`StepEvent` and
-        :class:`ProgressEvent` as they happen, then one :class:`ResultEvent`. An ``error``
-        event raises the typed error."""
+        """Run a pipeline and iterate over its events as they happen: :class:`StartEvent`
+        when a step begins, :class:`ProgressEvent`, :class:`TokenEvent` (a language-model
+        step's text), :class:`StepEvent` when a step ends, then one :class:`ResultEvent`.
+        An ``error`` event raises the typed error; events this SDK does not know are
+        skipped."""
         request = self._drive(self._proto.stream_request(
             pipeline, merge_inputs(inputs, kwargs), cache_control, timeout_s))
         return self._stream(request)
