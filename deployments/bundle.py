@@ -14,12 +14,15 @@ Start-up: members whose load builds no torch module (ONNX Runtime, CTranslate2: 
 after another in the calling thread; transformers' loader is not thread-safe
 (``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are, and they
 spend their time in native code that runs while the torch lane holds the GIL.
+``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread (``ops/bench/edge.py``
+measures both: the thread only pays where a core is free).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -89,8 +92,9 @@ class ModelBundle:
                 took[cfg.name] = time.perf_counter() - t
                 self.loaded_in[cfg.name] = threading.current_thread().name
 
-        torch_lane = [(cfg, base) for cfg, base in plan if _builds_torch(cfg, base)]
-        side = [(cfg, base) for cfg, base in plan if not _builds_torch(cfg, base)]
+        threaded = os.environ.get("FUSION_BUNDLE_LOAD_THREAD", "1") != "0"  # 0: A/B in the bench
+        torch_lane = [(c, b) for c, b in plan if not threaded or _builds_torch(c, b)]
+        side = [(c, b) for c, b in plan if threaded and not _builds_torch(c, b)]
         failed: list[BaseException] = []
 
         def load_side() -> None:

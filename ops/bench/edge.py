@@ -3,7 +3,9 @@
 Part 1, profiles (``--profiles``): each profile is started as a user starts it
 (``ops/serve_local.py [--edge] <config>`` in its own session), timed until every model has
 answered ``GET /v1/models``, its memory added up over every process of the session as PSS
-(shared pages split between the processes sharing them), then every task is called over HTTP:
+(shared pages split between the processes sharing them) and the CPU time its processes used
+to get there (per process too: on a shared machine the wall time mostly says how busy the
+neighbours were, the CPU time where the start-up work goes), then every task is called over HTTP:
 median latency at concurrency 1 and throughput at concurrency 8 (``Cache-Control: no-store``,
 so no answer comes from the cache). Then the profile is stopped. Run it under the shared lock:
 it binds port 8000.
@@ -17,6 +19,7 @@ the same bounds).
 
     python ops/bench/edge.py                       # both parts
     python ops/bench/edge.py --profiles edge --no-compression
+    python ops/bench/edge.py --profiles edge,edge-serial,edge,edge-serial --no-compression
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, closed_loop  # noqa: E402
 from startup import memory_kib, session_pids  # noqa: E402
 
-PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"]}
+PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"],
+            "edge-serial": ["--edge", "ops/serve/edge.yaml"]}
+# edge-serial: the edge profile with the bundle loading every member in one thread
+# (deployments/bundle.py), to see what loading ONNX Runtime/CTranslate2 members beside the
+# torch ones saves
+PROFILE_ENV = {"edge-serial": {"FUSION_BUNDLE_LOAD_THREAD": "0"}}
 URL = "http://127.0.0.1:8000"
 
 
@@ -78,8 +86,9 @@ def start(profile: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
 
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "ops/serve_local.py", *PROFILES[profile]],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=own_session)
+                            cwd=ROOT, env={**env, **PROFILE_ENV.get(profile, {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=own_session)
     while time.monotonic() - started < 600 and proc.poll() is None:
         try:
             if httpx.get(f"{URL}/v1/models", timeout=60).status_code == 200:
@@ -129,7 +138,7 @@ def measure_profile(profile: str, requests: int, env: dict[str, str]) -> dict:
         time.sleep(3)  # let replicas settle
         rows = [memory_kib(pid) for pid in session_pids(proc.pid)]
         tasks = {}
-        for name, inputs in task_inputs().items():
+        for name, inputs in (task_inputs() if requests else {}).items():
             path = f"/v1/models/{name}"
 
             async def send(client: httpx.AsyncClient, _p=path, _i=inputs) -> httpx.Response:
@@ -250,7 +259,8 @@ def measure_compression(repeats: int, env: dict[str, str]) -> tuple[list[str], l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", default="default,edge")
-    parser.add_argument("--requests", type=int, default=12, help="per task at c=1 (c=8: 2x)")
+    parser.add_argument("--requests", type=int, default=12,
+                        help="per task at c=1 (c=8: 2x); 0: start-up and memory only")
     parser.add_argument("--repeats", type=int, default=15, help="compression repeats")
     parser.add_argument("--no-compression", action="store_true")
     args = parser.parse_args()
@@ -259,8 +269,10 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "FUSION_MODEL_DIR")})
     print(f"machine: {os.cpu_count()} CPUs (shared with other work: figures are noisy)")
-    results = {p: measure_profile(p, args.requests, env)
-               for p in args.profiles.split(",") if p}
+    results: dict[str, dict] = {}
+    for p in filter(None, args.profiles.split(",")):  # a profile named twice: two runs
+        runs = sum(k.split(" #")[0] == p for k in results)
+        results[f"{p} #{runs + 1}" if runs else p] = measure_profile(p, args.requests, env)
     if results:
         names = list(results)
         print("\n" + f"{'':<34}" + "".join(f"{n:>22}" for n in names))
@@ -274,8 +286,8 @@ def main() -> None:
         for n in names:  # where the start-up CPU went, biggest first
             top = sorted(results[n]["cpu"].items(), key=lambda kv: -kv[1])
             print(f"  {n} start-up CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in top))
-        print(f"{'task: p50 at c=1 | req/s at c=8':<34}")
-        for task in task_inputs():
+        print(f"{'task: p50 at c=1 | req/s at c=8':<34}" if args.requests else "")
+        for task in task_inputs() if args.requests else ():
             cells = [results[n]["tasks"][task] for n in names]
             print(f"  {task:<32}" + "".join(f"{f'{p50:.0f} ms | {tput:.1f}/s':>22}"
                                             for p50, tput in cells))
