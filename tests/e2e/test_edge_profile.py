@@ -68,7 +68,7 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
             time.sleep(1)
         assert models, (tmp_path / "serve.log").read_text()[-4000:]
         assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper",
-                               "diffusion", "ocr", "tts"}
+                               "diffusion", "ocr", "tts", "llm"}
         assert models["text"]["backend"] == "onnx"
         assert "+onnx-int8#" in models["text"]["fingerprint"]
         assert models["whisper"]["fingerprint"].endswith("+ct2-int8")
