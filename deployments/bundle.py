@@ -12,10 +12,11 @@ member has its own queue, and a bad item of one model can never reach another's 
 Start-up: members whose load builds no torch module (ONNX Runtime, CTranslate2: see
 ``ModelBackend.builds_torch_modules``) load in a thread beside the others, which load one
 after another in the calling thread; transformers' loader is not thread-safe
-(``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are, and they
-spend their time in native code that runs while the torch lane holds the GIL.
-``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread (``ops/bench/edge.py``
-measures both: the thread only pays where a core is free).
+(``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are. Only
+their native set-up (sessions, the CTranslate2 model) overlaps the torch lane, whose imports
+hold the GIL, so the gain is small: none measurable on the shared 2-core machine (README
+"Edge profile"). ``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread
+(``ops/bench/edge.py --profiles edge,edge-serial`` compares both).
 """
 
 from __future__ import annotations
