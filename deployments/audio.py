@@ -35,6 +35,7 @@ from typing import Any
 from deployments.base import ModelBackend, Progress
 from deployments.media import decode_audio
 from deployments.whisper_segments import clip_time, segment_dict
+from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError, Unsupported
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
@@ -67,6 +68,11 @@ class AudioModel(ModelBackend):
     family = "audio"
     # A CTranslate2 model has model.bin + config.json, a transformers one config.json.
     marker_files = ("model.bin", "config.json")
+
+    @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """CTranslate2 (``faster-whisper``) builds no torch module; ``transformers`` does."""
+        return config.backend != "faster-whisper"
 
     def load_weights(self) -> None:
         self.options = dict(self.config.options)

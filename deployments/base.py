@@ -24,6 +24,8 @@ import contextlib
 import importlib
 import logging
 import os
+import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -57,12 +59,29 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
     return device, dtype
 
 
-def _quiet_progress_bars() -> None:
-    """Loading bars from transformers/diffusers/hub flood replica logs; a server wants none."""
+# transformers builds a model under switches it sets for the whole process (the default dtype,
+# patched ``torch.nn.init`` and creation ops, a meta-device context): a torch module built in
+# another thread meanwhile comes out wrong ("meta tensor" errors). Every load that builds torch
+# modules holds this lock, so a bundle can load its other members (ONNX Runtime, CTranslate2)
+# in a thread beside them (``deployments.bundle``).
+TORCH_BUILD = threading.RLock()
+
+
+def quiet_progress_bars() -> None:
+    """Loading bars from transformers/diffusers/hub flood replica logs; a server wants none.
+
+    Only libraries already imported are told: importing ``diffusers.utils`` to silence it
+    costs seconds (it pulls ``torch._dynamo`` and scipy) in every replica that never uses it.
+    transformers reads the hub's switch when imported; diffusers does not, so the diffusion
+    family calls this again once it has imported diffusers.
+    """
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with contextlib.suppress(ImportError, AttributeError):
+        importlib.import_module("huggingface_hub.utils").disable_progress_bars()
     for module in ("transformers", "diffusers"):
-        with contextlib.suppress(ImportError, AttributeError):
-            importlib.import_module(f"{module}.utils.logging").disable_progress_bar()
+        if module in sys.modules:
+            with contextlib.suppress(ImportError, AttributeError):
+                importlib.import_module(f"{module}.utils.logging").disable_progress_bar()
 
 
 class ModelBackend(ABC):
@@ -80,17 +99,25 @@ class ModelBackend(ABC):
         self.model_dir: Path | None = None  # set by load(): where derived files are cached
 
     @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """Whether loading builds torch modules (then it holds ``TORCH_BUILD``). True unless a
+        family knows better: a backend on ONNX Runtime or CTranslate2 says False."""
+        return True
+
+    @classmethod
     def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
         """Resolve the source (building a tiny model if asked) and load it."""
         import torch
 
         torch.set_num_threads(config.threads)
-        _quiet_progress_bars()
-        resolved = resolve(config.source, Path(model_dir) if model_dir else None,
-                           cls.marker_files)
-        backend = cls(config, resolved)
-        backend.model_dir = Path(model_dir) if model_dir else None  # derived files (onnx)
-        backend.load_weights()
+        quiet_progress_bars()
+        builds = cls.builds_torch_modules(config) or config.source.kind in ("tiny", "shape")
+        with TORCH_BUILD if builds else contextlib.nullcontext():
+            resolved = resolve(config.source, Path(model_dir) if model_dir else None,
+                               cls.marker_files)
+            backend = cls(config, resolved)
+            backend.model_dir = Path(model_dir) if model_dir else None  # derived files (onnx)
+            backend.load_weights()
         return backend
 
     @property

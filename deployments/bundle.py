@@ -8,11 +8,24 @@ process, and runs a batch on the instance of its first request. Two members buil
 ``ServedModel`` would thus share a queue, and a batch mixing both would run on one model.
 ``_own_queue`` gives each member a subclass with a freshly decorated ``_run_batch``, so every
 member has its own queue, and a bad item of one model can never reach another's batch.
+
+Start-up: members whose load builds no torch module (ONNX Runtime, CTranslate2: see
+``ModelBackend.builds_torch_modules``) load in a thread beside the others, which load one
+after another in the calling thread; transformers' loader is not thread-safe
+(``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are. Only
+their native set-up (sessions, the CTranslate2 model) overlaps the torch lane, whose imports
+hold the GIL, so the gain is small: none measurable on the shared 2-core machine (README
+"Edge profile"). ``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread
+(``ops/bench/edge.py --profiles edge,edge-serial`` compares both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +34,7 @@ from ray import serve
 from deployments.served import ServedModel
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
-from fusion.registry import deployment_path, import_object
+from fusion.registry import deployment_path, import_object, model_class
 
 log = logging.getLogger("fusion.deployments.bundle")
 
@@ -40,6 +53,22 @@ def _own_queue(cls: type[ServedModel], model: str) -> type[ServedModel]:
     return type(f"{cls.__name__}[{model}]", (cls,), {"_run_batch": batched})
 
 
+def _import_shared() -> None:
+    """Import what both lanes use before they start. Two threads importing transformers at
+    once can see it half-initialised ("cannot import name 'AutoConfig' from 'transformers'");
+    imported once here (~1 s, paid by the first member anyway), the lanes only look it up."""
+    import torch  # noqa: F401  (every backend picks its device with torch)
+
+    with contextlib.suppress(ImportError):
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+
+def _builds_torch(config: ModelConfig, served: type[ServedModel]) -> bool:
+    """Whether the member's load builds torch modules (then it stays off the side thread)."""
+    backend = served.backend_cls or model_class(config)
+    return bool(backend.builds_torch_modules(config)) or config.source.kind in ("tiny", "shape")
+
+
 class ModelBundle:
     """The members of one bundle, loaded in this process, reached by model name."""
 
@@ -47,13 +76,50 @@ class ModelBundle:
                  observability: dict[str, Any] | None = None,
                  classes: dict[str, type[ServedModel]] | None = None) -> None:
         """``classes`` overrides a family's served class (unit tests' stand-ins)."""
-        self.members: dict[str, ServedModel] = {}
+        started = time.perf_counter()
+        plan: list[tuple[ModelConfig, type[ServedModel]]] = []
         for raw in configs:
             cfg = ModelConfig.model_validate(raw)
-            base = (classes or {}).get(cfg.family) or served_class(cfg)
-            self.members[cfg.name] = _own_queue(base, cfg.name)(
-                cfg.model_dump(mode="json"), model_dir, observability)
-        log.info("bundle loaded: %s", list(self.members))
+            plan.append((cfg, (classes or {}).get(cfg.family) or served_class(cfg)))
+        loaded: dict[str, ServedModel] = {}
+        took: dict[str, float] = {}
+        self.loaded_in: dict[str, str] = {}  # member → the thread that loaded it
+
+        def load(lane: list[tuple[ModelConfig, type[ServedModel]]]) -> None:
+            for cfg, base in lane:
+                t = time.perf_counter()
+                loaded[cfg.name] = _own_queue(base, cfg.name)(
+                    cfg.model_dump(mode="json"), model_dir, observability)
+                took[cfg.name] = time.perf_counter() - t
+                self.loaded_in[cfg.name] = threading.current_thread().name
+
+        threaded = os.environ.get("FUSION_BUNDLE_LOAD_THREAD", "1") != "0"  # 0: A/B in the bench
+        torch_lane = [(c, b) for c, b in plan if not threaded or _builds_torch(c, b)]
+        side = [(c, b) for c, b in plan if threaded and not _builds_torch(c, b)]
+        failed: list[BaseException] = []
+
+        def load_side() -> None:
+            try:
+                load(side)
+            except BaseException as exc:  # re-raised in the constructor's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=load_side, name="bundle-load", daemon=True)
+        if side:
+            _import_shared()
+            thread.start()
+        try:
+            load(torch_lane)
+        finally:
+            if side:
+                thread.join()
+        if failed:
+            raise failed[0]
+        self.members: dict[str, ServedModel] = {cfg.name: loaded[cfg.name] for cfg, _ in plan}
+        log.info("bundle loaded in %.1f s: %s (in a thread beside the others: %s)",
+                 time.perf_counter() - started,
+                 ", ".join(f"{name} {s:.1f} s" for name, s in took.items()),
+                 [cfg.name for cfg, _ in side])
 
     def member(self, model: str | None) -> ServedModel:
         if model not in self.members:

@@ -21,7 +21,7 @@ import inspect
 import logging
 from typing import Any
 
-from deployments.base import ModelBackend, Progress
+from deployments.base import ModelBackend, Progress, quiet_progress_bars
 from deployments.media import encode_png
 from fusion.errors import BadInput
 from fusion.registry import Family
@@ -60,6 +60,7 @@ class DiffusionModel(ModelBackend):
         import torch
         from diffusers import AutoPipelineForText2Image
 
+        quiet_progress_bars()  # diffusers was not imported when ``load`` silenced the others
         # without accelerate, diffusers logs a warning on every load unless told not to try
         kw: dict[str, Any] = {"low_cpu_mem_usage": importlib.util.find_spec("accelerate")
                               is not None}

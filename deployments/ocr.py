@@ -20,6 +20,7 @@ from typing import Any
 
 from deployments.base import ModelBackend, Progress
 from deployments.media import decode_image
+from fusion.config import ModelConfig
 from fusion.errors import SpecError
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
@@ -38,6 +39,11 @@ def _one_model(folder: Path, kind: str) -> Path:
 class OcrModel(ModelBackend):
     family = "ocr"
     marker_files = ("*_det_infer.onnx", "*det*.onnx")
+
+    @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """ONNX Runtime sessions only: the load may run beside a torch model's."""
+        return False
 
     def load_weights(self) -> None:
         if not self.resolved.local:

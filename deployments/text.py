@@ -98,6 +98,11 @@ class TextModel(ModelBackend):
         return info
 
     @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """The ``onnx`` backend builds no torch module (its one-off export takes the lock)."""
+        return config.backend != "onnx"
+
+    @classmethod
     def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
         """The ``onnx`` backend is its own class (ONNX Runtime in place of torch)."""
         if config.backend == "onnx" and cls is TextModel:

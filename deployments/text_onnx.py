@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from deployments.base import TORCH_BUILD
 from deployments.sources import _build_once, default_model_dir
 from deployments.text import FORWARD_CHUNK, TextModel
 from fusion.errors import SpecError
@@ -62,6 +63,12 @@ def export_encoder(location: str, folder: Path) -> None:
                           verbose=False)
 
 
+def _export(location: str, folder: Path) -> None:
+    """``export_encoder`` under the torch build lock: it builds the transformers model."""
+    with TORCH_BUILD:
+        export_encoder(location, folder)
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic int8 quantisation, per-channel weights, every MatMul.
 
@@ -101,7 +108,7 @@ class OnnxTextModel(TextModel):
         self.model_config = AutoConfig.from_pretrained(loc)
         key = self.resolved.fingerprint.replace(":", "_").replace("/", "_").replace("#", "-")
         root = (self.model_dir or default_model_dir()) / "onnx"
-        folder = _build_once(root / f"{key}-opset{OPSET}", lambda tmp: export_encoder(loc, tmp),
+        folder = _build_once(root / f"{key}-opset{OPSET}", lambda tmp: _export(loc, tmp),
                              f"onnx export of {loc}")
         self.onnx_path = folder / "model.onnx"
         if self.config.quantize == "int8":

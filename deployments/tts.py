@@ -27,6 +27,7 @@ import numpy as np
 
 from deployments.base import ModelBackend, Progress
 from deployments.media import encode_wav
+from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError, Unsupported
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
@@ -52,6 +53,11 @@ def _voice_file(folder: Path, voice: str | None) -> Path:
 class TtsModel(ModelBackend):
     family = "tts"
     marker_files = ("*.onnx.json",)
+
+    @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """ONNX Runtime sessions only: the load may run beside a torch model's."""
+        return False
 
     def load_weights(self) -> None:
         if not self.resolved.local:

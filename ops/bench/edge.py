@@ -3,7 +3,9 @@
 Part 1, profiles (``--profiles``): each profile is started as a user starts it
 (``ops/serve_local.py [--edge] <config>`` in its own session), timed until every model has
 answered ``GET /v1/models``, its memory added up over every process of the session as PSS
-(shared pages split between the processes sharing them), then every task is called over HTTP:
+(shared pages split between the processes sharing them) and the CPU time its processes used
+to get there (per process too: on a shared machine the wall time mostly says how busy the
+neighbours were, the CPU time where the start-up work goes), then every task is called over HTTP:
 median latency at concurrency 1 and throughput at concurrency 8 (``Cache-Control: no-store``,
 so no answer comes from the cache). Then the profile is stopped. Run it under the shared lock:
 it binds port 8000.
@@ -17,6 +19,7 @@ the same bounds).
 
     python ops/bench/edge.py                       # both parts
     python ops/bench/edge.py --profiles edge --no-compression
+    python ops/bench/edge.py --profiles edge,edge-serial,edge,edge-serial --no-compression
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, closed_loop  # noqa: E402
 from startup import memory_kib, session_pids  # noqa: E402
 
-PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"]}
+PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"],
+            "edge-serial": ["--edge", "ops/serve/edge.yaml"]}
+# edge-serial: the edge profile with the bundle loading every member in one thread
+# (deployments/bundle.py), to see what loading ONNX Runtime/CTranslate2 members beside the
+# torch ones saves
+PROFILE_ENV = {"edge-serial": {"FUSION_BUNDLE_LOAD_THREAD": "0"}}
 URL = "http://127.0.0.1:8000"
 
 
@@ -78,8 +86,9 @@ def start(profile: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
 
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "ops/serve_local.py", *PROFILES[profile]],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=own_session)
+                            cwd=ROOT, env={**env, **PROFILE_ENV.get(profile, {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=own_session)
     while time.monotonic() - started < 600 and proc.poll() is None:
         try:
             if httpx.get(f"{URL}/v1/models", timeout=60).status_code == 200:
@@ -89,6 +98,29 @@ def start(profile: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
         time.sleep(0.25)
     stop(proc)
     raise SystemExit(f"{profile}: the gateway did not answer /v1/models")
+
+
+def cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU time (user + system) each live process of the session has used, by process name.
+
+    On a shared machine this is steadier than wall time: it says where start-up work goes
+    (Ray's own processes, Serve's controller and proxy, the router, the model replicas),
+    whatever the neighbours are doing."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        name = argv[0].decode(errors="replace")
+        if name.endswith("python") or "python3" in name:  # a script: name it by the script
+            name = next((a.decode() for a in argv[1:] if a.endswith(b".py")), name)
+        name = Path(name.split()[0]).name if "::" not in name else name.split()[0]
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -101,11 +133,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 def measure_profile(profile: str, requests: int, env: dict[str, str]) -> dict:
     proc, ready = start(profile, env)
+    cpu = cpu_seconds(session_pids(proc.pid))
     try:
         time.sleep(3)  # let replicas settle
         rows = [memory_kib(pid) for pid in session_pids(proc.pid)]
         tasks = {}
-        for name, inputs in task_inputs().items():
+        for name, inputs in (task_inputs() if requests else {}).items():
             path = f"/v1/models/{name}"
 
             async def send(client: httpx.AsyncClient, _p=path, _i=inputs) -> httpx.Response:
@@ -119,7 +152,8 @@ def measure_profile(profile: str, requests: int, env: dict[str, str]) -> dict:
     finally:
         stop(proc)
     return {"ready_s": ready, "pss_mib": sum(r[0] for r in rows) / 1024,
-            "rss_mib": sum(r[1] for r in rows) / 1024, "processes": len(rows), "tasks": tasks}
+            "rss_mib": sum(r[1] for r in rows) / 1024, "processes": len(rows), "tasks": tasks,
+            "cpu_s": sum(cpu.values()), "cpu": cpu}
 
 
 # -- compression, in-process ---------------------------------------------------------------
@@ -225,7 +259,8 @@ def measure_compression(repeats: int, env: dict[str, str]) -> tuple[list[str], l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", default="default,edge")
-    parser.add_argument("--requests", type=int, default=12, help="per task at c=1 (c=8: 2x)")
+    parser.add_argument("--requests", type=int, default=12,
+                        help="per task at c=1 (c=8: 2x); 0: start-up and memory only")
     parser.add_argument("--repeats", type=int, default=15, help="compression repeats")
     parser.add_argument("--no-compression", action="store_true")
     args = parser.parse_args()
@@ -234,19 +269,25 @@ def main() -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "FUSION_MODEL_DIR")})
     print(f"machine: {os.cpu_count()} CPUs (shared with other work: figures are noisy)")
-    results = {p: measure_profile(p, args.requests, env)
-               for p in args.profiles.split(",") if p}
+    results: dict[str, dict] = {}
+    for p in filter(None, args.profiles.split(",")):  # a profile named twice: two runs
+        runs = sum(k.split(" #")[0] == p for k in results)
+        results[f"{p} #{runs + 1}" if runs else p] = measure_profile(p, args.requests, env)
     if results:
         names = list(results)
         print("\n" + f"{'':<34}" + "".join(f"{n:>22}" for n in names))
         for label, key, fmt in (("all models answering after", "ready_s", "{:.1f} s"),
                                 ("memory, PSS total", "pss_mib", "{:.0f} MiB"),
                                 ("memory, RSS total", "rss_mib", "{:.0f} MiB"),
+                                ("start-up CPU, all processes", "cpu_s", "{:.1f} s"),
                                 ("processes", "processes", "{}")):
             print(f"{label:<34}" + "".join(f"{fmt.format(results[n][key]):>22}"
                                             for n in names))
-        print(f"{'task: p50 at c=1 | req/s at c=8':<34}")
-        for task in task_inputs():
+        for n in names:  # where the start-up CPU went, biggest first
+            top = sorted(results[n]["cpu"].items(), key=lambda kv: -kv[1])
+            print(f"  {n} start-up CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in top))
+        print(f"{'task: p50 at c=1 | req/s at c=8':<34}" if args.requests else "")
+        for task in task_inputs() if args.requests else ():
             cells = [results[n]["tasks"][task] for n in names]
             print(f"  {task:<32}" + "".join(f"{f'{p50:.0f} ms | {tput:.1f}/s':>22}"
                                             for p50, tput in cells))

