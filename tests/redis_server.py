@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,10 +44,30 @@ def ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, for a server a test starts later.
+
+    Chosen between Ray's worker ports (10002-19999) and the kernel's ephemeral range: a port
+    the kernel hands out (bind to 0) is released here and can be handed to any process that
+    binds 0 before our server binds it — Ray starts dozens of such processes in between (seen
+    in CI: the Serve proxy of tests/e2e/test_cluster.py failed to bind its port)."""
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = random.randrange(20000, low) if low > 20001 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port between 20000 and the ephemeral range")
 
 
 def redis_server_binary() -> str | None:
