@@ -9,12 +9,13 @@ made meanwhile must succeed: scaling is invisible to clients.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 
 import httpx
 import pytest
+
+from tests.integration import serve_watch as watch
+from tests.integration.serve_watch import LoadThreads, replica_state
 
 pytestmark = pytest.mark.serve
 
@@ -22,32 +23,22 @@ MODEL = "scaler"
 
 
 def running_replicas() -> tuple[int, str]:
-    from ray import serve
-    from ray.serve._private.common import ReplicaState
-
-    dep = serve.status().applications["fusion"].deployments[MODEL]
-    return dep.replica_states.get(ReplicaState.RUNNING, 0), dep.status
+    return replica_state(MODEL)
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 120) -> None:
-    """Poll Serve's status until ``condition`` holds; the bound is generous (2-core CI)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"{what} within {timeout_s} s; last status {running_replicas()}")
+    watch.wait_for(what, condition, timeout_s, lambda: f"last status {running_replicas()}")
 
 
-class Load:
+class Load(LoadThreads):
     """``clients`` threads each sending uncached generations back to back until stopped."""
 
     def __init__(self, url: str, clients: int) -> None:
-        self.url, self.stop = url, threading.Event()
+        super().__init__()
+        self.url = url
         self.codes: list[int] = []
         self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                        for i in range(clients)]
+        self.add_clients(self._client, clients)
 
     def _client(self, i: int) -> None:
         seed = i * 100_000
@@ -64,16 +55,6 @@ class Load:
                         self.errors.append(r.text[:300])
                 except httpx.HTTPError as exc:
                     self.errors.append(repr(exc))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(180)
 
 
 def test_model_scales_up_under_load_and_back_down(gateway_url):

@@ -24,7 +24,9 @@ import httpx
 import pytest
 from fusion_client import FusionClient
 
+from tests.integration import serve_watch as watch
 from tests.integration.conftest import REPLICATED_MODEL as MODEL
+from tests.integration.serve_watch import LoadThreads, replica_state
 
 pytestmark = pytest.mark.serve
 
@@ -32,12 +34,7 @@ CLASS_NAME = f"ServeReplica:fusion:{MODEL}"
 
 
 def deployment_state() -> tuple[int, str]:
-    """(running replicas, status) of the model's deployment, as Serve's controller sees it."""
-    from ray import serve
-    from ray.serve._private.common import ReplicaState
-
-    dep = serve.status().applications["fusion"].deployments[MODEL]
-    return dep.replica_states.get(ReplicaState.RUNNING, 0), dep.status
+    return replica_state(MODEL)
 
 
 def replica_pids() -> dict[str, int]:
@@ -50,14 +47,8 @@ def replica_pids() -> dict[str, int]:
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout_s: float = 180) -> None:
-    """Poll until ``condition`` holds; the bound is generous (2-core CI)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"{what} within {timeout_s} s; last state {deployment_state()}, "
-                f"replicas {replica_pids()}")
+    watch.wait_for(what, condition, timeout_s,
+                   lambda: f"last state {deployment_state()}, replicas {replica_pids()}")
 
 
 def served_by(replica: str) -> int:
@@ -69,21 +60,20 @@ def served_by(replica: str) -> int:
     return sum(path.read_text(errors="replace").count(" -- CALL call OK ") for path in logs)
 
 
-class Load:
+class Load(LoadThreads):
     """SDK and raw-HTTP clients classifying distinct texts back to back until stopped."""
 
     def __init__(self, url: str, sdk_clients: int, raw_clients: int) -> None:
-        self.url, self.stop = url, threading.Event()
+        super().__init__()
+        self.url = url
         self.lock = threading.Lock()
         self.sdk_ok = 0
         self.sdk_failures: list[str] = []
         self.sdk_retries: list[float] = []  # the delay before each SDK retry
         self.raw_codes: Counter[int] = Counter()
         self.raw_problems: list[str] = []  # any raw answer that is neither 200 nor a proper 503
-        self.threads = [threading.Thread(target=self._sdk, args=(i,), daemon=True)
-                        for i in range(sdk_clients)]
-        self.threads += [threading.Thread(target=self._raw, args=(i,), daemon=True)
-                         for i in range(raw_clients)]
+        self.add_clients(self._sdk, sdk_clients)
+        self.add_clients(self._raw, raw_clients)
 
     @property
     def answered(self) -> int:
@@ -130,16 +120,6 @@ class Load:
                         continue
                     if r.status_code != 200:
                         self.raw_problems.append(f"{r.status_code} {r.text[:300]}")
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(180)
 
 
 def test_sigkill_one_of_two_replicas_under_load(gateway_url):
