@@ -41,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, closed_loop  # noqa: E402
-from startup import memory_kib, session_pids  # noqa: E402
+from startup import memory_kib, session_pids, stop_session  # noqa: E402
 
 PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"],
             "edge-serial": ["--edge", "ops/serve/edge.yaml"]}
@@ -96,7 +96,7 @@ def start(profile: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    stop(proc)
+    stop_session(proc)
     raise SystemExit(f"{profile}: the gateway did not answer /v1/models")
 
 
@@ -123,14 +123,6 @@ def cpu_seconds(pids: list[int]) -> dict[str, float]:
     return used
 
 
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def measure_profile(profile: str, requests: int, env: dict[str, str]) -> dict:
     proc, ready = start(profile, env)
     cpu = cpu_seconds(session_pids(proc.pid))
@@ -150,7 +142,7 @@ def measure_profile(profile: str, requests: int, env: dict[str, str]) -> dict:
             eight = asyncio.run(closed_loop(send, requests * 2, 8, URL))
             tasks[name] = (one.median, eight.throughput)
     finally:
-        stop(proc)
+        stop_session(proc)
     return {"ready_s": ready, "pss_mib": sum(r[0] for r in rows) / 1024,
             "rss_mib": sum(r[1] for r in rows) / 1024, "processes": len(rows), "tasks": tasks,
             "cpu_s": sum(cpu.values()), "cpu": cpu}

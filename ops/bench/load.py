@@ -47,6 +47,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, free_port  # noqa: E402
+from startup import stop_session  # noqa: E402
 
 WORDS = ["cat", "dog", "lighthouse", "river", "red", "blue", "quiet", "storm", "phone",
          "coffee", "train", "market", "city", "forest", "music", "happy", "sad", "bright",
@@ -290,16 +291,8 @@ def start_gateway(config: str) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    stop_gateway(proc)
+    stop_session(proc)
     raise SystemExit("the gateway did not start")
-
-
-def stop_gateway(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -402,7 +395,7 @@ def main() -> None:
         report = asyncio.run(run(args, url, session))
     finally:
         if proc is not None:
-            stop_gateway(proc)
+            stop_session(proc)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import yaml
-from startup import memory_kib, session_pids
+from startup import memory_kib, session_pids, stop_session
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -161,11 +161,7 @@ def main() -> None:
         rows = [memory_kib(pid) for pid in session_pids(proc.pid)]
     finally:
         stopping = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(180)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc, 180)
         stopped = time.monotonic() - stopping
         os.unlink(tmp.name)
     pss = sum(r[0] for r in rows) / 2**20

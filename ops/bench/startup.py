@@ -25,6 +25,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def stop_session(proc: subprocess.Popen, wait_s: float = 120) -> None:
+    """Stop a ``serve run`` / ``serve_local.py`` started in its own session the way a user
+    does (SIGINT to the group), and SIGKILL the group if it is not gone after ``wait_s``."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def session_pids(sid: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -88,11 +98,7 @@ def main() -> None:
         rows = [memory_kib(pid) for pid in session_pids(proc.pid)]
     finally:
         stopping = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_session(proc)
         stopped = time.monotonic() - stopping
     pss = sum(r[0] for r in rows) / 1024
     rss = sum(r[1] for r in rows) / 1024
