@@ -2,8 +2,8 @@
 
 A family's model is a ``ModelBackend`` subclass: pure Python + torch (imported inside its
 methods), loadable and testable without Ray. The Serve side (``ServedModel``, batching,
-threads, metrics) lives in ``deployments.served`` so that declaring or discovering a family
-never imports Ray; ``ServedModel`` and friends are still importable from here.
+threads, metrics) lives in ``fusion.serve.served`` so that declaring or discovering a family
+never imports Ray.
 
 The contract a backend implements (also what a ``family: custom`` model writes):
 
@@ -63,7 +63,7 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
 # patched ``torch.nn.init`` and creation ops, a meta-device context): a torch module built in
 # another thread meanwhile comes out wrong ("meta tensor" errors). Every load that builds torch
 # modules holds this lock, so a bundle can load its other members (ONNX Runtime, CTranslate2)
-# in a thread beside them (``deployments.bundle``).
+# in a thread beside them (``fusion.serve.bundle``).
 TORCH_BUILD = threading.RLock()
 
 
@@ -164,13 +164,3 @@ class ModelBackend(ABC):
             "dtype": str(self.dtype).removeprefix("torch."),
             "loaded_at": self.loaded_at,
         }
-
-
-
-def __getattr__(name: str) -> object:
-    """``ServedModel``, ``Timing``, ``run_grouped`` moved to ``deployments.served`` (Ray)."""
-    if name in ("ServedModel", "Timing", "run_grouped"):
-        from deployments import served
-
-        return getattr(served, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,7 @@ fingerprint and tasks, so router, cache keys and pipelines still see one name pe
 only the number of processes (each ~0.5 GiB of interpreter, torch and transformers) drops.
 
 This module is the Ray-free part: grouping, the checks a config must pass, and the bundle
-deployment's size (the sum of its members'). ``deployments.bundle`` is the Serve side.
+deployment's size (the sum of its members'). ``fusion.serve.bundle`` is the Serve side.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Application configuration as Pydantic models: what ``serve run`` passes as ``args``.
 
-The same models validate ``ops/serve/*.yaml`` and the arguments of ``fusion.app.build_app``,
+The same models validate ``ops/serve/*.yaml`` and the arguments of ``fusion.serve.app.build_app``,
 so a typo in a config stops the app at start-up with the field named.
 """
 
@@ -311,7 +311,7 @@ class ObservabilityConfig(BaseModel):
 
 
 class AppConfig(BaseModel):
-    """Everything ``fusion.app.build_app`` needs."""
+    """Everything ``fusion.serve.app.build_app`` needs."""
 
     model_config = ConfigDict(extra="forbid")
 

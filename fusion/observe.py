@@ -1,7 +1,7 @@
 """Metrics, access logs and the per-request record behind them, free of Ray.
 
 Why a protocol: the gateway must be measurable in unit tests (a ``MemoryRecorder``) and in
-Serve (``fusion.ray_metrics.RayRecorder``, which exports through ``ray.util.metrics`` so the
+Serve (``fusion.serve.metrics.RayRecorder``, which exports through ``ray.util.metrics`` so the
 same code works on a cluster). Every metric the gateway exports is declared once in
 ``METRICS``; the Ray recorder, the Grafana dashboard test and the docs read that table.
 

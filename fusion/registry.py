@@ -31,7 +31,7 @@ from fusion.errors import SpecError
 from fusion.tasks import ModelTasks, Param, TaskSpec, is_value_type
 
 FAMILY_PACKAGE = "deployments"
-DEFAULT_DEPLOYMENT = "deployments.served:ModelDeployment"
+DEFAULT_DEPLOYMENT = "fusion.serve.served:ModelDeployment"
 CUSTOM = "custom"
 ENV_MODULES = "FUSION_FAMILY_MODULES"
 _DECLARES = re.compile(r"^FAMILY\s*(:[^=]*)?=", re.M)

@@ -2,7 +2,7 @@
 
 Runs in the router before a request reaches a model, and again in the replica, so bad input
 becomes a 4xx wherever it enters. Binary values (image, audio) arrive as bytes here; turning
-base64 or multipart into bytes is the HTTP layer's job (``fusion.payloads``).
+base64 or multipart into bytes is the HTTP layer's job (``fusion.http.payloads``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from deployments.common import relay
 from deployments.llm import LlmModel
 from fusion.cache import StepCache
 from fusion.config import AppConfig, CacheConfig, ModelConfig
-from fusion.gateway import Gateway
+from fusion.core.gateway import Gateway
 from tests.fakes import FAKE_MODELS, FakeModels
 
 LLM_MODEL = {"name": "llm", "family": "llm", "source": "tiny:llm"}

@@ -45,7 +45,7 @@ class Noop:
 
 
 def deploy(namespace: str, redis_timeout_s: float) -> None:
-    from fusion.app import build_app
+    from fusion.serve.app import build_app
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     app = build_app({

@@ -46,7 +46,7 @@ from startup import memory_kib, session_pids, stop_session  # noqa: E402
 PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"],
             "edge-serial": ["--edge", "ops/serve/edge.yaml"]}
 # edge-serial: the edge profile with the bundle loading every member in one thread
-# (deployments/bundle.py), to see what loading ONNX Runtime/CTranslate2 members beside the
+# (fusion/serve/bundle.py), to see what loading ONNX Runtime/CTranslate2 members beside the
 # torch ones saves
 PROFILE_ENV = {"edge-serial": {"FUSION_BUNDLE_LOAD_THREAD": "0"}}
 URL = "http://127.0.0.1:8000"

@@ -15,7 +15,7 @@ import time
 from _common import ROOT  # noqa: F401  (puts the repository on sys.path)
 from starlette.responses import JSONResponse
 
-from fusion.payloads import FastJSONResponse, encode_value
+from fusion.http.payloads import FastJSONResponse, encode_value
 
 
 def walk(value):

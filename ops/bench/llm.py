@@ -99,7 +99,7 @@ def main() -> None:
 
     from ray import serve
 
-    from fusion.app import build_app
+    from fusion.serve.app import build_app
 
     url = start_serve(num_cpus=2)
     config = {"router": {"num_cpus": 0.1}, "cache": {"redis_url": None},

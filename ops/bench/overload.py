@@ -196,7 +196,7 @@ def main() -> None:
 
     from ray import serve
 
-    from fusion.app import build_app
+    from fusion.serve.app import build_app
 
     base = start_serve(num_cpus=2)
     try:

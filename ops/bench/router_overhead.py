@@ -98,7 +98,7 @@ OFF = {"metrics": False, "access_log": "off", "otlp_endpoint": None}
 
 def deploy_router(name: str, prefix: str, observability: dict) -> None:
     from fusion.config import AppConfig
-    from fusion.ingress import Router
+    from fusion.serve.ingress import Router
 
     config = AppConfig.model_validate({
         "models": [{"name": "captioner", "family": "caption", "source": "tiny:caption"},

@@ -192,9 +192,9 @@ def deploy(models: list[str], clip: Path) -> str:
     import ray
     from ray import serve
 
-    from fusion.app import model_deployment
     from fusion.config import AppConfig
-    from fusion.ingress import Router
+    from fusion.serve.app import model_deployment
+    from fusion.serve.ingress import Router
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1",

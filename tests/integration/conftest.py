@@ -123,7 +123,7 @@ def gateway_url(gateway_config, metrics_port):
     import ray
     from ray import serve
 
-    from fusion.app import build_app
+    from fusion.serve.app import build_app
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     port = free_port()

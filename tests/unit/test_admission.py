@@ -9,7 +9,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from fusion.admission import (
+from fusion.config import ModelConfig, RouterConfig
+from fusion.core.admission import (
     DEFAULT_RETRY_AFTER_S,
     MAX_RETRY_AFTER_S,
     Admission,
@@ -17,10 +18,9 @@ from fusion.admission import (
     parse_request_timeout,
     retry_after_s,
 )
-from fusion.config import ModelConfig, RouterConfig
+from fusion.core.executor import Executor
+from fusion.core.gateway import Gateway, served_tasks
 from fusion.errors import Overloaded, SpecError, StepTimeout
-from fusion.executor import Executor
-from fusion.gateway import Gateway, served_tasks
 from tests.fakes import FakeModels, fake_config
 
 
@@ -138,7 +138,7 @@ def test_model_queue_defaults_follow_the_batch_size_and_are_validated():
 
 
 def test_model_deployment_gets_the_queue_bounds():
-    from fusion.app import model_deployment
+    from fusion.serve.app import model_deployment
 
     cfg = ModelConfig.model_validate({"name": "d", "family": "diffusion",
                                       "source": "tiny:diffusion", "max_batch_size": 1,

@@ -8,9 +8,9 @@ import json
 import httpx
 import pytest
 
-from fusion.api import create_api
-from fusion.auth import hash_key
-from fusion.gateway import Gateway
+from fusion.core.gateway import Gateway
+from fusion.core.keys import hash_key
+from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config, png
 
 

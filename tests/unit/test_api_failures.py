@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fusion.api import create_api
-from fusion.auth import hash_key
 from fusion.cache import MemoryBackend, StepCache
-from fusion.gateway import Gateway, current_gateway, install, installed
+from fusion.core.gateway import Gateway, current_gateway, install, installed
+from fusion.core.keys import hash_key
+from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config, png
 
 

@@ -1,4 +1,4 @@
-"""List requests (``fusion.batch``): many items of one task as one model call, with per-item
+"""List requests (``fusion.core.batch``): many items of one task as one model call, with per-item
 cache look-ups in one round trip. The gateway runs over HTTP in-process with fake models and
 a real cache (in-process LRU and the real Redis); the fakes record every list they receive.
 """
@@ -12,12 +12,12 @@ import uuid
 import httpx
 import pytest
 
-from deployments.base import ServedModel
-from fusion.api import create_api
 from fusion.cache import MemoryBackend, RedisBackend, StepCache
 from fusion.config import CacheConfig, ModelConfig
+from fusion.core.gateway import Gateway
 from fusion.errors import BadInput
-from fusion.gateway import Gateway
+from fusion.http.api import create_api
+from fusion.serve.served import ServedModel
 from tests.fakes import FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url
 

@@ -18,12 +18,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deployments.base import ServedModel  # noqa: E402
-from deployments.bundle import ModelBundle  # noqa: E402
 from deployments.text import TextModel  # noqa: E402
 from fusion.bundles import bundle_problems, bundle_size  # noqa: E402
 from fusion.config import AppConfig, ModelConfig  # noqa: E402
 from fusion.errors import BadInput, NotFound, SpecError  # noqa: E402
+from fusion.serve.bundle import ModelBundle  # noqa: E402
+from fusion.serve.served import ServedModel  # noqa: E402
 
 MEMBERS = [
     {"name": "emb", "family": "text", "backend": "embedding", "source": "tiny:text-embedding",
@@ -148,10 +148,10 @@ def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
 
     import yaml
 
-    from fusion.app import load_config
     from fusion.bundles import bundle_groups
-    from fusion.gateway import served_tasks
-    from fusion.spec import load_pipelines
+    from fusion.core.gateway import served_tasks
+    from fusion.pipeline.spec import load_pipelines
+    from fusion.serve.app import load_config
 
     root = Path(__file__).resolve().parents[2]
 

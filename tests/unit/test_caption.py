@@ -13,11 +13,11 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deployments.base import ServedModel  # noqa: E402
 from deployments.caption import CaptionModel  # noqa: E402
 from deployments.tiny.text import _tiny_tokenizer  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
+from fusion.serve.served import ServedModel  # noqa: E402
 
 
 def png(color: str, size: tuple[int, int] = (40, 30)) -> bytes:

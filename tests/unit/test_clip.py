@@ -14,11 +14,11 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deployments.base import ServedModel  # noqa: E402
 from deployments.clip import ClipModel  # noqa: E402
 from deployments.sources import resolve  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
+from fusion.serve.served import ServedModel  # noqa: E402
 
 
 def png(color: str, size: tuple[int, int] = (40, 30)) -> bytes:

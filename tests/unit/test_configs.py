@@ -13,12 +13,12 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from fusion.app import load_config
 from fusion.config import ModelConfig, gpus_short
+from fusion.core.gateway import served_tasks
 from fusion.errors import SpecError
-from fusion.gateway import served_tasks
+from fusion.pipeline.spec import load_pipelines
 from fusion.registry import CUSTOM, families
-from fusion.spec import load_pipelines
+from fusion.serve.app import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def serve_configs() -> list[tuple[str, dict]]:
 def test_serve_config_is_valid(name, config):
     schema = ServeDeploySchema.model_validate(config)
     app = schema.applications[0]
-    assert app.import_path == "fusion.app:build_app"
+    assert app.import_path == "fusion.serve.app:build_app"
     gateway = load_config(app.args)
     assert {m.family for m in gateway.models} <= {*families(), CUSTOM}
     pipelines = load_pipelines(served_tasks(gateway), gateway.pipeline_dirs, gateway.pipelines)

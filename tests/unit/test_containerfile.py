@@ -166,6 +166,6 @@ def test_the_build_context_builds_the_wheels(tmp_path):
     built = {w.name.split("-")[0]: w for w in wheels.glob("*.whl")}
     assert set(built) == {"fusion_gateway", "fusion_client"}
     names = zipfile.ZipFile(built["fusion_gateway"]).namelist()
-    assert "fusion/app.py" in names
+    assert "fusion/serve/app.py" in names
     assert any(n.startswith("pipelines/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("deployments/shapes/") and n.endswith(".json") for n in names)

@@ -11,7 +11,7 @@ from fusion_client.errors import ERROR_CODES as SDK_CODES
 
 from fusion import errors
 from fusion.errors import ERROR_CODES, ERRORS_BY_CODE, FusionError, SpecError
-from fusion.openai_compat import openai_error
+from fusion.http.openai.compat import openai_error
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 

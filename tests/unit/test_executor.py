@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from fusion.core.executor import CachePolicy, Executor
 from fusion.errors import BadInput, NotFound, StepFailed, StepTimeout
-from fusion.executor import CachePolicy, Executor
-from fusion.fuse import fuse_labels
-from fusion.spec import load_spec
+from fusion.pipeline.fuse import fuse_labels
+from fusion.pipeline.spec import load_spec
 from fusion.tasks import model_tasks
 from tests.fakes import FakeModels, png
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from fusion.core.executor import CachePolicy, Executor
 from fusion.errors import BadInput
-from fusion.executor import CachePolicy, Executor
-from fusion.fuse import RRF_K, agreement, fuse_explained, fuse_labels, kendall_tau
-from fusion.spec import load_spec
+from fusion.pipeline.fuse import RRF_K, agreement, fuse_explained, fuse_labels, kendall_tau
+from fusion.pipeline.spec import load_spec
 from fusion.tasks import model_tasks
 from tests.fakes import FakeModels, png
 

@@ -12,10 +12,10 @@ import uuid
 import httpx
 import pytest
 
-from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import CacheConfig
-from fusion.gateway import Gateway
+from fusion.core.gateway import Gateway
+from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config, png
 from tests.redis_server import redis_url
 

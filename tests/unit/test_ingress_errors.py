@@ -7,7 +7,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from fusion.errors import BadInput, Overloaded, StepFailed
-from fusion.ingress import model_error
+from fusion.serve.ingress import model_error
 
 
 def test_a_replicas_bad_input_comes_out_unwrapped():
@@ -32,7 +32,7 @@ def test_a_model_crash_is_502_naming_model_and_task():
 
 
 def test_a_full_model_queue_retry_after_comes_from_its_drain_rate():
-    from fusion.admission import Admission
+    from fusion.core.admission import Admission
 
     class Clock:
         now = 50.0

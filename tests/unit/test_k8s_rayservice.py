@@ -15,10 +15,10 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from fusion.app import load_config
 from fusion.config import gpus_short, starting_replicas
-from fusion.gateway import served_tasks
-from fusion.spec import load_pipelines
+from fusion.core.gateway import served_tasks
+from fusion.pipeline.spec import load_pipelines
+from fusion.serve.app import load_config
 from tests.unit import k8s_render
 from tests.unit.k8s_render import (
     K8S,
@@ -41,7 +41,7 @@ def rendered() -> dict[str, list[dict]]:
 def test_serve_config_is_valid_for_serve_and_the_gateway(rendered, overlay):
     config = serve_config(rendered[overlay])
     app = ServeDeploySchema.model_validate(config).applications[0]
-    assert app.import_path == "fusion.app:build_app"
+    assert app.import_path == "fusion.serve.app:build_app"
     gateway = load_config(app.args)
     assert load_pipelines(served_tasks(gateway), gateway.pipeline_dirs, gateway.pipelines)
     assert gateway.router.autoscaling and gateway.router.autoscaling.min_replicas >= 2

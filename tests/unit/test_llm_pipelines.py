@@ -9,11 +9,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fusion.core.executor import CachePolicy  # noqa: E402
+from fusion.core.gateway import served_tasks  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
-from fusion.executor import CachePolicy  # noqa: E402
-from fusion.gateway import served_tasks  # noqa: E402
-from fusion.spec import load_pipelines, load_spec  # noqa: E402
-from fusion.template import fill_template, parse_template  # noqa: E402
+from fusion.pipeline.spec import load_pipelines, load_spec  # noqa: E402
+from fusion.pipeline.template import fill_template, parse_template  # noqa: E402
 from tests.fakes import png  # noqa: E402
 from tests.llm_inprocess import llm_config, llm_gateway  # noqa: E402
 

@@ -17,13 +17,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from deployments.base import ServedModel
-from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import CacheConfig, ModelConfig
+from fusion.core.gateway import Gateway
 from fusion.errors import Overloaded
-from fusion.gateway import Gateway
+from fusion.http.api import create_api
 from fusion.observe import METRICS, MemoryRecorder, Observer, exported_series, key_id
+from fusion.serve.served import ServedModel
 from fusion.tracing import Tracing
 from tests.fakes import FakeModels, fake_config, png
 from tests.unit.test_served_model import CONFIG, RecordingBackend
@@ -253,12 +253,13 @@ def test_every_metric_is_prefixed_and_histograms_span_2ms_to_30s():
 
 
 def test_the_core_stays_free_of_ray_and_torch():
-    """Only fusion.ingress / fusion.app / fusion.ray_metrics may pull Ray in."""
+    """Only fusion.serve.ingress / fusion.serve.app / fusion.serve.metrics may pull Ray in."""
     import subprocess
     import sys
 
-    code = ("import sys, fusion.api, fusion.gateway, fusion.executor, fusion.observe, "
-            "fusion.tracing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
+    code = ("import sys, fusion.http.api, fusion.core.gateway, fusion.core.executor, "
+            "fusion.observe, fusion.tracing; "
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"

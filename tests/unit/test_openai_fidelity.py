@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fusion.api import create_api
-from fusion.audio_formats import sentences, to_srt, to_vtt
 from fusion.config import AppConfig
+from fusion.core.gateway import Gateway
 from fusion.errors import StepFailed
-from fusion.gateway import Gateway
+from fusion.http.api import create_api
+from fusion.http.audio_formats import sentences, to_srt, to_vtt
 from tests.fakes import FakeModels
 
 RATE = 22050

@@ -13,16 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fusion.api import create_api
-from fusion.auth import hash_key
 from fusion.cache import StepCache
 from fusion.config import CacheConfig
-from fusion.gateway import Gateway
+from fusion.core.gateway import Gateway
+from fusion.core.keys import hash_key
+from fusion.http.api import create_api
 from tests.browser import serve_app
 from tests.fakes import FakeModels, fake_config, png
 
 ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "fusion/playground/static"
+STATIC = ROOT / "fusion/http/playground/static"
 KEY = "playground-key"
 
 

@@ -13,13 +13,13 @@ import sys
 
 import pytest
 
-from deployments.served import ServedModel
-from fusion.app import build_app, load_config
 from fusion.config import ModelConfig
+from fusion.core.gateway import served_tasks
 from fusion.errors import BadInput, SpecError
-from fusion.gateway import served_tasks
+from fusion.pipeline.spec import load_pipelines
 from fusion.registry import Family, families, family, tiny_recipes
-from fusion.spec import load_pipelines
+from fusion.serve.app import build_app, load_config
+from fusion.serve.served import ServedModel
 from fusion.tasks import TaskSpec, param
 
 REVERSE = {"name": "rev", "family": "reverse", "family_module": "tests.families.reverse",

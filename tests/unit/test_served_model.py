@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from deployments.base import ServedModel, run_grouped
 from fusion.config import ModelConfig
 from fusion.errors import BadInput
+from fusion.serve.served import ServedModel, run_grouped
 from tests.fakes import WeightlessBackend
 
 CONFIG = {"name": "gen", "family": "diffusion", "source": "tiny:diffusion"}

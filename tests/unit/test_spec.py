@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from fusion.errors import SpecError
-from fusion.spec import load_pipelines, load_spec
+from fusion.pipeline.spec import load_pipelines, load_spec
 from fusion.tasks import model_tasks
 
 MODELS = {"captioner": model_tasks("caption"), "text": model_tasks("text"),

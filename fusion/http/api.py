@@ -20,27 +20,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion import __version__
-from fusion.admin import add_admin_routes
-from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
-from fusion.auth import require_admin, require_key
 from fusion.config import LimitsConfig
+from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
+from fusion.core.executor import CachePolicy, RunResult
+from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
-from fusion.executor import CachePolicy, RunResult
-from fusion.gateway import Gateway
-from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
-from fusion.openai_chat import add_chat_routes
-from fusion.openai_compat import (
+from fusion.http.admin import add_admin_routes
+from fusion.http.auth import require_admin, require_key
+from fusion.http.docs import add_offline_docs
+from fusion.http.openai.chat import add_chat_routes
+from fusion.http.openai.compat import (
     add_openai_routes,
     is_openai_path,
     models_body,
     openai_error,
     retry_headers,
 )
-from fusion.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
-from fusion.playground import add_playground_routes
-from fusion.static_docs import add_offline_docs
+from fusion.http.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
+from fusion.http.playground import add_playground_routes
+from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 
-log = logging.getLogger("fusion.api")
+log = logging.getLogger("fusion.http.api")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INPUTS_BODY = {
@@ -293,7 +293,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
                                    allow_list=True)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
         deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
-        if isinstance(inputs, list):  # a list request: one batch (fusion.batch)
+        if isinstance(inputs, list):  # a list request: one batch (fusion.core.batch)
             batch = await gw.call_many(name, task, inputs, policy, deadline=deadline)
             return FastJSONResponse({
                 "outputs": encode_value(batch.outputs), "types": dict(spec.outputs),

@@ -33,14 +33,14 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.chat import chat_messages
+from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
+from fusion.core.executor import CachePolicy
+from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, FusionError, MalformedBody, NotFound
-from fusion.executor import CachePolicy
-from fusion.gateway import Gateway
-from fusion.openai_compat import openai_error
+from fusion.http.openai.compat import openai_error
 
-log = logging.getLogger("fusion.openai_chat")
+log = logging.getLogger("fusion.http.openai.chat")
 
 CHAT_PATHS = ("/v1/chat/completions", "/v1/completions")
 MAX_CHOICES = 8

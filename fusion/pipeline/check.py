@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fusion.errors import SpecError
-from fusion.refs import Ref, parse_condition, parse_ref
-from fusion.spec_model import (
+from fusion.pipeline.model import (
     FUSE_METHODS,
     FUSE_TASK,
     Binding,
@@ -23,8 +22,9 @@ from fusion.spec_model import (
     StepSpec,
     builtin_task,
 )
+from fusion.pipeline.refs import Ref, parse_condition, parse_ref
+from fusion.pipeline.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
 from fusion.tasks import ModelTasks, accepts, is_value_type
-from fusion.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
 
 
 def _literal_type(value: Any) -> str:

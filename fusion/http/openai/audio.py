@@ -4,7 +4,7 @@ Speech runs any ``tts`` model's ``speak`` task. ``wav`` and ``pcm`` stream: the 
 split into sentences, each synthesised (and cached) on its own and sent as soon as it is
 ready, so playback starts after the first sentence; the first is made before the response
 starts, so a bad voice or an overloaded model is still a plain 4xx/5xx. Other formats are
-encoded whole (``fusion.audio_formats``).
+encoded whole (``fusion.http.audio_formats``).
 
 Transcriptions run any ``audio`` model's ``transcribe`` task and answer ``json``, ``text``,
 ``verbose_json`` (``duration``, ``language``, ``segments``, and ``words`` with
@@ -23,7 +23,10 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from fusion.audio_formats import (
+from fusion.core.executor import CachePolicy
+from fusion.core.gateway import Gateway
+from fusion.errors import BadInput, FusionError, Unsupported
+from fusion.http.audio_formats import (
     PCM_RATE,
     SPEECH_FORMATS,
     STREAMED_FORMATS,
@@ -38,12 +41,9 @@ from fusion.audio_formats import (
     to_srt,
     to_vtt,
 )
-from fusion.errors import BadInput, FusionError, Unsupported
-from fusion.executor import CachePolicy
-from fusion.gateway import Gateway
-from fusion.payloads import read_form
+from fusion.http.payloads import read_form
 
-log = logging.getLogger("fusion.openai_audio")
+log = logging.getLogger("fusion.http.openai.audio")
 
 TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 GRANULARITIES = ("segment", "word")

@@ -18,7 +18,7 @@ from ray import serve
 
 from deployments.common import relay
 from deployments.llm import LlmModel
-from deployments.served import ServedModel, Timing
+from fusion.serve.served import ServedModel, Timing
 
 
 @serve.deployment

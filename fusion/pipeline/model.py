@@ -2,7 +2,7 @@
 signatures of the steps that run in the router itself (``fuse``, ``template``).
 
 The executor and the gateway read only these; building them from YAML data is
-``fusion.spec_check``'s job, finding the files ``fusion.spec``'s.
+``fusion.pipeline.check``'s job, finding the files ``fusion.pipeline.spec``'s.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusion.refs import Condition, Ref
+from fusion.pipeline.refs import Condition, Ref
+from fusion.pipeline.template import TEMPLATE_TASK, template_task
 from fusion.tasks import Param, TaskSpec
-from fusion.template import TEMPLATE_TASK, template_task
 
 FUSE_TASK = TaskSpec(
     {"labels": Param("list[labels]"), "weights": Param("list[float]", False, None),
@@ -20,7 +20,7 @@ FUSE_TASK = TaskSpec(
     {"labels": "labels", "explanation": "json"}, batched=False,
     doc="Combine label rankings of several steps: weighted mean of normalised scores or "
         "reciprocal rank fusion; with explain, each source's contribution to each label "
-        "and the sources' agreement (fusion.fuse).")
+        "and the sources' agreement (fusion.pipeline.fuse).")
 FUSE_METHODS = ("weighted_mean", "rank")
 
 
@@ -67,7 +67,7 @@ class StepSpec:
     cache: bool = True
     cache_ttl_s: float | None = None
     streams_progress: bool = False
-    template: str | None = None  # the built-in ``template`` step (``fusion.template``)
+    template: str | None = None  # the built-in ``template`` step (``fusion.pipeline.template``)
 
 
 def builtin_task(step: StepSpec) -> TaskSpec:

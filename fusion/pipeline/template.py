@@ -8,7 +8,7 @@ prompt:
 
 A placeholder is ``{name}`` for a key of ``with``; ``{{`` and ``}}`` are literal braces.
 Nothing is evaluated: no attribute access, no format specs, no expressions (``str.format``
-would let a template read attributes of its values). The spec checker (``fusion.spec``)
+would let a template read attributes of its values). The spec checker (``fusion.pipeline.spec``)
 calls ``parse_template`` at start-up, so a placeholder without a binding, a binding the
 template never uses, or a stray brace stops the app naming the step.
 """

@@ -1,4 +1,4 @@
-"""The Serve ingress: the FastAPI app of ``fusion.api`` over handles to the model deployments.
+"""The Serve ingress: the FastAPI app of ``fusion.http.api`` over handles to the model deployments.
 
 Everything Ray-specific about reaching a model lives in ``HandleClient``; the rest of the
 request path is the same code the unit tests drive without Ray.
@@ -15,17 +15,17 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from fusion.admission import Admission
-from fusion.api import create_api
 from fusion.cache import StepCache
 from fusion.config import AppConfig
+from fusion.core.admission import Admission
+from fusion.core.gateway import Gateway, current_gateway, install
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
-from fusion.gateway import Gateway, current_gateway, install
+from fusion.http.api import create_api
 from fusion.observe import NULL_OBSERVER, Observer, Recorder
-from fusion.ray_metrics import ray_recorder
+from fusion.serve.metrics import ray_recorder
 from fusion.tracing import tracing_from
 
-log = logging.getLogger("fusion.ingress")
+log = logging.getLogger("fusion.serve.ingress")
 
 api = create_api(current_gateway)
 

@@ -26,8 +26,8 @@ from deployments.common import relay
 from fusion.config import ModelConfig, ObservabilityConfig
 from fusion.errors import BadInput
 from fusion.observe import Recorder
-from fusion.ray_metrics import ray_recorder
 from fusion.registry import model_class
+from fusion.serve.metrics import ray_recorder
 from fusion.tracing import Tracing, tracing_from
 
 log = logging.getLogger("fusion.deployments")

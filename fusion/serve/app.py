@@ -13,10 +13,10 @@ from ray.serve import Application
 
 from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
+from fusion.core.gateway import admission_for, served_tasks
 from fusion.errors import SpecError
-from fusion.gateway import admission_for, served_tasks
+from fusion.pipeline.spec import load_pipelines
 from fusion.registry import CUSTOM, check_custom_backend, deployment_path, import_object
-from fusion.spec import load_pipelines
 
 
 def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
@@ -56,7 +56,7 @@ def model_deployment(model: ModelConfig, model_dir: str | None,
 def bundle_deployment(name: str, members: list[ModelConfig], model_dir: str | None,
                       observability: dict[str, Any] | None = None) -> Application:
     """One deployment hosting several models in each replica (``fusion.bundles``)."""
-    from deployments.bundle import BundleDeployment
+    from fusion.serve.bundle import BundleDeployment
 
     size = bundle_size(members)
     return BundleDeployment.options(
@@ -71,7 +71,7 @@ def bundle_deployment(name: str, members: list[ModelConfig], model_dir: str | No
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
     """The application: one deployment per model or bundle, and the router in front."""
-    from fusion.ingress import Router
+    from fusion.serve.ingress import Router
 
     config = load_config(args)
     for m in config.models:  # import and check custom backends here, before any replica

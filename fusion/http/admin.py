@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, FastAPI
 
+from fusion.core.gateway import Gateway
 from fusion.errors import NotFound
-from fusion.gateway import Gateway
 
 
 def add_admin_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key,

@@ -1,7 +1,7 @@
 """The gateway's core, free of HTTP and Ray: models, pipelines, executor and cache together.
 
-The FastAPI layer (``fusion.api``) turns requests into calls on this object; the Serve
-ingress (``fusion.ingress``) builds it with handles to the model deployments. Tests build it
+The FastAPI layer (``fusion.http.api``) turns requests into calls on this object; the Serve
+ingress (``fusion.serve.ingress``) builds it with handles to the model deployments. Tests build it
 with fake model callers and drive it in-process.
 """
 
@@ -14,13 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from fusion.admission import Admission
-from fusion.auth import KeyRing
-from fusion.batch import BatchResult, call_many
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
-from fusion.executor import (
+from fusion.core.admission import Admission
+from fusion.core.batch import BatchResult, call_many
+from fusion.core.executor import (
     CachePolicy,
     EventSink,
     Executor,
@@ -29,12 +27,14 @@ from fusion.executor import (
     check_pipeline_inputs,
     emit,
 )
+from fusion.core.keys import KeyRing
+from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
-from fusion.spec import PipelineSpec, load_pipelines
+from fusion.pipeline.spec import PipelineSpec, load_pipelines
 from fusion.tasks import ModelTasks
 from fusion.values import check_limits
 
-log = logging.getLogger("fusion.gateway")
+log = logging.getLogger("fusion.core.gateway")
 
 
 class ModelBackendClient(Protocol):
@@ -44,7 +44,7 @@ class ModelBackendClient(Protocol):
 
     async def call_many(self, model: str, task: str,
                         items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One call carrying many items of one task; results in order (``fusion.batch``)."""
+        """One call carrying many items of one task; results in order (``fusion.core.batch``)."""
         ...
 
     def stream(self, model: str, task: str, inputs: dict[str, Any]) -> AsyncIterator[dict]: ...
@@ -167,7 +167,7 @@ class Gateway:
         The pipeline key covers the spec's digest and the fingerprint of every model it
         uses, so editing the pipeline or upgrading a model never serves an old answer.
         ``deadline`` (monotonic seconds) bounds every step. The run holds one admission slot
-        (``fusion.admission``) throughout, or is refused at once with 503.
+        (``fusion.core.admission``) throughout, or is refused at once with 503.
         """
         spec = self.pipeline(name)
         self._check_limits(inputs)

@@ -2,7 +2,7 @@
 
 The executor knows models only through ``ModelCaller`` (``call`` and ``stream``), and the
 cache only through ``StepStore`` — so it is unit-tested with fakes, with no Ray and no torch.
-In Serve, the caller is a table of ``DeploymentHandle``s (``fusion.ingress``).
+In Serve, the caller is a table of ``DeploymentHandle``s (``fusion.serve.ingress``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from fusion.admission import Admission
+from fusion.core.admission import Admission
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
-from fusion.fuse import fuse_explained
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
-from fusion.spec import PipelineSpec, StepSpec, builtin_task
+from fusion.pipeline.fuse import fuse_explained
+from fusion.pipeline.spec import PipelineSpec, StepSpec, builtin_task
+from fusion.pipeline.template import TEMPLATE_TASK, fill_template
 from fusion.tasks import ModelTasks, TaskSpec
-from fusion.template import TEMPLATE_TASK, fill_template
 from fusion.values import check_inputs, check_value
 
 Event = dict[str, Any]

@@ -31,10 +31,10 @@ from typing import Any
 
 from ray import serve
 
-from deployments.served import ServedModel
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
 from fusion.registry import deployment_path, import_object, model_class
+from fusion.serve.served import ServedModel
 
 log = logging.getLogger("fusion.deployments.bundle")
 

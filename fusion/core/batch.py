@@ -23,7 +23,7 @@ from fusion.errors import BadInput, FusionError, unwrap
 from fusion.values import check_inputs
 
 if TYPE_CHECKING:
-    from fusion.executor import CachePolicy, Executor
+    from fusion.core.executor import CachePolicy, Executor
 
 _INDEXED = re.compile(r"^inputs\[(\d+)\]")
 

@@ -5,8 +5,8 @@ a binding of the wrong type, an undeclared input, a missing required task input,
 output that points nowhere. Each message names the file, the step and the problem, so
 ``serve run`` refuses to start with a sentence a user can act on.
 
-The checks themselves live in ``fusion.spec_check`` and the frozen data model in
-``fusion.spec_model``; both are re-exported here, the import path the rest of the app uses.
+The checks themselves live in ``fusion.pipeline.check`` and the frozen data model in
+``fusion.pipeline.model``; both are re-exported here, the import path the rest of the app uses.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from fusion.errors import SpecError
-from fusion.spec_check import load_spec
-from fusion.spec_model import (
+from fusion.pipeline.check import load_spec
+from fusion.pipeline.model import (
     FUSE_METHODS,
     FUSE_TASK,
     Binding,
@@ -33,7 +33,7 @@ from fusion.tasks import ModelTasks
 __all__ = ["BUILTIN_DIR", "FUSE_METHODS", "FUSE_TASK", "Binding", "InputSpec", "PipelineSpec",
            "StepSpec", "builtin_task", "load_pipelines", "load_spec"]
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "pipelines"
 
 
 def load_pipelines(models: Mapping[str, ModelTasks], dirs: list[str] | None = None,

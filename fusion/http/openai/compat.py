@@ -18,7 +18,9 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from fusion.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
+from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
+from fusion.core.executor import CachePolicy
+from fusion.core.gateway import Gateway
 from fusion.errors import (
     ERRORS_BY_CODE,
     BadInput,
@@ -27,10 +29,8 @@ from fusion.errors import (
     Overloaded,
     Unsupported,
 )
-from fusion.executor import CachePolicy
-from fusion.gateway import Gateway
-from fusion.openai_audio import add_audio_routes
-from fusion.payloads import FastJSONResponse
+from fusion.http.openai.audio import add_audio_routes
+from fusion.http.payloads import FastJSONResponse
 
 OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
                 "/v1/audio/speech", "/v1/chat/completions", "/v1/completions")
@@ -64,7 +64,7 @@ def retry_headers(err: FusionError) -> dict[str, str] | None:
 
 
 def request_deadline(request: Request) -> float | None:
-    """The deadline of ``X-Request-Timeout``, counted from now (see ``fusion.admission``)."""
+    """The deadline of ``X-Request-Timeout``, counted from now (see ``fusion.core.admission``)."""
     return deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
 
 

@@ -1,5 +1,8 @@
 """API keys: off until keys are configured; then Bearer keys, compared in constant time.
 
+The key ring is HTTP-free so the ``Gateway`` can hold it; ``fusion.http.auth`` reads the
+``Authorization`` header and asks it.
+
 Keys are stored only as sha256 digests (config ``auth.key_hashes`` / ``admin_key_hashes``),
 or given in plain text through ``FUSION_API_KEYS`` / ``FUSION_ADMIN_KEYS`` (comma-separated),
 which are hashed at start-up and never logged. An admin key is also a valid user key.
@@ -11,8 +14,6 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-
-from fastapi import Request
 
 from fusion.config import AuthConfig
 from fusion.errors import Forbidden, Unauthorized
@@ -59,15 +60,3 @@ class KeyRing:
             raise Unauthorized("invalid API key", field="authorization")
         if admin and not self._matches(digest, self.admins):
             raise Forbidden("this route needs an admin key", field="authorization")
-
-
-def _ring(request: Request) -> KeyRing:
-    return request.app.state.get_gateway().keyring
-
-
-async def require_key(request: Request) -> None:
-    _ring(request).check(request.headers.get("authorization"))
-
-
-async def require_admin(request: Request) -> None:
-    _ring(request).check(request.headers.get("authorization"), admin=True)
