@@ -16,6 +16,8 @@ from deployments.tiny.audio import build_tiny_whisper  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, Unsupported  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
 

@@ -25,6 +25,8 @@ from fusion.errors import BadInput, NotFound, SpecError  # noqa: E402
 from fusion.serve.bundle import ModelBundle  # noqa: E402
 from fusion.serve.served import ServedModel  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 MEMBERS = [
     {"name": "emb", "family": "text", "backend": "embedding", "source": "tiny:text-embedding",
      "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "bundle": "edge"},

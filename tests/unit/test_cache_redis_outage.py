@@ -17,6 +17,8 @@ import redis
 from fusion.cache import RedisBackend, StepCache, lock_key
 from tests.redis_server import RedisServer, RedisUnavailable, free_port
 
+pytestmark = pytest.mark.redis  # a redis-server of its own (RedisServer)
+
 FAST_S = 0.05  # the production default of redis_timeout_s
 RETRY_AFTER_S = 0.2
 

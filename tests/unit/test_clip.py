@@ -20,6 +20,8 @@ from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
 from fusion.serve.served import ServedModel  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 
 def png(color: str, size: tuple[int, int] = (40, 30)) -> bytes:
     buf = io.BytesIO()

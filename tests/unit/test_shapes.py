@@ -38,6 +38,8 @@ from deployments.text import TextModel  # noqa: E402
 from fusion.config import ModelConfig, ModelSource  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 # parameter counts of the hub models each shape stands for (unique tensors; BLIP's hub
 # checkpoint also stores its tied LM head, which its model card counts: 247 M)
 HUB_PARAMETERS = {

