@@ -24,6 +24,7 @@ import pytest
 from deployments.accuracy import speech_wavs
 from tests.e2e.test_serve_run import _own_group, port_free
 from tests.fakes import png
+from tests.sse import decode
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
@@ -85,8 +86,8 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
                        json={"model": "llm", "messages": [{"role": "user", "content": "hi"}],
                              "max_tokens": 8, "temperature": 0, "stream": True})
         assert r.status_code == 200, r.text
-        chunks = [line for line in r.text.splitlines() if line.startswith("data: ")]
-        assert chunks[-1] == "data: [DONE]" and len(chunks) >= 3, r.text
+        chunks = [e.data for e in decode(r.text)]
+        assert chunks[-1] == "[DONE]" and len(chunks) >= 3, r.text
 
         *good, bad = asyncio.run(_burst())
         assert [g.status_code for g in good] == [200] * len(good), [g.text for g in good]

@@ -5,13 +5,13 @@ that leaves mid-stream stopping the replica's generation."""
 from __future__ import annotations
 
 import base64
-import json
 import time
 
 import httpx
 import pytest
 
 from tests.fakes import png
+from tests.sse import stream_events
 
 pytestmark = pytest.mark.serve
 
@@ -25,16 +25,10 @@ def llm_stats() -> dict:
 
 
 def sse_events(gateway_url: str, pipeline: str, inputs: dict) -> list[tuple[str, dict]]:
-    events, kind = [], None
     with httpx.stream("POST", f"{gateway_url}/v1/pipelines/{pipeline}?stream=true",
                       json={"inputs": inputs}, timeout=120) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
-    return events
+        return stream_events(r)
 
 
 def test_chat_completions_with_the_openai_client(oai):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 from tests.fakes import png
 from tests.integration.conftest import OWN_PIPELINE
+from tests.sse import stream_events
 
 pytestmark = pytest.mark.serve
 
@@ -86,16 +86,10 @@ def test_embed_text_or_image(http):
 
 
 def test_sse_stream_progress_then_step_then_result(http, gateway_url):
-    events = []
     with httpx.stream("POST", f"{gateway_url}/v1/pipelines/text_to_image?stream=true",
                       json={"inputs": {"prompt": "a stream", "seed": 99, "steps": 3}},
                       headers={"Cache-Control": "no-store"}, timeout=120) as r:
-        kind = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
+        events = stream_events(r)
     kinds = [k for k, _ in events]
     assert kinds[:4] == ["start"] + ["progress"] * 3 and kinds[-1] == "result"
     assert "step" in kinds and kinds.index("step") < kinds.index("result")

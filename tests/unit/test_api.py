@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import httpx
 import pytest
@@ -12,6 +11,7 @@ from fusion.core.gateway import Gateway
 from fusion.core.keys import hash_key
 from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config, png
+from tests.sse import astream_events, sse_events
 
 
 def client_for(gw: Gateway, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
@@ -100,17 +100,11 @@ async def test_pipeline_image_output_base64_and_raw_png(client):
 
 
 async def test_sse_stream_sends_start_progress_steps_then_result(client):
-    events = []
     async with client.stream("POST", "/v1/pipelines/text_to_image?stream=true",
                              json={"inputs": {"prompt": "x", "steps": 3,
                                               "then_caption": True}}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        async for line in r.aiter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[6:])))
+        events = await astream_events(r)
     kinds = [k for k, _ in events]
     assert kinds == ["start", "progress", "progress", "progress", "step", "start", "step",
                      "result"]
@@ -125,7 +119,8 @@ async def test_sse_error_event(client):
                              headers={"Accept": "text/event-stream"},
                              json={"inputs": {"image": b64(b"junk"), "labels": ["a"]}}) as r:
         text = (await r.aread()).decode()
-    assert "event: error" in text and "step 'caption'" in text
+    kind, data = sse_events(text)[-1]
+    assert kind == "error" and "step 'caption'" in data["error"]["message"]
 
 
 @pytest.mark.parametrize("body, field, status", [

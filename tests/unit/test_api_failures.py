@@ -18,6 +18,7 @@ from fusion.core.gateway import Gateway, current_gateway, install, installed
 from fusion.core.keys import hash_key
 from fusion.http.api import create_api
 from tests.fakes import FakeModels, fake_config, png
+from tests.sse import sse_events
 
 
 class GatedModels(FakeModels):
@@ -77,16 +78,6 @@ async def until(predicate, what: str) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"never happened: {what}")
-
-
-def sse_events(text: str) -> list[tuple[str, dict]]:
-    events, kind = [], None
-    for line in text.splitlines():
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            events.append((kind, json.loads(line[6:])))
-    return events
 
 
 # ---- 503: admission ------------------------------------------------------------------------

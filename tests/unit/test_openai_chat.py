@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fusion.http.api import create_api  # noqa: E402
 from tests.fakes import png  # noqa: E402
 from tests.llm_inprocess import llm_gateway  # noqa: E402
+from tests.sse import decode  # noqa: E402
 
 ASK = [{"role": "user", "content": "what is in this image?"}]
 
@@ -68,10 +69,10 @@ async def test_stream_ends_with_done(http):
     r = await http.post("/v1/chat/completions", json={
         "model": "llm", "messages": ASK, "max_tokens": 5, "temperature": 0.7, "stream": True})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = [e for e in r.text.split("\n\n") if e]
-    assert all(e.startswith("data: ") for e in events)
-    assert events[-1] == "data: [DONE]"
-    last = json.loads(events[-2][6:])
+    events = decode(r.text)
+    assert all(e.event == "message" and e.id is None for e in events)  # data lines only
+    assert events[-1].data == "[DONE]"
+    last = json.loads(events[-2].data)
     assert last["choices"][0]["finish_reason"] == "length"
 
 
