@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fusion.cache.interface import CacheBackend
 from fusion.cache.keys import check_namespace
 
 
 class MemoryBackend(CacheBackend):
-    """In-process LRU bounded by total bytes (keys + values), with TTLs and local locks."""
+    """In-process LRU bounded by total bytes (keys + values), with TTLs and local locks.
+
+    ``clock`` (seconds, monotonic) decides expiries: tests pass a clock they move, so a TTL or
+    a lock's expiry is checked at its exact edge instead of slept through.
+    """
 
     name = "memory"
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.max_bytes = max_bytes
+        self._clock = clock
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
         self._locks: dict[str, tuple[str, float]] = {}
         self.nbytes = 0
@@ -41,7 +48,7 @@ class MemoryBackend(CacheBackend):
         if item is None:
             return None
         value, expires = item
-        if expires is not None and time.monotonic() >= expires:
+        if expires is not None and self._clock() >= expires:
             self._drop(key)
             return None
         self._data.move_to_end(key)
@@ -54,7 +61,7 @@ class MemoryBackend(CacheBackend):
             self._drop(key)
         if size > self.max_bytes or (ttl_s is not None and ttl_s <= 0):
             return
-        now = time.monotonic()
+        now = self._clock()
         # evict expired entries first, then least recently used ones
         if self.nbytes + size > self.max_bytes:
             for k in [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]:
@@ -95,7 +102,7 @@ class MemoryBackend(CacheBackend):
         held = self._locks.get(lock_key)
         if held is None:
             return None
-        if time.monotonic() >= held[1]:
+        if self._clock() >= held[1]:
             del self._locks[lock_key]
             return None
         return held[0]
@@ -103,7 +110,7 @@ class MemoryBackend(CacheBackend):
     async def acquire(self, lock_key: str, owner_token: str, ttl_ms: int) -> bool:
         if self._lock_owner(lock_key) is not None:
             return False
-        self._locks[lock_key] = (owner_token, time.monotonic() + ttl_ms / 1000)
+        self._locks[lock_key] = (owner_token, self._clock() + ttl_ms / 1000)
         return True
 
     async def release(self, lock_key: str, owner_token: str) -> bool:
@@ -115,5 +122,5 @@ class MemoryBackend(CacheBackend):
     async def refresh(self, lock_key: str, owner_token: str, ttl_ms: int) -> bool:
         if self._lock_owner(lock_key) != owner_token:
             return False
-        self._locks[lock_key] = (owner_token, time.monotonic() + ttl_ms / 1000)
+        self._locks[lock_key] = (owner_token, self._clock() + ttl_ms / 1000)
         return True

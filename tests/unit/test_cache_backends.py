@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 
 import pytest
 
 from fusion.cache import CacheBackend, MemoryBackend, RedisBackend
-from tests.unit.cache_helpers import until
+from tests.unit.cache_helpers import ManualClock, redis_ttl_ms, until
 
 
 @pytest.fixture
@@ -17,10 +15,15 @@ def ns() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
 @pytest.fixture(params=["memory", "redis"])
-async def backend(request, ns):
+async def backend(request, ns, clock):
     if request.param == "memory":
-        b: CacheBackend = MemoryBackend(1 << 20)
+        b: CacheBackend = MemoryBackend(1 << 20, clock=clock)
     else:
         b = RedisBackend(request.getfixturevalue("shared_redis_url"), timeout_s=2.0)
     yield b
@@ -40,14 +43,21 @@ async def test_get_set_delete(backend: CacheBackend, ns: str) -> None:
     await backend.delete(key)  # deleting a missing key is fine
 
 
-async def test_ttl(backend: CacheBackend, ns: str) -> None:
-    started = time.monotonic()
-    await backend.set(f"{ns}:short", b"v", 0.6)
-    await backend.set(f"{ns}:long", b"v", 60)
-    assert await backend.get(f"{ns}:short") == b"v"
-    await until(lambda: backend.get(f"{ns}:short"), None)
-    assert time.monotonic() - started >= 0.59  # gone by its TTL, not before
-    assert await backend.get(f"{ns}:long") == b"v"
+async def test_ttl(backend: CacheBackend, ns: str, clock: ManualClock) -> None:
+    short, long = f"{ns}:short", f"{ns}:long"
+    await backend.set(short, b"v", 0.75)  # binary fractions: the clock's sums are exact
+    await backend.set(long, b"v", 60)
+    assert await backend.get(short) == b"v"
+    if isinstance(backend, MemoryBackend):  # gone by its TTL, not before
+        clock.advance(0.5)
+        assert await backend.get(short) == b"v"
+        clock.advance(0.25)
+        assert await backend.get(short) is None
+    else:  # Redis keeps the time: the TTLs it was given, then its own expiry
+        assert 0 < await redis_ttl_ms(backend, short) <= 750
+        assert 59_000 < await redis_ttl_ms(backend, long) <= 60_000
+        await until(lambda: backend.get(short), None)
+    assert await backend.get(long) == b"v"
 
 
 async def test_locks_compare_and_delete(backend: CacheBackend, ns: str) -> None:
@@ -64,21 +74,34 @@ async def test_locks_compare_and_delete(backend: CacheBackend, ns: str) -> None:
     assert await backend.release(lock, "owner-b")
 
 
-async def test_lock_expires(backend: CacheBackend, ns: str) -> None:
+async def test_lock_expires(backend: CacheBackend, ns: str, clock: ManualClock) -> None:
     lock = f"{ns}:lock:k"
-    assert await backend.acquire(lock, "crashed", 600)
-    assert not await backend.acquire(lock, "waiter", 600)
-    await until(lambda: backend.acquire(lock, "waiter", 60_000), True)
+    assert await backend.acquire(lock, "crashed", 750)
+    assert not await backend.acquire(lock, "waiter", 750)
+    if isinstance(backend, MemoryBackend):  # held until its TTL, free from then on
+        clock.advance(0.5)
+        assert not await backend.acquire(lock, "waiter", 750)
+        clock.advance(0.25)
+        assert await backend.acquire(lock, "waiter", 60_000)
+    else:  # SET NX PX 750, then Redis' own expiry
+        assert 0 < await redis_ttl_ms(backend, lock) <= 750
+        await until(lambda: backend.acquire(lock, "waiter", 60_000), True)
     assert not await backend.release(lock, "crashed")  # a late owner cannot free another's lock
     assert await backend.release(lock, "waiter")
 
 
-async def test_refresh_keeps_lock_alive(backend: CacheBackend, ns: str) -> None:
+async def test_refresh_keeps_lock_alive(backend: CacheBackend, ns: str,
+                                        clock: ManualClock) -> None:
     lock = f"{ns}:lock:k"
-    assert await backend.acquire(lock, "a", 800)
-    for _ in range(3):
-        await asyncio.sleep(0.3)  # 0.9 s in all: alive only thanks to the refreshes
-        assert await backend.refresh(lock, "a", 800)
+    assert await backend.acquire(lock, "a", 750)
+    if isinstance(backend, RedisBackend):  # the refresh sets a new PX, past the first one
+        assert await backend.refresh(lock, "a", 60_000)
+        assert await redis_ttl_ms(backend, lock) > 750
+    else:
+        for _ in range(3):
+            clock.advance(0.5)  # 1.5 s in all: alive only thanks to the refreshes
+            assert await backend.refresh(lock, "a", 750)
+        clock.advance(0.5)
     assert not await backend.acquire(lock, "b", 400)
     assert await backend.release(lock, "a")
 
@@ -134,10 +157,10 @@ async def test_memory_lru_bounded_by_bytes() -> None:
     assert b.nbytes == sum(len(k) + len(v) for k, (v, _) in b._data.items())
 
 
-async def test_memory_expired_entries_evicted_first() -> None:
-    b = MemoryBackend(max_bytes=300)
+async def test_memory_expired_entries_evicted_first(clock: ManualClock) -> None:
+    b = MemoryBackend(max_bytes=300, clock=clock)
     await b.set("old", b"x" * 100, None)
-    await b.set("exp", b"x" * 100, 0.05)
-    await asyncio.sleep(0.1)
+    await b.set("exp", b"x" * 100, 0.25)
+    clock.advance(0.25)
     await b.set("new", b"x" * 150, None)
     assert await b.get("old") is not None and await b.get("new") is not None

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fusion.cache import CacheUnavailable, MemoryBackend, Outcome, StepCache, lock_key
-from tests.unit.cache_helpers import VALUE, Counter, key_of
+from tests.unit.cache_helpers import VALUE, Counter, key_of, until
 
 
 async def test_64_concurrent_compute_once(make_cache) -> None:
@@ -44,15 +44,32 @@ async def test_two_replicas_compute_once(make_cache) -> None:
 
 
 async def test_crashed_owner_is_taken_over(make_cache) -> None:
-    cache = make_cache(lock_ttl_ms=300)
+    cache = make_cache(lock_ttl_ms=750)
     key, compute = key_of(cache), Counter()
     started = time.monotonic()  # before the lock is taken: its TTL cannot end sooner
     # another replica took the lock and died: never stores, never releases
-    assert await cache.backend.acquire(lock_key(cache.namespace, key), "dead-owner", 300)
-    value, outcome = await cache.get_or_compute(key, compute)
-    waited = time.monotonic() - started
+    assert await cache.backend.acquire(lock_key(cache.namespace, key), "dead-owner", 750)
+    tries: list[bool] = []  # the waiter's attempts at the lock
+    acquire = cache.backend.acquire
+
+    async def counted(*args) -> bool:
+        tries.append(await acquire(*args))
+        return tries[-1]
+
+    cache.backend.acquire = counted  # type: ignore[method-assign]
+    clock = make_cache.clock
+    if clock is not None:  # memory: the lock expires when the test moves the clock
+        waiter = asyncio.ensure_future(cache.get_or_compute(key, compute))
+        await until(lambda: len(tries) >= 3, True)  # polling the held lock
+        assert not waiter.done() and compute.calls == 0
+        clock.advance(0.75)
+        value, outcome = await waiter
+    else:  # Redis expires it by its own clock
+        value, outcome = await cache.get_or_compute(key, compute)
+        assert time.monotonic() - started >= 0.74
     assert value == VALUE and compute.calls == 1 and outcome == Outcome()
-    assert 0.29 <= waited < cache.wait_timeout_s  # took over at expiry, not at giving up
+    # took over at expiry (its own attempt at the lock won), not at giving up
+    assert tries[-1] and not any(tries[:-1]) and len(tries) >= 2
     assert (await cache.get_or_compute(key, compute))[1].cached
 
 
@@ -65,6 +82,8 @@ async def test_owner_heartbeat_keeps_waiters_waiting(make_cache) -> None:
 
     async def counted(*args) -> bool:
         nonlocal beats
+        if make_cache.clock is not None:  # memory: time moves with the beats (TTL/3 each)
+            make_cache.clock.advance(0.3)
         ok = await refresh(*args)
         beats += ok
         return ok
@@ -162,38 +181,41 @@ async def test_last_cancelled_caller_cancels_compute_and_releases(make_cache) ->
 async def test_waiter_gives_up_after_wait_timeout(make_cache) -> None:
     cache = make_cache(wait_timeout_s=0.2)
     key, compute = key_of(cache), Counter()
-    await cache.backend.acquire(lock_key(cache.namespace, key), "stuck-owner", 10_000)
+    lock = lock_key(cache.namespace, key)
+    await cache.backend.acquire(lock, "stuck-owner", 10_000)
     started = time.monotonic()
     value, outcome = await cache.get_or_compute(key, compute)
     assert value == VALUE and outcome == Outcome() and compute.calls == 1
-    assert 0.15 <= time.monotonic() - started < 2
+    assert time.monotonic() - started >= 0.15  # it waited first
+    # and gave up: computed while the stuck owner still held the lock
+    assert not await cache.backend.acquire(lock, "probe", 1000)
 
 
 class _FlakyRelease(MemoryBackend):
-    """A backend whose first lock releases fail, as during a short Redis blip."""
+    """A backend whose lock releases fail until ``back`` is set, as during a Redis blip."""
 
     retry_after_s = 0.05
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.failures = failures
+        self.back = asyncio.Event()
+        self.failed = 0
 
     async def release(self, lock_key: str, owner_token: str) -> bool:
-        if self.failures > 0:
-            self.failures -= 1
+        if not self.back.is_set():
+            self.failed += 1
             raise CacheUnavailable("blip", skipped=True)
         return await super().release(lock_key, owner_token)
 
 
 async def test_lock_release_retried_after_a_blip() -> None:
-    backend = _FlakyRelease(failures=2)
+    backend = _FlakyRelease()
     cache = StepCache(backend, namespace="flaky", lock_ttl_ms=10_000)
     key = cache.step_key("fp", "t", {})
     value, _ = await cache.get_or_compute(key, Counter())
     assert value == VALUE
     lock = lock_key("flaky", key)
-    assert not await backend.acquire(lock, "other", 1000)  # still held right after the blip
-    deadline = time.monotonic() + 10
-    while not await backend.acquire(lock, "other", 1000):
-        assert time.monotonic() < deadline, "the lock was not released after the blip"
-        await asyncio.sleep(0.02)
+    await until(lambda: backend.failed >= 3, True)  # the release, then retries in the background
+    assert not await backend.acquire(lock, "other", 1000)  # still held during the blip
+    backend.back.set()
+    await until(lambda: backend.acquire(lock, "other", 1000), True)  # released after it

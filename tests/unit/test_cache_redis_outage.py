@@ -178,18 +178,31 @@ async def test_cross_replica_waiter_survives_outage(server: RedisServer, make) -
     owner_cache, waiter_cache = make(timeout_s=0.25), make(timeout_s=0.25)
     key = owner_cache.step_key("fp", "task", {"outage": 1})
     calls = 0
+    computing, stopped = asyncio.Event(), asyncio.Event()
 
     async def compute() -> dict:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(0.3)
+        computing.set()
+        await stopped.wait()  # the owner computes until Redis is gone
         return {"ok": True}
 
+    refused = asyncio.Event()  # the waiter found the owner's lock held
+    acquire = waiter_cache.backend.acquire
+
+    async def watched(*args) -> bool:
+        ok = await acquire(*args)
+        if not ok:
+            refused.set()
+        return ok
+
+    waiter_cache.backend.acquire = watched  # type: ignore[method-assign]
     owner = asyncio.ensure_future(owner_cache.get_or_compute(key, compute))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(computing.wait(), 5)
     waiter = asyncio.ensure_future(waiter_cache.get_or_compute(key, compute))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(refused.wait(), 5)
     server.stop()
+    stopped.set()
     results = await asyncio.wait_for(asyncio.gather(owner, waiter), 5)
     assert all(v == {"ok": True} for v, _ in results)
     assert calls in (1, 2)

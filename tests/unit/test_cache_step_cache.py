@@ -9,7 +9,7 @@ import pytest
 
 from fusion.cache import MemoryBackend, Outcome, RedisBackend, StepCache, encode
 from fusion.config import CacheConfig
-from tests.unit.cache_helpers import VALUE, Counter, key_of, until
+from tests.unit.cache_helpers import VALUE, Counter, key_of, redis_ttl_ms, until
 
 
 async def test_miss_then_hit_round_trips_exactly(make_cache) -> None:
@@ -43,9 +43,17 @@ async def test_key_changes_recompute(make_cache) -> None:
 async def test_ttl_expiry(make_cache) -> None:
     cache = make_cache(ttl_s=60)
     key, compute = key_of(cache), Counter()
-    await cache.get_or_compute(key, compute, ttl_s=0.6)  # the step's TTL, not the cache's 60 s
+    await cache.get_or_compute(key, compute, ttl_s=0.75)  # the step's TTL, not the cache's 60 s
     assert (await cache.get_or_compute(key, compute))[1].cached
-    await until(lambda: cache.get(key), None, within_s=10)  # expires by itself
+    clock = make_cache.clock
+    if clock is not None:  # the memory backend's clock: exact at the TTL
+        clock.advance(0.5)
+        assert (await cache.get_or_compute(key, compute))[1].cached
+        clock.advance(0.25)
+        assert await cache.get(key) is None
+    else:  # Redis was given the step's TTL, and expires the value by itself
+        assert 0 < await redis_ttl_ms(cache.backend, key) <= 750
+        await until(lambda: cache.get(key), None, within_s=10)
     assert not (await cache.get_or_compute(key, compute))[1].cached
     assert compute.calls == 2
 
