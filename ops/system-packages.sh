@@ -49,6 +49,10 @@ fusion_missing_packages() {
 fusion_install_packages() {
   [ "$#" -gt 0 ] || return 0
   local sudo=() package
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ops/bootstrap.sh: no apt-get here: install these system packages yourself: $*" >&2
+    return 0
+  fi
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
   echo "ops/bootstrap.sh: installing system packages: $* (${sudo[*]:+sudo }apt-get install)" >&2
   if [ -z "${FUSION_APT_UPDATED:-}" ]; then

@@ -184,3 +184,11 @@ def test_every_binary_a_test_looks_up_is_installed_by_the_test_command():
     assert '["kubectl", "kustomize"' in Path(k8s_render).read_text()
     used |= {"kubectl", "redis-server", *CANDIDATES}
     assert used <= binaries, used - binaries
+
+
+def test_without_apt_the_packages_are_named_and_nothing_is_run(machine):
+    (machine.installed.parent / "bin" / "apt-get").unlink()
+    out = machine("ops/test.sh")
+    assert out.returncode == 1
+    assert "install these system packages yourself: prometheus kubectl" in out.stderr
+    assert not [c for c in machine.log() if c.startswith(("sudo", "python -m pytest"))]
