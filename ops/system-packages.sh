@@ -43,9 +43,10 @@ fusion_missing_packages() {
 }
 
 # apt-get install the given packages (none: do nothing), with sudo unless root, after an
-# apt-get update (one per shell: the venv's package and the test packages share it). If the batch fails (one name apt cannot find fails them all), each package
-# is tried alone, so one unavailable package does not keep the others out. Never fails
-# itself: the check that follows names what is still missing.
+# apt-get update (one per shell: the venv's package and the test packages share it). If the
+# batch fails (one name apt cannot find fails them all), each package is tried alone, so one
+# unavailable package does not keep the others out. Never fails itself: the check that
+# follows names what is still missing.
 fusion_install_packages() {
   [ "$#" -gt 0 ] || return 0
   local sudo=() package
