@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Create .venv if missing and (re)install the project when its install files changed.
 # Sourced by ops/serve-local.sh and ops/test.sh; safe to run any number of times.
+# System packages: ops/system-packages.sh (ops/test.sh installs the ones the tests drive).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+source ops/system-packages.sh
 PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  # Debian's python3 creates no venv without its python3-venv package (no ensurepip)
+  "$PYTHON" -c 'import ensurepip' 2>/dev/null || fusion_install_packages python3-venv
+  "$PYTHON" -m venv .venv
+fi
 want="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat .venv/.fusion-installed 2>/dev/null || true)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip

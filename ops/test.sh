@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Run the whole test suite (unit, integration with one Serve app, end to end with serve run).
+# Installs the system packages the tests drive when missing (ops/system-packages.sh; sudo
+# unless root) and stops in one line naming any still missing before pytest starts.
 # Uses the Redis at $REDIS_URL or 127.0.0.1:6379, or starts a private one if none answers.
 source "$(dirname "$0")/bootstrap.sh"
+fusion_install_test_packages
+fusion_check_test_packages || exit 1
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -1,6 +1,6 @@
 """A real Chromium for the playground tests, and an in-process gateway served over HTTP.
 
-Playwright drives the system's Chromium (Debian's ``chromium`` package; ``.ci/run`` installs
+Playwright drives the system's Chromium (Debian's ``chromium`` package; ``ops/test.sh`` installs
 it) through ``executable_path``: Playwright's own browser download cannot run offline. A
 missing browser fails the tests instead of skipping them.
 """
@@ -21,7 +21,7 @@ def chromium_path() -> str:
     given = os.environ.get("FUSION_CHROMIUM")
     found = given or next(filter(None, map(shutil.which, CANDIDATES)), None)
     if not found:
-        raise RuntimeError("no Chromium found: install Debian's `chromium` package (.ci/run "
+        raise RuntimeError("no Chromium found: install Debian's `chromium` package (./ops/test.sh "
                            "does) or set FUSION_CHROMIUM to a Chromium binary")
     return found
 

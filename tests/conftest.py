@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit and integration packages, and the resource markers.
+"""Fixtures shared by the unit and integration packages, the resource markers, and the check
+that no process the session started outlives it (tests/leftovers.py).
 
 Each test is marked with the resources it needs (``browser``, ``redis``, ``serve``, ``models``;
 registered in pyproject.toml), so a contributor without Chromium or Redis, or without the
@@ -10,6 +11,10 @@ so itself with ``pytestmark``.
 from __future__ import annotations
 
 import pytest
+
+from tests import leftovers, redis_server
+
+SESSION = leftovers.mark_session()
 
 # fixture → the resource it brings (a test using it, directly or through another fixture)
 RESOURCE_FIXTURES = {
@@ -45,6 +50,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         have = {m.name for m in item.iter_markers()}
         for resource in sorted(resources_of(item) - have):
             item.add_marker(resource)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the session, naming them, if processes it started are still running (then kill
+    them, so the next session does not meet them). The private Redis tests/redis_server.py
+    started for the session is stopped first: it lives as long as the session, by design."""
+    redis_server.stop_all()
+    left = leftovers.survivors(SESSION)
+    if not left:
+        return
+    lines = [leftovers.describe(p) for p in left]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", f"{len(left)} processes outlived the test session (killed now)",
+                           red=True)
+        for line in lines:
+            reporter.write_line(line)
+    leftovers.kill(left)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

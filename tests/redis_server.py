@@ -1,8 +1,9 @@
 """Find or start a Redis for tests.
 
 ``redis_url()``: ``$REDIS_URL`` if it answers PING, else ``redis://127.0.0.1:6379/0`` if that
-answers, else a ``redis-server`` started on a free port for this test session (stopped at
-exit). Raises ``RedisUnavailable`` when none can be had (no binary): callers skip.
+answers, else a ``redis-server`` started on a free port for this test session (stopped at the
+session's end by tests/conftest.py, or at exit). Raises ``RedisUnavailable`` when none can be
+had (no binary): callers skip.
 
 ``RedisServer``: a dedicated throwaway ``redis-server`` on a free port, for tests that stop,
 restart or pause it. Never use ``FLUSHALL``/``FLUSHDB`` on a shared server: give each test
@@ -148,7 +149,8 @@ def redis_url() -> str:
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all() -> None:
+    """Stop every server this module started (at exit, or at the end of a test session)."""
     for server in _started:
         with contextlib.suppress(Exception):
             server.stop()

@@ -49,7 +49,7 @@ def render(tree: Path, overlay: str) -> list[dict]:
 def rendered() -> dict[str, list[dict]]:
     """Every overlay (and ``all``), rendered once per test session."""
     if shutil.which("kubectl") is None:
-        pytest.fail("kubectl is needed to render ops/k8s (Debian package kubectl; .ci/run "
+        pytest.fail("kubectl is needed to render ops/k8s (apt package kubectl; ./ops/test.sh "
                     "installs it)")
     with tempfile.TemporaryDirectory(prefix="fusion-k8s-") as where:
         root = tree(Path(where))

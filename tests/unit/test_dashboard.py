@@ -58,7 +58,7 @@ def test_the_dashboard_has_the_panels_an_operator_needs():
 
 def test_every_expression_parses_with_promtool(tmp_path):
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed (.ci/run installs Debian's prometheus)"
+    assert promtool, "promtool is not installed (./ops/test.sh installs Debian's prometheus)"
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:expr_{i}", "expr": as_promql(e)}
         for i, e in enumerate(expressions())]}]}

@@ -3,18 +3,22 @@
 The container's shell command is run as written (only the port moved to a free one and the
 bind narrowed to 127.0.0.1) with the local ``redis-server``: the password reaches Redis
 through stdin and appears on no command line, a client without it is refused, the settings
-are a cache's, and the gateway's Redis backend, given a REDIS_URL of the shipped form,
-stores and reads through it.
+are a cache's, the gateway's Redis backend, given a REDIS_URL of the shipped form, stores and
+reads through it, and the process started is redis-server itself (PID 1 in the pod), which
+stops on SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 import yaml
@@ -34,8 +38,8 @@ def redis_container() -> dict:
     return statefulset["spec"]["template"]["spec"]["containers"][0]
 
 
-@pytest.fixture(scope="module")
-def shipped_redis():
+def start_shipped_redis() -> tuple[int, subprocess.Popen]:
+    """Run the container's command as written (port moved, bind narrowed) and wait for PING."""
     binary = redis_server_binary()
     assert binary, "redis-server is needed (the suite's Redis tests use it too)"
     container = redis_container()
@@ -53,14 +57,45 @@ def shipped_redis():
     while True:
         try:
             client.ping()
-            break
+            return port, proc
         except redis.ConnectionError:
             assert proc.poll() is None, proc.stdout.read().decode()
             assert time.monotonic() < deadline, "the shipped Redis did not start"
             time.sleep(0.05)
+
+
+def answers(port: int) -> bool:
+    """Whether anything accepts connections on the port (a stopped Redis refuses them)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def shipped_redis():
+    port, proc = start_shipped_redis()
     yield port, proc
     proc.terminate()
     proc.wait(timeout=10)
+    assert not answers(port), "the module's Redis outlived its module"
+
+
+def test_redis_server_is_the_started_process_and_stops_on_sigterm():
+    """``exec`` replaces the shell: the container's PID 1 is redis-server itself, so the
+    SIGTERM a pod stop sends reaches Redis (a shell PID 1 ignores it and the pod waits out
+    its grace period; in a pipeline here the shell would die and leave Redis running)."""
+    port, proc = start_shipped_redis()
+    try:
+        assert psutil.Process(proc.pid).name() == "redis-server"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0  # Redis's own SIGTERM handler: a clean exit
+        assert not answers(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def test_password_is_required_and_on_no_command_line(shipped_redis):
