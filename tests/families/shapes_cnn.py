@@ -1,5 +1,5 @@
 """A small CIFAR-10-style CNN and a synthetic, learnable data set of coloured shapes: the
-README's "Serve your own model" example, trained in seconds on a CPU.
+"Serve your own model" example (docs/how-to/own-model.md), trained in seconds on a CPU.
 
 Each 32x32 image holds one shape (the class) in a random colour, size and place on a noisy
 background, so the net must learn shape, not colour. ``train`` saves a checkpoint the

@@ -1,5 +1,8 @@
 """The README's usage section runs: every ```bash and ```python block between the usage
 markers is executed against the test gateway, so a README change that breaks a snippet fails.
+So do the usage sections of the documentation site's pages (``docs/**/*.md`` between the same
+markers), where the examples the README no longer holds moved; a block that appears in two
+places runs once.
 
 Each block runs on its own in a fresh folder holding ``cat.png``, with ``FUSION_URL`` set to the
 gateway and the venv's ``bin`` first on ``PATH`` (so ``fusion`` and ``python`` resolve): bash
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.serve
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 START, END = "<!-- usage:start -->", "<!-- usage:end -->"
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 MIN_BASH, MIN_PYTHON = 5, 2
@@ -41,27 +45,55 @@ MUST_SHOW = {
 }
 
 
-def usage_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    assert text.count(START) == 1 and text.count(END) == 1, "usage markers missing"
+def usage_section(path: Path = README) -> str:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(START) == 1 and text.count(END) == 1, f"usage markers missing: {path}"
     section = text[text.index(START) + len(START):text.index(END)]
-    assert "## Use it" in section
+    if path == README:
+        assert "## Use it" in section
     return section
 
 
+def fenced(section: str) -> list[tuple[str, str]]:
+    """``[(language, code)]`` of the fenced blocks of ``section``, in order."""
+    return [(m.group(1).strip(), m.group(2)) for m in FENCE.finditer(section)]
+
+
 def usage_blocks() -> list[tuple[str, str]]:
-    """``[(language, code)]`` of the fenced blocks between the usage markers, in order."""
-    return [(m.group(1).strip(), m.group(2)) for m in FENCE.finditer(usage_section())]
+    """The README's usage blocks, in order."""
+    return fenced(usage_section())
 
 
-def _block_id(index: int, lang: str, code: str) -> str:
+def doc_pages() -> list[Path]:
+    """The site's pages that hold a usage section (README-style, run here)."""
+    return sorted(p for p in DOCS.rglob("*.md") if START in p.read_text(encoding="utf-8"))
+
+
+def _block_id(source: str, index: int, lang: str, code: str) -> str:
     first = next((line for line in code.splitlines()
                   if line.strip() and not line.lstrip().startswith("#")), "")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", first)[:40].strip("-")
-    return f"{index:02d}-{lang}-{slug}"
+    return f"{source}-{index:02d}-{lang}-{slug}"
 
 
 BLOCKS = usage_blocks()
+
+
+def _all_blocks() -> list[tuple[str, str, str]]:
+    """``[(id, language, code)]`` of the README's blocks, then each page's new ones."""
+    seen: set[str] = set()
+    out = []
+    sources = [("readme", README)] + [(p.relative_to(DOCS).with_suffix("").as_posix()
+                                       .replace("/", "-"), p) for p in doc_pages()]
+    for name, path in sources:
+        for i, (lang, code) in enumerate(fenced(usage_section(path))):
+            if code not in seen:
+                seen.add(code)
+                out.append((_block_id(name, i, lang, code), lang, code))
+    return out
+
+
+ALL_BLOCKS = _all_blocks()
 
 
 def _commands(code: str) -> list[str]:
@@ -85,10 +117,30 @@ def test_section_has_enough_runnable_blocks():
     for _lang, code in BLOCKS[1:]:
         assert not re.search(r"FUSION_URL=|environ\[\"FUSION_URL\"\]\s*=", code), code
     # every curl fails on an HTTP error, so a broken snippet exits non-zero
-    for lang, code in BLOCKS:
+    for _id, lang, code in ALL_BLOCKS:
         if lang == "bash":
             for call in re.findall(r"\bcurl\b[^\n]*", code):
                 assert re.search(r"--fail|\s-[a-zA-Z]*f", call), f"curl without --fail: {call}"
+
+
+def test_doc_pages_usage_sections_follow_the_readmes_rules():
+    """Each page's section points FUSION_URL at a gateway first, in a block of its own, and
+    runs only blocks this test can run; the pages hold the examples the README moved out."""
+    pages = doc_pages()
+    assert {p.relative_to(DOCS).as_posix() for p in pages} >= {
+        "getting-started.md", "how-to/calls.md", "how-to/openai.md"}
+    for page in pages:
+        blocks = fenced(usage_section(page))
+        assert blocks, page
+        assert {lang for lang, _ in blocks} <= {"bash", "python"}, page
+        assert blocks[0][0] == "bash", page
+        assert _commands(blocks[0][1]) == ["export FUSION_URL=http://127.0.0.1:8000"], page
+        for _lang, code in blocks[1:]:
+            assert not re.search(r"FUSION_URL=|environ\[\"FUSION_URL\"\]\s*=", code), (page, code)
+    moved = "\n".join(code for _id, _lang, code in ALL_BLOCKS)
+    for example in ("/v1/chat/completions", "fusion.stream_chat(", "fusion.call_many(",
+                    "/v1/models/text/embed", "client.audio.transcriptions.create("):
+        assert example in moved, f"no page runs an example of {example}"
 
 
 def _env(gateway_url: str) -> dict[str, str]:
@@ -109,8 +161,8 @@ def _check_png(path: Path) -> None:
     assert img.format == "PNG" and img.width > 0 and img.height > 0
 
 
-@pytest.mark.parametrize(("lang", "code"), BLOCKS,
-                         ids=[_block_id(i, lang, code) for i, (lang, code) in enumerate(BLOCKS)])
+@pytest.mark.parametrize(("lang", "code"), [(lang, code) for _id, lang, code in ALL_BLOCKS],
+                         ids=[block_id for block_id, _lang, _code in ALL_BLOCKS])
 def test_snippet_runs(lang, code, gateway_url, tmp_path):
     cat = png((200, 150, 90), 48)
     (tmp_path / "cat.png").write_bytes(cat)

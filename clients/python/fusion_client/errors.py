@@ -138,7 +138,7 @@ _BY_CODE: dict[str, tuple[type[FusionError], int]] = {
 
 
 def error_class_for_status(status: int) -> type[FusionError]:
-    """The exception class for an HTTP status (see the table in the README)."""
+    """The exception class for an HTTP status (the table in docs/api.md)."""
     if status in (400, 413, 422):
         return BadRequest
     if status == 401:
