@@ -22,8 +22,10 @@ from deployments.text import TextModel  # noqa: E402
 from fusion.bundles import bundle_problems, bundle_size  # noqa: E402
 from fusion.config import AppConfig, ModelConfig  # noqa: E402
 from fusion.errors import BadInput, NotFound, SpecError  # noqa: E402
-from fusion.serve.bundle import ModelBundle  # noqa: E402
+from fusion.serve.bundle import BundleDeployment  # noqa: E402
 from fusion.serve.served import ServedModel  # noqa: E402
+
+ModelBundle = BundleDeployment.func_or_class  # the Serve bundle, without Ray
 
 MEMBERS = [
     {"name": "emb", "family": "text", "backend": "embedding", "source": "tiny:text-embedding",
