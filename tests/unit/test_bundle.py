@@ -152,8 +152,8 @@ def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
 
     from fusion.bundles import bundle_groups
     from fusion.core.gateway import served_tasks
+    from fusion.core.startup import load_config
     from fusion.pipeline.spec import load_pipelines
-    from fusion.serve.app import load_config
 
     root = Path(__file__).resolve().parents[2]
 
