@@ -1,9 +1,11 @@
 """A batch queue for one model in the embedded runtime: what ``@serve.batch`` is in Serve.
 
-A small state machine: *idle* until a request arrives; *filling* for up to ``wait_s`` after
-the first one, or until ``max_size`` are waiting; then *running* one batch while the next
-fills. One batch runs at a time (as Serve's default ``max_concurrent_batches=1``): requests
-that come while a batch computes form the next one, so batches grow with load by themselves.
+A small state machine: *idle* until a request arrives, which runs at once (alone, or with
+whatever else is waiting, up to ``max_size``); *running* one batch while the next fills.
+One batch runs at a time: requests that come while a batch computes form the next one, so
+batches grow with load by themselves (as Infinity and text-embeddings-inference batch) and a
+lone request never waits out a window. ``wait_s`` > 0 adds such a window to an idle start,
+for models whose batch costs little more than one item and whose traffic comes in bursts.
 A caller that went away before its batch started is left out of it.
 """
 
