@@ -211,12 +211,9 @@ def gateway_url(serve_url) -> str:
 
 @pytest.fixture(scope="package")
 def oai(gateway_url):
-    """The official ``openai`` client on the gateway's ``/v1`` routes (no retries: a failure
-    shows as it happened)."""
-    from openai import OpenAI
+    from tests.integration.openai_helpers import openai_client
 
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
+    with openai_client(gateway_url) as client:
         yield client
 
 
