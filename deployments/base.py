@@ -164,3 +164,13 @@ class ModelBackend(ABC):
             "dtype": str(self.dtype).removeprefix("torch."),
             "loaded_at": self.loaded_at,
         }
+
+
+def import_shared_modules() -> None:
+    """Import what both lanes use before they start. Two threads importing transformers at
+    once can see it half-initialised ("cannot import name 'AutoConfig' from 'transformers'");
+    imported once here (~1 s, paid by the first member anyway), the lanes only look it up."""
+    import torch  # noqa: F401  (every backend picks its device with torch)
+
+    with contextlib.suppress(ImportError):
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401

@@ -1,12 +1,10 @@
-"""Helpers the model families share: compression, label prompts and rankings, hub kwargs, and
-the relay of a worker thread's events to an async stream."""
+"""Helpers the model families share: compression, label prompts and rankings, hub kwargs."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from deployments.base import ModelBackend
@@ -75,17 +73,3 @@ def check_text(text: str, field: str = "text") -> str:
 def hub_kwargs(backend: ModelBackend) -> dict[str, Any]:
     return {} if backend.resolved.local or not backend.resolved.revision else {
         "revision": backend.resolved.revision}
-
-
-async def relay(job: asyncio.Future, queue: asyncio.Queue) -> AsyncIterator[Any]:
-    """What a worker thread puts on ``queue`` (through ``loop.call_soon_threadsafe``), as it
-    comes, until ``job`` (the thread's future) is done and the queue is empty; the caller then
-    reads ``job.result()``. Waiting on both at once means a failing job ends the stream
-    instead of leaving it waiting for an event that never comes."""
-    while not (job.done() and queue.empty()):
-        getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            yield getter.result()
-        else:
-            getter.cancel()

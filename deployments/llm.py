@@ -338,7 +338,6 @@ FAMILY = Family(
     backends={"transformers": ("chat", "complete")},
     model=LlmModel,
     tiny={"llm": "deployments.tiny.llm:build_tiny_llm"},
-    deployment="fusion.serve.llm:LlmDeployment",
     doc="Causal language models on transformers: chat and completion, streamed token by "
         "token.",
 )

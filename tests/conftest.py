@@ -22,6 +22,8 @@ RESOURCE_FIXTURES = {
     "shared_redis_url": "redis",  # the unit tests' shared Redis
     "shipped_redis": "redis",  # test_k8s_redis: the redis-server of ops/k8s
     "gateway_url": "serve",  # the integration package's Serve application
+    "serve_url": "serve",
+    "embedded_url": "models",  # the embedded runtime: every model in one process
     "gateway_config": "redis",  # ... whose cache is the shared Redis
     "llm": "models",  # the real tiny LLM, loaded in-process
 }

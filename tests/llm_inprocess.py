@@ -13,11 +13,11 @@ import asyncio
 import threading
 from typing import Any
 
-from deployments.common import relay
 from deployments.llm import LlmModel
 from fusion.cache import StepCache
 from fusion.config import AppConfig, CacheConfig, ModelConfig
 from fusion.core.gateway import Gateway
+from fusion.replica.model import relay
 from tests.fakes import FAKE_MODELS, FakeModels
 
 LLM_MODEL = {"name": "llm", "family": "llm", "source": "tiny:llm"}

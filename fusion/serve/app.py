@@ -8,25 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from ray.serve import Application
 
 from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
-from fusion.core.gateway import admission_for, served_tasks
-from fusion.errors import SpecError
-from fusion.pipeline.spec import load_pipelines
-from fusion.registry import CUSTOM, check_custom_backend, deployment_path, import_object
-
-
-def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
-    if isinstance(args, AppConfig):
-        return args
-    try:
-        return AppConfig.model_validate(args or {})
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise SpecError("invalid gateway config:\n" + "\n".join(lines)) from None
+from fusion.core.startup import check_app, load_config
+from fusion.registry import deployment_path, import_object
 
 
 def replica_options(num_replicas: int, autoscaling: AutoscalingConfig | None,
@@ -74,11 +61,7 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
     from fusion.serve.ingress import Router
 
     config = load_config(args)
-    for m in config.models:  # import and check custom backends here, before any replica
-        if m.family == CUSTOM:
-            check_custom_backend(m.name, m.backend or "", m.tasks.specs)
-    pipelines = load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)
-    admission_for(config, pipelines)  # refuse early: a bad pipeline or limit stops serve run
+    check_app(config)  # refuse early, before any replica: a bad config stops serve run
     observability = config.observability.model_dump(mode="json")
     handles = {m.name: model_deployment(m, config.model_dir, observability)
                for m in config.models if not m.bundle}

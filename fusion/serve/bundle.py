@@ -1,155 +1,45 @@
-"""One replica process hosting several models (a bundle; config side in ``fusion.bundles``).
+"""The Serve deployment of a bundle (``fusion.replica.bundle``): one per ``bundle:`` name.
 
-Each member is the very ``ServedModel`` its family deploys alone (same validation before
-batching, same worker thread, metrics and spans labelled with the member's name), loaded in
-this process. What the bundle adds is the routing by ``model=`` and one fix: Serve's
-``@serve.batch`` keeps ONE queue per decorated function, shared by every instance in the
-process, and runs a batch on the instance of its first request. Two members built from
-``ServedModel`` would thus share a queue, and a batch mixing both would run on one model.
+Serve's ``@serve.batch`` keeps ONE queue per decorated function, shared by every instance in
+the process, and runs a batch on the instance of its first request: two members built from
+``ServedModel`` would share a queue, and a batch mixing both would run on one model.
 ``_own_queue`` gives each member a subclass with a freshly decorated ``_run_batch``, so every
 member has its own queue, and a bad item of one model can never reach another's batch.
-
-Start-up: members whose load builds no torch module (ONNX Runtime, CTranslate2: see
-``ModelBackend.builds_torch_modules``) load in a thread beside the others, which load one
-after another in the calling thread; transformers' loader is not thread-safe
-(``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are. Only
-their native set-up (sessions, the CTranslate2 model) overlaps the torch lane, whose imports
-hold the GIL, so the gain is small: none measurable on the shared 2-core machine (docs/measured.md,
-"Edge profile"). ``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread
-(``ops/bench/edge.py --profiles edge,edge-serial`` compares both).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import threading
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
 from fusion.config import ModelConfig
-from fusion.errors import NotFound
-from fusion.registry import deployment_path, import_object, model_class
+from fusion.registry import deployment_path, import_object
+from fusion.replica.bundle import ModelBundle
+from fusion.replica.model import Replica
 from fusion.serve.served import ServedModel
 
-log = logging.getLogger("fusion.deployments.bundle")
 
-
-def served_class(config: ModelConfig) -> type[ServedModel]:
+def served_class(config: ModelConfig) -> type[Replica]:
     """The plain class behind the Serve deployment the model would get alone (the shared
     ``ServedModel``, or a family's own declared class)."""
     deployment = import_object(deployment_path(config))
     return getattr(deployment, "func_or_class", deployment)
 
 
-def _own_queue(cls: type[ServedModel], model: str) -> type[ServedModel]:
+def _own_queue(cls: type[Replica], model: str) -> type[Replica]:
     """A subclass of ``cls`` whose ``_run_batch`` has a batch queue of its own."""
     batched = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)(
         ServedModel._run_batch.__wrapped__)
     return type(f"{cls.__name__}[{model}]", (cls,), {"_run_batch": batched})
 
 
-def _import_shared() -> None:
-    """Import what both lanes use before they start. Two threads importing transformers at
-    once can see it half-initialised ("cannot import name 'AutoConfig' from 'transformers'");
-    imported once here (~1 s, paid by the first member anyway), the lanes only look it up."""
-    import torch  # noqa: F401  (every backend picks its device with torch)
-
-    with contextlib.suppress(ImportError):
-        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
-
-
-def _builds_torch(config: ModelConfig, served: type[ServedModel]) -> bool:
-    """Whether the member's load builds torch modules (then it stays off the side thread)."""
-    backend = served.backend_cls or model_class(config)
-    return bool(backend.builds_torch_modules(config)) or config.source.kind in ("tiny", "shape")
-
-
-class ModelBundle:
-    """The members of one bundle, loaded in this process, reached by model name."""
-
-    def __init__(self, configs: list[dict[str, Any]], model_dir: str | None = None,
-                 observability: dict[str, Any] | None = None,
-                 classes: dict[str, type[ServedModel]] | None = None) -> None:
-        """``classes`` overrides a family's served class (unit tests' stand-ins)."""
-        started = time.perf_counter()
-        plan: list[tuple[ModelConfig, type[ServedModel]]] = []
-        for raw in configs:
-            cfg = ModelConfig.model_validate(raw)
-            plan.append((cfg, (classes or {}).get(cfg.family) or served_class(cfg)))
-        loaded: dict[str, ServedModel] = {}
-        took: dict[str, float] = {}
-        self.loaded_in: dict[str, str] = {}  # member → the thread that loaded it
-
-        def load(lane: list[tuple[ModelConfig, type[ServedModel]]]) -> None:
-            for cfg, base in lane:
-                t = time.perf_counter()
-                loaded[cfg.name] = _own_queue(base, cfg.name)(
-                    cfg.model_dump(mode="json"), model_dir, observability)
-                took[cfg.name] = time.perf_counter() - t
-                self.loaded_in[cfg.name] = threading.current_thread().name
-
-        threaded = os.environ.get("FUSION_BUNDLE_LOAD_THREAD", "1") != "0"  # 0: A/B in the bench
-        torch_lane = [(c, b) for c, b in plan if not threaded or _builds_torch(c, b)]
-        side = [(c, b) for c, b in plan if threaded and not _builds_torch(c, b)]
-        failed: list[BaseException] = []
-
-        def load_side() -> None:
-            try:
-                load(side)
-            except BaseException as exc:  # re-raised in the constructor's thread
-                failed.append(exc)
-
-        thread = threading.Thread(target=load_side, name="bundle-load", daemon=True)
-        if side:
-            _import_shared()
-            thread.start()
-        try:
-            load(torch_lane)
-        finally:
-            if side:
-                thread.join()
-        if failed:
-            raise failed[0]
-        self.members: dict[str, ServedModel] = {cfg.name: loaded[cfg.name] for cfg, _ in plan}
-        log.info("bundle loaded in %.1f s: %s (in a thread beside the others: %s)",
-                 time.perf_counter() - started,
-                 ", ".join(f"{name} {s:.1f} s" for name, s in took.items()),
-                 [cfg.name for cfg, _ in side])
-
-    def member(self, model: str | None) -> ServedModel:
-        if model not in self.members:
-            raise NotFound(f"model {model!r} is not in this bundle; it holds "
-                           f"{list(self.members)}", field="model")
-        return self.members[model]
-
-    def info(self, model: str | None = None) -> dict[str, Any]:
-        return self.member(model).info()
-
-    async def call(self, task: str, inputs: dict[str, Any], trace: dict[str, str] | None = None,
-                   *, model: str | None = None) -> dict[str, Any]:
-        return await self.member(model).call(task, inputs, trace)
-
-    async def call_many(self, task: str, items: list[dict[str, Any]],
-                        trace: dict[str, str] | None = None, *,
-                        model: str | None = None) -> list[dict[str, Any]]:
-        return await self.member(model).call_many(task, items, trace)
-
-    async def call_stream(self, task: str, inputs: dict[str, Any],
-                          trace: dict[str, str] | None = None, *,
-                          model: str | None = None) -> AsyncIterator[dict]:
-        async for event in self.member(model).call_stream(task, inputs, trace):
-            yield event
-
-    def check_health(self) -> None:
-        for served in self.members.values():
-            served.check_health()
-
-
 @serve.deployment
 class BundleDeployment(ModelBundle):
     """Serve deployment of a bundle: one per ``bundle:`` name in the config."""
+
+    def __init__(self, configs: list[dict[str, Any]], model_dir: str | None = None,
+                 observability: dict[str, Any] | None = None,
+                 classes: dict[str, type[Replica]] | None = None) -> None:
+        super().__init__(configs, model_dir, observability, classes,
+                         member_class=served_class, own_queue=_own_queue)

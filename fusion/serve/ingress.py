@@ -7,7 +7,7 @@ request path is the same code the unit tests drive without Ray.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -15,15 +15,14 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from fusion.cache import StepCache
 from fusion.config import AppConfig
 from fusion.core.admission import Admission
 from fusion.core.gateway import Gateway, current_gateway, install
+from fusion.core.startup import make_cache, make_observer
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
 from fusion.http.api import create_api
-from fusion.observe import NULL_OBSERVER, Observer, Recorder
+from fusion.observe import NULL_OBSERVER, Observer
 from fusion.serve.metrics import ray_recorder
-from fusion.tracing import tracing_from
 
 log = logging.getLogger("fusion.serve.ingress")
 
@@ -106,33 +105,6 @@ def model_error(model: str, task: str, exc: BaseException,
     return StepFailed(f"{model}/{task} failed: {type(err).__name__}: {err}")
 
 
-def cache_metrics_hook(recorder: Recorder) -> Callable[[str, dict, float], None]:
-    """Mirror the cache's counters into Prometheus (``fusion_cache_*``)."""
-
-    def on_event(name: str, labels: dict, value: float) -> None:
-        if name == "healthy":
-            recorder.set("fusion_cache_healthy", value, {})
-            return
-        recorder.inc(f"fusion_cache_{name}_total", {"model": labels.get("model", ""),
-                                                    "task": labels.get("task", "")}, value)
-
-    return on_event
-
-
-def make_cache(config: AppConfig, recorder: Recorder | None) -> StepCache | None:
-    if not config.cache.enabled:
-        return None
-    hook = cache_metrics_hook(recorder) if recorder is not None else None
-    return StepCache.from_config(config.cache, on_event=hook)
-
-
-def make_observer(config: AppConfig) -> Observer:
-    """Metrics through Ray, tracing when an OTLP endpoint is configured, the access log."""
-    obs = config.observability
-    return Observer(ray_recorder() if obs.metrics else None,
-                    tracing_from(obs.otlp_endpoint, obs.service_name), obs.access_log)
-
-
 @serve.deployment(name="router")
 @serve.ingress(api)
 class Router:
@@ -140,7 +112,7 @@ class Router:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
-        observer = make_observer(cfg)
+        observer = make_observer(cfg, ray_recorder())
         if observer.recorder is not None:
             observer.recorder.set("fusion_replica_up", 1, {"model": "router"})
         client = HandleClient(handles, observer=observer,

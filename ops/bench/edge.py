@@ -1,7 +1,8 @@
 """Edge profile vs default profile, and compressed models vs fp32, side by side.
 
 Part 1, profiles (``--profiles``): each profile is started as a user starts it
-(``ops/serve_local.py [--edge] <config>`` in its own session), timed until every model has
+(``ops/serve_local.py [--edge] <config>``, or ``python -m fusion.embedded <config>`` for
+``edge-embedded``, in its own session), timed until every model has
 answered ``GET /v1/models``, its memory added up over every process of the session as PSS
 (shared pages split between the processes sharing them) and the CPU time its processes used
 to get there (per process too: on a shared machine the wall time mostly says how busy the
@@ -43,8 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, closed_loop  # noqa: E402
 from startup import memory_kib, session_pids, stop_session  # noqa: E402
 
-PROFILES = {"default": ["ops/serve/local.yaml"], "edge": ["--edge", "ops/serve/edge.yaml"],
-            "edge-serial": ["--edge", "ops/serve/edge.yaml"]}
+PROFILES = {"default": ["ops/serve_local.py", "ops/serve/local.yaml"],
+            "edge": ["ops/serve_local.py", "--edge", "ops/serve/edge.yaml"],
+            "edge-serial": ["ops/serve_local.py", "--edge", "ops/serve/edge.yaml"],
+            # the same edge.yaml on the embedded runtime (one process, no Ray): what
+            # ./ops/serve-local.sh --edge starts
+            "edge-embedded": ["-m", "fusion.embedded", "ops/serve/edge.yaml"]}
 # edge-serial: the edge profile with the bundle loading every member in one thread
 # (fusion/serve/bundle.py), to see what loading ONNX Runtime/CTranslate2 members beside the
 # torch ones saves
@@ -85,7 +90,7 @@ def start(profile: str, env: dict[str, str]) -> tuple[subprocess.Popen, float]:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "ops/serve_local.py", *PROFILES[profile]],
+    proc = subprocess.Popen([sys.executable, *PROFILES[profile]],
                             cwd=ROOT, env={**env, **PROFILE_ENV.get(profile, {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=own_session)
@@ -250,7 +255,7 @@ def measure_compression(repeats: int, env: dict[str, str]) -> tuple[list[str], l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profiles", default="default,edge")
+    parser.add_argument("--profiles", default="default,edge,edge-embedded")
     parser.add_argument("--requests", type=int, default=12,
                         help="per task at c=1 (c=8: 2x); 0: start-up and memory only")
     parser.add_argument("--repeats", type=int, default=15, help="compression repeats")

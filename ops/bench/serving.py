@@ -25,6 +25,12 @@ haproxy``), so the modes are compared side by side in one run.
     python ops/bench/serving.py --quick --models text --modes default,throughput,haproxy
     python ops/bench/serving.py --quick --sweep                # in-process threads × batch
 
+``--modes embedded`` runs the same models and requests on the embedded runtime
+(``python -m fusion.embedded``: one process, no Ray); its floor is a no-op ``family: custom``
+backend (``noop_backend.py``) behind the same router and route:
+
+    python ops/bench/serving.py --quick --models text --modes default,embedded --peer infinity
+
 ``--peer infinity`` (``text`` only) also runs Infinity 0.0.78 (``infinity_emb v2 --engine
 torch --device cpu --batch-size 32``, 2 OpenMP threads) on the same packaged MiniLM folder,
 in a venv of its own (``ops/bench/infinity_peer.py``), and measures it with the same client
@@ -43,6 +49,7 @@ import base64
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,7 +84,8 @@ SIZES = {"text": (60, 240, 480, 6, 64, 256), "clip": (8, 24, 48, 2, 32, 32),
 QUICK = {"text": (20, 80, 160, 3, 64, 96), "clip": (4, 12, 24, 1, 16, 16),
          "whisper": (3, 6, 8, 1, 4, 4), "noop": (60, 150, 300, 0, 0, 0)}
 MODE_ENV = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-            "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+            "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+            "embedded": {"FUSION_BENCH_RUNTIME": "embedded"}}  # no Ray: fusion.embedded
 
 
 def model_dir() -> Path:
@@ -283,11 +291,42 @@ def scaled_sizes(args: argparse.Namespace) -> dict[str, tuple]:
             for m, v in (QUICK if args.quick else SIZES).items()}
 
 
-def gateway_child(args: argparse.Namespace) -> None:
-    from ray import serve
+def deploy_embedded(models: list[str], clip: Path) -> tuple[str, subprocess.Popen]:
+    """The same models on the embedded runtime, in a child process of its own."""
+    import yaml
+    from noop_backend import TASKS
 
+    port = free_port()
+    args = {"models": [model_config(m, clip) for m in models]
+            + [{"name": "noop", "family": "custom", "backend": "noop_backend:NoopEmbedding",
+                "source": "path:" + str(Path(__file__).parent), "tasks": TASKS,
+                "max_batch_size": 32}],
+            "cache": {"ttl_s": 60}}
+    cfg = Path(tempfile.mkdtemp()) / "embedded.yaml"
+    cfg.write_text(yaml.safe_dump({"applications": [{"args": args}]}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "fusion.embedded", str(cfg), "--port",
+                             str(port), "--metrics-port", "0"], env=env,
+                            start_new_session=True)
+    return f"http://127.0.0.1:{port}", proc
+
+
+def gateway_child(args: argparse.Namespace) -> None:
     clip = build_clip_b32()
     assets = make_assets()
+    if os.environ.get("FUSION_BENCH_RUNTIME") == "embedded":
+        url, proc = deploy_embedded(args.models, clip)
+        try:
+            asyncio.run(wait_ready(url, args.models))
+            result = asyncio.run(gateway_rates(url, args.models, assets, scaled_sizes(args)))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        Path(args.child_out).write_text(json.dumps(result))
+        return
+    from ray import serve
+
     url = deploy(args.models, clip)
     try:
         asyncio.run(wait_ready(url, args.models))

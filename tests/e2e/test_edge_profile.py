@@ -1,9 +1,10 @@
-"""The edge profile as a user starts it (``ops/serve_local.py --edge ops/serve/edge.yaml``).
+"""The edge profile as a user starts it (``./ops/serve-local.sh --edge``: the embedded runtime,
+one process, no Ray, on ``ops/serve/edge.yaml``).
 
-One short test: every model of the default profile answers from the one bundled replica, a
-pipeline crosses two bundle members, and a burst of mixed calls to several members with one
-bad item gives 200s for the good ones and a 422 naming the field for the bad one. Its own
-process group and Ray instance, stopped with SIGINT, like ``test_serve_run``.
+One short test: every model of the default profile answers, every task they list is called,
+a pipeline crosses two models, tokens stream, and a burst of mixed calls with one bad item
+gives 200s for the good ones and a 422 naming the field for the bad one. Its own process
+group, stopped with SIGINT, and then no process of that group is left.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from deployments.accuracy import speech_wavs
@@ -30,6 +31,42 @@ ROOT = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
 
 pytestmark = pytest.mark.serve
+
+
+def every_task() -> dict[str, dict]:
+    """Inputs for each task the edge profile serves (the test checks the listing matches)."""
+    image = base64.b64encode(png()).decode()
+    wav = base64.b64encode(speech_wavs()[0]).decode()
+    return {
+        "text/embed": {"text": "The river was quiet after the storm."},
+        "text/zero_shot": {"text": "The striker scored twice.", "labels": ["sports", "music"]},
+        "sentiment/classify": {"text": "a wonderful movie"},
+        "captioner/caption": {"image": image},
+        "clip/embed_image": {"image": image},
+        "clip/embed_text": {"text": "a cat"},
+        "clip/zero_shot": {"image": image, "labels": ["cat", "dog"]},
+        "whisper/transcribe": {"audio": wav},
+        "diffusion/generate": {"prompt": "a red fox", "steps": 2},
+        "ocr/ocr": {"image": image},
+        "tts/speak": {"text": "Hello from the edge."},
+        "llm/chat": {"prompt": "hi", "max_tokens": 4},
+        "llm/complete": {"prompt": "Once upon", "max_tokens": 4},
+    }
+
+
+def _group_of(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except (ProcessLookupError, psutil.Error):
+        return None
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def _burst() -> list[httpx.Response]:
@@ -44,18 +81,16 @@ async def _burst() -> list[httpx.Response]:
                                        for m, t, i in calls))
 
 
-def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
+def test_edge_profile_serves_every_task_in_one_process(tmp_path):
     assert port_free(8000), "port 8000 is taken: edge.yaml serves there"
-    with socket.socket() as s:  # any free port for Ray's metrics export
+    with socket.socket() as s:  # any free port for the Prometheus export
         s.bind(("127.0.0.1", 0))
         metrics_port = str(s.getsockname()[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FUSION_METRICS_PORT": metrics_port,
            "FUSION_MODEL_DIR": os.environ.get("FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}
-    env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "ops/serve_local.py", "--edge",
-                             "ops/serve/edge.yaml"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, preexec_fn=_own_group)
+    proc = subprocess.Popen(["bash", "ops/serve-local.sh", "--edge"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group)
     try:
         deadline, models = time.monotonic() + 420, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -73,6 +108,15 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
         assert models["text"]["backend"] == "onnx"
         assert "+onnx-int8#" in models["text"]["fingerprint"]
         assert models["whisper"]["fingerprint"].endswith("+ct2-int8")
+        group = [p.cmdline() for p in psutil.process_iter() if _group_of(p) == proc.pid]
+        assert len(group) == 1 and "fusion.embedded" in group[0], group  # one process, no Ray
+
+        calls = every_task()
+        listed = {f"{name}/{task}" for name, m in models.items() for task in m["tasks"]}
+        assert listed == set(calls), listed ^ set(calls)
+        for path, inputs in calls.items():
+            r = httpx.post(f"{URL}/v1/models/{path}", json={"inputs": inputs}, timeout=120)
+            assert r.status_code == 200, (path, r.text)
 
         wav = base64.b64encode(speech_wavs()[0]).decode()
         r = httpx.post(f"{URL}/v1/pipelines/transcribe_then_classify", timeout=120,
@@ -81,7 +125,7 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
         assert "fox" in r.json()["outputs"]["text"].lower()
         assert r.json()["outputs"]["labels"][0]["label"] == "animals"
 
-        # a bundled member streams too: the LLM's tokens through the bundle's call_stream
+        # the LLM's tokens stream through the local replica
         r = httpx.post(f"{URL}/v1/chat/completions", timeout=120,
                        json={"model": "llm", "messages": [{"role": "user", "content": "hi"}],
                              "max_tokens": 8, "temperature": 0, "stream": True})
@@ -101,6 +145,9 @@ def test_edge_profile_serves_every_model_from_one_bundle(tmp_path):
             proc.wait(10)
         log.close()
     deadline = time.monotonic() + 30
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not group_alive(proc.pid), "a process of the edge gateway outlived SIGINT"
     while not port_free(8000) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert port_free(8000), "the edge profile left port 8000 open"

@@ -119,7 +119,7 @@ def gateway_config(otlp, own_model_dirs) -> dict:
 
 
 @pytest.fixture(scope="package")
-def gateway_url(gateway_config, metrics_port):
+def serve_url(gateway_config, metrics_port):
     import ray
     from ray import serve
 
@@ -152,13 +152,68 @@ def gateway_url(gateway_config, metrics_port):
 
 
 @pytest.fixture(scope="package")
-def oai(gateway_url):
-    """The official ``openai`` client on the gateway's ``/v1`` routes (no retries: a failure
-    shows as it happened)."""
-    from openai import OpenAI
+def embedded_url(gateway_config, tmp_path_factory):
+    """The same config on the embedded runtime (``python -m fusion.embedded``, no Ray), started
+    as a user starts it, in a process group of its own; its own cache namespace, so it never
+    reads what the Serve app cached. Stopped with SIGINT, and checked gone."""
+    import signal
+    import subprocess
+    import sys
 
-    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
-                timeout=120) as client:
+    args = {**gateway_config, "cache": {**gateway_config["cache"],
+                                        "namespace": gateway_config["cache"]["namespace"] + "-emb"}}
+    cfg = tmp_path_factory.mktemp("embedded") / "embedded.yaml"
+    cfg.write_text(yaml.safe_dump({"applications": [{"args": args}]}))
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OTEL_BSP_SCHEDULE_DELAY": "200",
+           "FUSION_MODEL_DIR": os.environ.get("FUSION_MODEL_DIR", str(ROOT / ".fusion-models")),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    log = (tmp_path_factory.getbasetemp() / "embedded.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "fusion.embedded", str(cfg), "--port",
+                             str(port), "--metrics-port", "0"], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert proc.poll() is None, f"the embedded runtime exited: see {log.name}"
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            raise AssertionError("the embedded runtime did not stop on SIGINT") from None
+        log.close()
+
+
+@pytest.fixture(scope="module", params=["serve", "embedded"])
+def runtime_url(request) -> str:
+    """The gateway on each runtime in turn: a module whose tests take this (through its own
+    ``gateway_url``) runs them on Ray Serve and on the embedded runtime."""
+    return request.getfixturevalue("serve_url" if request.param == "serve" else "embedded_url")
+
+
+@pytest.fixture(scope="package")
+def gateway_url(serve_url) -> str:
+    """The gateway on Ray Serve (a module that runs on both runtimes overrides this with
+    ``runtime_url``)."""
+    return serve_url
+
+
+@pytest.fixture(scope="package")
+def oai(gateway_url):
+    from tests.integration.openai_helpers import openai_client
+
+    with openai_client(gateway_url) as client:
         yield client
 
 

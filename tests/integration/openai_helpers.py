@@ -22,3 +22,10 @@ def openai_error_body(exc: openai.APIStatusError, status: int) -> dict:
     assert exc.body == err and exc.code == err["code"] and exc.type == err["type"]
     assert exc.response.headers["x-request-id"]
     return err
+
+
+def openai_client(gateway_url: str) -> openai.OpenAI:
+    """The official client on the gateway's ``/v1`` routes (no retries: a failure shows as it
+    happened)."""
+    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0,
+                         timeout=120)

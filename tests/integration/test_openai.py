@@ -24,6 +24,20 @@ pytestmark = pytest.mark.serve
 
 
 @pytest.fixture(scope="module")
+def gateway_url(runtime_url: str) -> str:
+    """Every test here runs on both runtimes: Ray Serve, then the embedded one."""
+    return runtime_url
+
+
+@pytest.fixture(scope="module")
+def oai(gateway_url: str):
+    from tests.integration.openai_helpers import openai_client
+
+    with openai_client(gateway_url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def speech_wav(gateway_url) -> bytes:
     """A WAV of SENTENCE spoken by the gateway's own tts model (real Piper voice)."""
     r = httpx.post(f"{gateway_url}/v1/models/tts/speak",

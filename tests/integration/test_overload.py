@@ -1,4 +1,4 @@
-"""Under load and faults through real Serve: a model's bounded queue answers 503 with a
+"""Under load and faults, on both runtimes: a model's bounded queue answers 503 with a
 computed Retry-After at once (never a client timeout), and a deadline is a 504 naming the
 step. (Body limits and the rest of the failure paths: tests/unit/test_api_failures.py.)"""
 
@@ -12,9 +12,16 @@ import pytest
 pytestmark = pytest.mark.serve
 
 
+@pytest.fixture(scope="module")
+def gateway_url(runtime_url: str) -> str:
+    """Ray Serve, then the embedded runtime (its queue bound is the same 2 + 8 per model)."""
+    return runtime_url
+
+
 async def test_past_the_models_queue_bound_clients_get_503_with_retry_after(gateway_url):
     # the profile's diffusion: max_batch_size 1 → 2 ongoing + 8 queued per router replica;
-    # 2 router replicas hold at most 20 of these 48 distinct, uncacheable requests
+    # 2 router replicas (Serve) hold at most 20 of these 48 distinct, uncacheable requests,
+    # the embedded runtime's one process 10
     limits = httpx.Limits(max_connections=48)
     async with httpx.AsyncClient(base_url=gateway_url, timeout=120, limits=limits) as client:
         responses = await asyncio.gather(*(client.post(

@@ -17,6 +17,12 @@ from tests.sse import stream_events
 pytestmark = pytest.mark.serve
 
 
+@pytest.fixture(scope="module")
+def gateway_url(runtime_url: str) -> str:
+    """Every test here runs on both runtimes: Ray Serve, then the embedded one."""
+    return runtime_url
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from fusion.core.startup import load_config
 from fusion.errors import SpecError
-from fusion.serve.app import build_app, load_config
+from fusion.serve.app import build_app
 
 TEXT = {"name": "text", "family": "text", "backend": "classifier",
         "source": "tiny:text-classifier"}

@@ -22,10 +22,11 @@ from deployments.text import TextModel  # noqa: E402
 from fusion.bundles import bundle_problems, bundle_size  # noqa: E402
 from fusion.config import AppConfig, ModelConfig  # noqa: E402
 from fusion.errors import BadInput, NotFound, SpecError  # noqa: E402
-from fusion.serve.bundle import ModelBundle  # noqa: E402
+from fusion.serve.bundle import BundleDeployment  # noqa: E402
 from fusion.serve.served import ServedModel  # noqa: E402
 
 pytestmark = pytest.mark.models  # loads the family's models in-process
+ModelBundle = BundleDeployment.func_or_class  # the Serve bundle, without Ray
 
 MEMBERS = [
     {"name": "emb", "family": "text", "backend": "embedding", "source": "tiny:text-embedding",
@@ -152,8 +153,8 @@ def test_edge_profile_serves_every_task_of_the_default_profile_in_one_bundle():
 
     from fusion.bundles import bundle_groups
     from fusion.core.gateway import served_tasks
+    from fusion.core.startup import load_config
     from fusion.pipeline.spec import load_pipelines
-    from fusion.serve.app import load_config
 
     root = Path(__file__).resolve().parents[2]
 

@@ -15,10 +15,10 @@ from ray.serve.schema import ServeDeploySchema
 
 from fusion.config import ModelConfig, gpus_short
 from fusion.core.gateway import served_tasks
+from fusion.core.startup import load_config
 from fusion.errors import SpecError
 from fusion.pipeline.spec import load_pipelines
 from fusion.registry import CUSTOM, families
-from fusion.serve.app import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

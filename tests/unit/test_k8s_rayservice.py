@@ -17,8 +17,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from fusion.config import gpus_short, starting_replicas
 from fusion.core.gateway import served_tasks
+from fusion.core.startup import load_config
 from fusion.pipeline.spec import load_pipelines
-from fusion.serve.app import load_config
 from tests.unit import k8s_render
 from tests.unit.k8s_render import (
     K8S,

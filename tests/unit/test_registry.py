@@ -15,10 +15,11 @@ import pytest
 
 from fusion.config import ModelConfig
 from fusion.core.gateway import served_tasks
+from fusion.core.startup import load_config
 from fusion.errors import BadInput, SpecError
 from fusion.pipeline.spec import load_pipelines
 from fusion.registry import Family, families, family, tiny_recipes
-from fusion.serve.app import build_app, load_config
+from fusion.serve.app import build_app
 from fusion.serve.served import ServedModel
 from fusion.tasks import TaskSpec, param
 

@@ -14,7 +14,8 @@ import pytest
 
 from fusion.config import ModelConfig
 from fusion.errors import BadInput
-from fusion.serve.served import ServedModel, run_grouped
+from fusion.replica.model import run_grouped
+from fusion.serve.served import ServedModel
 from tests.fakes import WeightlessBackend
 
 CONFIG = {"name": "gen", "family": "diffusion", "source": "tiny:diffusion"}

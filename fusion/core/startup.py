@@ -1,0 +1,70 @@
+"""What both runtimes do before serving: read and check the config, build cache and observer.
+
+The Serve app builder and the embedded runtime call the same functions, so a config that one
+refuses the other refuses too, with the same message naming the file, step or model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from fusion.cache import StepCache
+from fusion.config import AppConfig
+from fusion.core.gateway import admission_for, served_tasks
+from fusion.errors import SpecError
+from fusion.observe import Observer, Recorder
+from fusion.pipeline.spec import PipelineSpec, load_pipelines
+from fusion.registry import CUSTOM, check_custom_backend
+from fusion.tracing import tracing_from
+
+
+def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SpecError("invalid gateway config:\n" + "\n".join(lines)) from None
+
+
+def check_app(config: AppConfig) -> dict[str, PipelineSpec]:
+    """Everything a start-up refuses, before any model loads: custom backends (imported and
+    checked), pipelines against the served tasks, admission limits."""
+    for m in config.models:
+        if m.family == CUSTOM:
+            check_custom_backend(m.name, m.backend or "", m.tasks.specs)
+    pipelines = load_pipelines(served_tasks(config), config.pipeline_dirs, config.pipelines)
+    admission_for(config, pipelines)
+    return pipelines
+
+
+def cache_metrics_hook(recorder: Recorder) -> Callable[[str, dict, float], None]:
+    """Mirror the cache's counters into Prometheus (``fusion_cache_*``)."""
+
+    def on_event(name: str, labels: dict, value: float) -> None:
+        if name == "healthy":
+            recorder.set("fusion_cache_healthy", value, {})
+            return
+        recorder.inc(f"fusion_cache_{name}_total", {"model": labels.get("model", ""),
+                                                    "task": labels.get("task", "")}, value)
+
+    return on_event
+
+
+def make_cache(config: AppConfig, recorder: Recorder | None) -> StepCache | None:
+    if not config.cache.enabled:
+        return None
+    hook = cache_metrics_hook(recorder) if recorder is not None else None
+    return StepCache.from_config(config.cache, on_event=hook)
+
+
+def make_observer(config: AppConfig, recorder: Recorder | None) -> Observer:
+    """Metrics (the runtime's ``recorder``) when on, tracing when an OTLP endpoint is
+    configured, the access log."""
+    obs = config.observability
+    return Observer(recorder if obs.metrics else None,
+                    tracing_from(obs.otlp_endpoint, obs.service_name), obs.access_log)

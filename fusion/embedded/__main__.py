@@ -1,0 +1,3 @@
+from fusion.embedded.server import main
+
+main()
