@@ -13,8 +13,8 @@ after another in the calling thread; transformers' loader is not thread-safe
 (``deployments.base.TORCH_BUILD``), the ONNX Runtime and CTranslate2 loaders are. Only
 their native set-up (sessions, the CTranslate2 model) overlaps the torch lane, whose imports
 hold the GIL, so the gain is small: none measurable on the shared 2-core machine
-(docs/measured.md, "Edge profile"). ``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the calling thread
-(``ops/bench/edge.py --profiles edge,edge-serial`` compares both).
+(docs/measured.md, "Edge profile"). ``FUSION_BUNDLE_LOAD_THREAD=0`` loads every member in the
+calling thread (``ops/bench/edge.py --profiles edge,edge-serial`` compares both).
 """
 
 from __future__ import annotations
