@@ -67,6 +67,19 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
 TORCH_BUILD = threading.RLock()
 
 
+def import_shared_libraries() -> None:
+    """Import what every loading thread uses before several start (``fusion.serve.bundle``).
+
+    Two threads importing transformers at once can see it half-initialised ("cannot import
+    name 'AutoConfig' from 'transformers'"); imported once here (~1 s, paid by the first
+    member anyway), the threads only look it up.
+    """
+    import torch  # noqa: F401  (every backend picks its device with torch)
+
+    with contextlib.suppress(ImportError):
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
+
+
 def quiet_progress_bars() -> None:
     """Loading bars from transformers/diffusers/hub flood replica logs; a server wants none.
 

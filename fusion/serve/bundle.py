@@ -21,7 +21,6 @@ hold the GIL, so the gain is small: none measurable on the shared 2-core machine
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.base import import_shared_libraries
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
 from fusion.registry import deployment_path, import_object, model_class
@@ -51,16 +51,6 @@ def _own_queue(cls: type[ServedModel], model: str) -> type[ServedModel]:
     batched = serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)(
         ServedModel._run_batch.__wrapped__)
     return type(f"{cls.__name__}[{model}]", (cls,), {"_run_batch": batched})
-
-
-def _import_shared() -> None:
-    """Import what both lanes use before they start. Two threads importing transformers at
-    once can see it half-initialised ("cannot import name 'AutoConfig' from 'transformers'");
-    imported once here (~1 s, paid by the first member anyway), the lanes only look it up."""
-    import torch  # noqa: F401  (every backend picks its device with torch)
-
-    with contextlib.suppress(ImportError):
-        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
 
 
 def _builds_torch(config: ModelConfig, served: type[ServedModel]) -> bool:
@@ -106,7 +96,7 @@ class ModelBundle:
 
         thread = threading.Thread(target=load_side, name="bundle-load", daemon=True)
         if side:
-            _import_shared()
+            import_shared_libraries()
             thread.start()
         try:
             load(torch_lane)
