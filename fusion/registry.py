@@ -182,6 +182,10 @@ class _Registry:
         if module and module not in self._modules:
             self.add_module(module)
         families = self.families()
+        if not families:
+            raise SpecError(f"unknown family {name!r}: no model family is declared (is the "
+                            "gateway installed? `pip install -e .` writes its "
+                            f"{ENTRY_POINTS!r} entry points)")
         if name not in families:
             raise SpecError(f"unknown family {name!r}; known: {sorted([*families, CUSTOM])} "
                             f"(families come from the {ENTRY_POINTS!r} entry points of the "
