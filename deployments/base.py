@@ -63,8 +63,21 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
 # patched ``torch.nn.init`` and creation ops, a meta-device context): a torch module built in
 # another thread meanwhile comes out wrong ("meta tensor" errors). Every load that builds torch
 # modules holds this lock, so a bundle can load its other members (ONNX Runtime, CTranslate2)
-# in a thread beside them (``fusion.serve.bundle``).
+# in a thread beside them (``fusion.replica.bundle``).
 TORCH_BUILD = threading.RLock()
+
+
+def import_shared_libraries() -> None:
+    """Import what every loading thread uses before several start (``fusion.replica.bundle``).
+
+    Two threads importing transformers at once can see it half-initialised ("cannot import
+    name 'AutoConfig' from 'transformers'"); imported once here (~1 s, paid by the first
+    member anyway), the threads only look it up.
+    """
+    import torch  # noqa: F401  (every backend picks its device with torch)
+
+    with contextlib.suppress(ImportError):
+        from transformers import AutoConfig, AutoTokenizer  # noqa: F401
 
 
 def quiet_progress_bars() -> None:
@@ -164,13 +177,3 @@ class ModelBackend(ABC):
             "dtype": str(self.dtype).removeprefix("torch."),
             "loaded_at": self.loaded_at,
         }
-
-
-def import_shared_modules() -> None:
-    """Import what both lanes use before they start. Two threads importing transformers at
-    once can see it half-initialised ("cannot import name 'AutoConfig' from 'transformers'");
-    imported once here (~1 s, paid by the first member anyway), the lanes only look it up."""
-    import torch  # noqa: F401  (every backend picks its device with torch)
-
-    with contextlib.suppress(ImportError):
-        from transformers import AutoConfig, AutoTokenizer  # noqa: F401

@@ -23,6 +23,7 @@ from typing import Any
 
 from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, fill_template, optimise, ranked
+from deployments.layouts import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
 from deployments.media import decode_image
 from fusion.errors import BadInput, SpecError
 from fusion.registry import Family
@@ -30,8 +31,8 @@ from fusion.tasks import TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.clip")
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CONFIG_NAME = OPEN_CLIP_CONFIG
+WEIGHT_NAMES = OPEN_CLIP_WEIGHTS
 FORWARD_CHUNK = 64
 
 

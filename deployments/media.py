@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fusion.errors import BadInput
+from fusion.resample import resample
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_AUDIO_SECONDS = 600.0
@@ -66,10 +67,7 @@ def decode_audio(data: bytes, field: str = "audio", sampling_rate: int = 16000,
     if wav.size / sr > max_seconds:
         raise BadInput(f"{field} is {wav.size / sr:.0f}s long, over the {max_seconds:.0f}s "
                        "limit", field=field)
-    if sr != sampling_rate:
-        n = max(1, round(wav.size * sampling_rate / sr))
-        wav = np.interp(np.linspace(0, wav.size - 1, n), np.arange(wav.size), wav)
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return resample(wav, sr, sampling_rate)  # low-passed: 48 kHz uploads do not alias
 
 
 def encode_wav(samples: np.ndarray, sampling_rate: int) -> bytes:

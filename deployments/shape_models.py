@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments import shape_tokenizers as tok
+from deployments.layouts import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
 from fusion.errors import SpecError
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
@@ -75,8 +76,6 @@ def build_clip(spec: dict[str, Any], folder: Path) -> None:
     import open_clip
     from safetensors.torch import save_file
 
-    from deployments.clip import CONFIG_NAME, WEIGHT_NAMES
-
     name = spec["open_clip_model"]
     model_cfg = open_clip.get_model_config(name)
     if model_cfg is None:
@@ -84,8 +83,8 @@ def build_clip(spec: dict[str, Any], folder: Path) -> None:
     model = open_clip.create_model(name, pretrained=None).eval()
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              str(folder / WEIGHT_NAMES[0]))
-    (folder / CONFIG_NAME).write_text(json.dumps(
+              str(folder / OPEN_CLIP_WEIGHTS[0]))
+    (folder / OPEN_CLIP_CONFIG).write_text(json.dumps(
         {"model_cfg": model_cfg, "preprocess_cfg": spec["preprocess_cfg"]}, indent=2))
 
 

@@ -1,6 +1,6 @@
 """Text family on transformers: sentence embeddings, NLI zero-shot, sequence classification.
 
-Three backends (``fusion.tasks.BACKENDS["text"]``):
+Three torch backends (and ``onnx``, the same model on ONNX Runtime: ``deployments.text_onnx``):
 
 - ``embedding``: ``AutoModel`` + pooling (mean by default, or what a sentence-transformers
   ``1_Pooling/config.json`` says) + L2 norm. A model trained for shortened (Matryoshka)
@@ -30,7 +30,6 @@ from typing import Any
 
 from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, fill_template, hub_kwargs, optimise, ranked
-from fusion.config import ModelConfig
 from fusion.errors import BadInput, SpecError
 from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
@@ -45,6 +44,7 @@ DEFAULT_TEMPERATURE = 0.05
 # ~1.2x. For speed at that accuracy use the onnx backend with quantize: int8 (~2.7x).
 INT8_LAYERS = {"attention": lambda name: ".attention." in f".{name}.", "all": None}
 FORWARD_CHUNK = 64  # sequences per forward pass; bounds memory for many labels x items
+TORCH_BACKENDS = ("embedding", "nli", "classifier")  # onnx: deployments.text_onnx
 
 
 class TextModel(ModelBackend):
@@ -57,20 +57,16 @@ class TextModel(ModelBackend):
 
         loc, kw = self.resolved.location, hub_kwargs(self)
         backend = self.config.backend
+        if backend not in TORCH_BACKENDS:
+            raise SpecError(f"{self.config.name}: backend {backend!r} is not served by "
+                            f"{type(self).__name__} (the family's backend_models names its "
+                            "class; load it through fusion.registry.model_class)")
         self.tokenizer = AutoTokenizer.from_pretrained(loc, **kw)
         cls = AutoModel if backend == "embedding" else AutoModelForSequenceClassification
         model = cls.from_pretrained(loc, dtype=self.dtype, **kw)
         model.to(self.device, self.dtype).eval()
         self.model_config = model.config
-        self.max_length = int(self.config.options.get("max_length") or min(
-            self.tokenizer.model_max_length or 512,
-            getattr(model.config, "max_position_embeddings", 512) or 512, 512))
-        self.temperature = float(self.config.options.get("temperature", DEFAULT_TEMPERATURE))
-        if not self.temperature > 0:
-            raise SpecError(f"{self.config.name}: options.temperature must be > 0")
-        self.pooling = self.config.options.get("pooling") or self._st_pooling() or "mean"
-        if self.pooling not in ("mean", "cls", "max"):
-            raise SpecError(f"{self.config.name}: pooling {self.pooling!r} is not mean/cls/max")
+        self.read_options()
         if backend == "nli":
             self.entail_idx = self._entailment_index(model.config.label2id)
         if backend != "embedding":
@@ -97,19 +93,19 @@ class TextModel(ModelBackend):
             info.update(embedding_dim=self.embedding_dim, dimensions=self.matryoshka_dims)
         return info
 
-    @classmethod
-    def builds_torch_modules(cls, config: ModelConfig) -> bool:
-        """The ``onnx`` backend builds no torch module (its one-off export takes the lock)."""
-        return config.backend != "onnx"
-
-    @classmethod
-    def load(cls, config: ModelConfig, model_dir: str | Path | None = None) -> ModelBackend:
-        """The ``onnx`` backend is its own class (ONNX Runtime in place of torch)."""
-        if config.backend == "onnx" and cls is TextModel:
-            from deployments.text_onnx import OnnxTextModel
-
-            return OnnxTextModel.load(config, model_dir)
-        return super().load(config, model_dir)
+    def read_options(self) -> None:
+        """The options every backend of the family reads (torch and ONNX Runtime alike), once
+        ``self.tokenizer`` and ``self.model_config`` are loaded; ``SpecError`` names a bad one."""
+        options, name = self.config.options, self.config.name
+        self.max_length = int(options.get("max_length") or min(
+            self.tokenizer.model_max_length or 512,
+            getattr(self.model_config, "max_position_embeddings", 512) or 512, 512))
+        self.temperature = float(options.get("temperature", DEFAULT_TEMPERATURE))
+        if not self.temperature > 0:
+            raise SpecError(f"{name}: options.temperature must be > 0")
+        self.pooling = options.get("pooling") or self._st_pooling() or "mean"
+        if self.pooling not in ("mean", "cls", "max"):
+            raise SpecError(f"{name}: pooling {self.pooling!r} is not mean/cls/max")
 
     def variant(self) -> str:
         base = super().variant()
@@ -236,7 +232,9 @@ FAMILY = Family(
     },
     backends={"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
               "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
-    model=TextModel,  # backend onnx: TextModel.load hands over to text_onnx.OnnxTextModel
+    model=TextModel,
+    # by path: ONNX Runtime's class imports this module, and only onnx models need it
+    backend_models={"onnx": "deployments.text_onnx:OnnxTextModel"},
     tiny={"text-embedding": "deployments.tiny.text:build_tiny_embedding",
           "text-classifier": "deployments.tiny.text:build_tiny_classifier",
           "text-nli": "deployments.tiny.text:build_tiny_nli"},

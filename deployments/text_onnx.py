@@ -24,6 +24,7 @@ from typing import Any
 from deployments.base import TORCH_BUILD
 from deployments.sources import _build_once, default_model_dir
 from deployments.text import FORWARD_CHUNK, TextModel
+from fusion.config import ModelConfig
 from fusion.errors import SpecError
 
 log = logging.getLogger("fusion.deployments.text_onnx")
@@ -123,16 +124,13 @@ class OnnxTextModel(TextModel):
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.onnx_path), options,
                                             providers=["CPUExecutionProvider"])
-        self.max_length = int(self.config.options.get("max_length") or min(
-            self.tokenizer.model_max_length or 512,
-            getattr(self.model_config, "max_position_embeddings", 512) or 512, 512))
-        self.temperature = float(self.config.options.get("temperature", 0.05))
-        if not self.temperature > 0:
-            raise SpecError(f"{self.config.name}: options.temperature must be > 0")
-        self.pooling = self.config.options.get("pooling") or self._st_pooling() or "mean"
-        if self.pooling not in ("mean", "cls", "max"):
-            raise SpecError(f"{self.config.name}: pooling {self.pooling!r} is not mean/cls/max")
+        self.read_options()
         self._torch = torch
+
+    @classmethod
+    def builds_torch_modules(cls, config: ModelConfig) -> bool:
+        """ONNX Runtime builds no torch module (the one-off export takes the lock itself)."""
+        return False
 
     def variant(self) -> str:
         kind = "onnx-int8" if self.config.quantize == "int8" else "onnx"

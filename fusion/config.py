@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from fusion import registry
+from fusion.bundles import bundle_problems
+from fusion.errors import SpecError
 from fusion.tasks import ModelTasks
 
 SourceKind = Literal["hub", "path", "package", "tiny", "shape"]
@@ -166,9 +169,6 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelConfig:
-        from fusion import registry  # a family module imports this one
-        from fusion.errors import SpecError
-
         _check_replicas(self.num_replicas, self.autoscaling)
         where = f"model {self.name!r}"
         try:
@@ -341,8 +341,6 @@ class AppConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_bundles(self) -> AppConfig:
-        from fusion.bundles import bundle_problems
-
         problems = bundle_problems(self.models)
         if problems:
             raise ValueError("; ".join(problems))

@@ -2,14 +2,17 @@
 
 A family is one ``Family`` value named ``FAMILY`` at the top level of its module: its tasks
 (typed inputs and outputs), its backends and which tasks each serves, the ``ModelBackend``
-class that runs it, its tiny test-model recipes and (rarely) its own Serve deployment class.
-Config validation, ``/v1/models``, pipeline checks, the app builder and the source loader all
-read these declarations, so adding a family means adding one module.
+class that runs each backend (by import path where importing it would cost or cycle), its tiny
+test-model recipes and (rarely) its own Serve deployment class. Config validation,
+``/v1/models``, pipeline checks, the app builder and the source loader all read these
+declarations, so adding a family means adding one module.
 
-Discovery is cheap and torch-free: the modules of the ``deployments`` package whose source
-has a top-level ``FAMILY =`` line are imported (family modules import torch and Ray lazily,
-inside their methods), plus any module named in ``$FUSION_FAMILY_MODULES`` (comma separated)
-or in a model's ``family_module``. So the router learns the families without loading torch.
+Families are declared, not searched for: the ``fusion.families`` entry-point group of the
+installed distributions (``pyproject.toml`` lists the built-in ones, a plugin package lists
+its own), plus any module named in ``$FUSION_FAMILY_MODULES`` (comma separated) or in a
+model's ``family_module``. Loading them is cheap and torch-free (family modules import torch
+lazily, inside their methods), so the router learns the families without loading torch; and
+this module imports nothing of ``deployments`` (an import-linter contract holds it to that).
 
 ``family: custom`` is the one family that is not declared in a module: the model's config
 names its backend class by import path and declares its tasks (``custom_task_specs``).
@@ -18,23 +21,23 @@ names its backend class by import path and declares its tasks (``custom_task_spe
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import importlib.metadata
 import os
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fusion.errors import SpecError
 from fusion.tasks import ModelTasks, Param, TaskSpec, is_value_type
 
-FAMILY_PACKAGE = "deployments"
+ENTRY_POINTS = "fusion.families"
 DEFAULT_DEPLOYMENT = "fusion.serve.served:ModelDeployment"
+# The class every backend derives from, named rather than imported: ``fusion`` never imports
+# ``deployments`` (the custom class being checked has imported it already).
+BACKEND_BASE = "deployments.base:ModelBackend"
 CUSTOM = "custom"
 ENV_MODULES = "FUSION_FAMILY_MODULES"
-_DECLARES = re.compile(r"^FAMILY\s*(:[^=]*)?=", re.M)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,10 @@ class Family:
     """One model family, as its module declares it.
 
     ``model`` is the ``ModelBackend`` subclass (or its ``"module:Class"`` path) that serves
-    every backend of the family; ``backends`` maps a backend name to the tasks it serves, the
-    first backend being the default. ``tiny`` maps a ``tiny:<recipe>`` name to the
+    the family's backends; ``backends`` maps a backend name to the tasks it serves, the
+    first backend being the default; ``backend_models`` names another class for a backend
+    (``{"onnx": "deployments.text_onnx:OnnxTextModel"}``), imported only when that backend
+    loads, so the family module need not import it. ``tiny`` maps a ``tiny:<recipe>`` name to the
     ``"module:function"`` that writes that test model into a folder. ``deployment`` is the
     Serve deployment class the app builder binds; the shared ``ServedModel`` fits every
     family so far (batching, threads, metrics, tracing).
@@ -53,6 +58,7 @@ class Family:
     tasks: Mapping[str, TaskSpec]
     backends: Mapping[str, tuple[str, ...]]
     model: type | str
+    backend_models: Mapping[str, type | str] = field(default_factory=dict)
     tiny: Mapping[str, str] = field(default_factory=dict)
     deployment: str = DEFAULT_DEPLOYMENT
     doc: str = ""
@@ -66,6 +72,10 @@ class Family:
             if unknown or not tasks:
                 raise SpecError(f"{where} backend {backend!r} serves tasks {unknown or '[]'} "
                                 f"that the family does not declare ({sorted(self.tasks)})")
+        for backend in self.backend_models:
+            if backend not in self.backends:
+                raise SpecError(f"{where} names a class for backend {backend!r}, which is not "
+                                f"one of its backends {sorted(self.backends)}")
         for task, spec in self.tasks.items():
             check_spec_types(spec, f"{where} task {task!r}")
 
@@ -78,8 +88,10 @@ class Family:
         tasks = self.backends[backend]
         return ModelTasks(self.name, backend, tasks, {t: self.tasks[t] for t in tasks})
 
-    def model_class(self) -> type:
-        return import_object(self.model) if isinstance(self.model, str) else self.model
+    def model_class(self, backend: str | None = None) -> type:
+        """The class that serves ``backend`` (the default backend when None)."""
+        model = self.backend_models.get(backend or self.default_backend, self.model)
+        return import_object(model) if isinstance(model, str) else model
 
 
 def check_spec_types(spec: TaskSpec, where: str) -> None:
@@ -139,15 +151,25 @@ class _Registry:
             self._modules.add(module)
             return list(found)
 
+    def add_entry_point(self, entry: importlib.metadata.EntryPoint) -> list[Family]:
+        """Register what a ``fusion.families`` entry point names (``module:FAMILY``)."""
+        module, _, attr = entry.value.partition(":")
+        if attr.strip() != "FAMILY":
+            raise SpecError(f"entry point {entry.name} = {entry.value!r} of group "
+                            f"{ENTRY_POINTS!r} must name a module's FAMILY ('module:FAMILY')")
+        found = self.add_module(module.strip())
+        if entry.name not in {f.name for f in found}:
+            raise SpecError(f"entry point {entry.name!r} of group {ENTRY_POINTS!r} names "
+                            f"{module.strip()!r}, which declares {[f.name for f in found]}")
+        return found
+
     def scan(self) -> None:
         with self._lock:
             if self._scanned:
                 return
-            spec = importlib.util.find_spec(FAMILY_PACKAGE)
-            for root in (spec.submodule_search_locations or []) if spec else []:
-                for path in sorted(Path(root).glob("*.py")):
-                    if _DECLARES.search(path.read_text(encoding="utf-8")):
-                        self.add_module(f"{FAMILY_PACKAGE}.{path.stem}")
+            entries = importlib.metadata.entry_points(group=ENTRY_POINTS)
+            for entry in sorted(entries, key=lambda e: e.name):
+                self.add_entry_point(entry)
             for module in filter(None, os.environ.get(ENV_MODULES, "").split(",")):
                 self.add_module(module.strip())
             self._scanned = True
@@ -160,9 +182,14 @@ class _Registry:
         if module and module not in self._modules:
             self.add_module(module)
         families = self.families()
+        if not families:
+            raise SpecError(f"unknown family {name!r}: no model family is declared (is the "
+                            "gateway installed? `pip install -e .` writes its "
+                            f"{ENTRY_POINTS!r} entry points)")
         if name not in families:
             raise SpecError(f"unknown family {name!r}; known: {sorted([*families, CUSTOM])} "
-                            "(a family outside deployments/ needs family_module)")
+                            f"(families come from the {ENTRY_POINTS!r} entry points of the "
+                            "installed packages, $FUSION_FAMILY_MODULES or family_module)")
         return families[name]
 
 
@@ -170,13 +197,18 @@ REGISTRY = _Registry()
 
 
 def families() -> dict[str, Family]:
-    """Every declared family by name (scanning ``deployments/`` on first use)."""
+    """Every declared family by name (reading the entry points on first use)."""
     return REGISTRY.families()
 
 
 def family(name: str, module: str | None = None) -> Family:
     """The declared family ``name``, importing ``module`` first if given."""
     return REGISTRY.get(name, module)
+
+
+def model_tasks(name: str, backend: str | None = None) -> ModelTasks:
+    """The tasks of a declared family's backend (its default backend when None)."""
+    return family(name).model_tasks(backend)
 
 
 def tiny_recipes() -> dict[str, str]:
@@ -210,15 +242,13 @@ def check_custom_backend(name: str, backend: str, specs: Mapping[str, TaskSpec])
     subclass, or task types that differ from what the class declares in its optional
     ``task_specs`` class attribute. Runs in the app builder (start-up) and in the replica.
     """
-    from deployments.base import ModelBackend
-
     try:
         cls = import_object(backend)
     except SpecError as err:
         raise SpecError(f"model {name!r}: backend {backend!r}: {err}") from None
-    if not (isinstance(cls, type) and issubclass(cls, ModelBackend)):
+    if not is_backend_class(cls):
         raise SpecError(f"model {name!r}: backend {backend!r} is not a subclass of "
-                        "deployments.base.ModelBackend")
+                        f"{BACKEND_BASE.replace(':', '.')}")
     own: Mapping[str, TaskSpec] | None = getattr(cls, "task_specs", None)
     for task, spec in specs.items() if own is not None else ():
         if task not in own:
@@ -234,11 +264,17 @@ def check_custom_backend(name: str, backend: str, specs: Mapping[str, TaskSpec])
     return cls
 
 
+def is_backend_class(obj: Any) -> bool:
+    """Whether ``obj`` is a class deriving from ``BACKEND_BASE``, found by name in its MRO."""
+    return isinstance(obj, type) and any(
+        f"{k.__module__}:{k.__qualname__}" == BACKEND_BASE for k in obj.__mro__)
+
+
 def model_class(config: Any) -> type:
-    """The ``ModelBackend`` class that serves a ``ModelConfig``."""
+    """The ``ModelBackend`` class that serves a ``ModelConfig`` (and its backend)."""
     if config.family == CUSTOM:
         return check_custom_backend(config.name, config.backend, config.tasks.specs)
-    return family(config.family, config.family_module).model_class()
+    return family(config.family, config.family_module).model_class(config.backend)
 
 
 def deployment_path(config: Any) -> str:

@@ -78,10 +78,3 @@ class ModelTasks:
 
     def spec(self, task: str) -> TaskSpec:
         return self.specs[task]
-
-
-def model_tasks(family: str, backend: str | None = None) -> ModelTasks:
-    """The tasks of a declared family's backend (its default backend when None)."""
-    from fusion.registry import family as get_family
-
-    return get_family(family).model_tasks(backend)

@@ -18,6 +18,7 @@ import struct
 from typing import Any
 
 from fusion.errors import Unsupported
+from fusion.resample import resample  # the routes take it from here too
 
 SPEECH_FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "pcm": "audio/pcm",
                   "mp3": "audio/mpeg", "opus": "audio/ogg"}
@@ -40,17 +41,6 @@ def read_wav(data: bytes) -> tuple[Any, int]:
 
     samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     return samples.mean(axis=1), rate
-
-
-def resample(samples: Any, rate: int, target: int) -> Any:
-    """Linear resampling: enough for speech going to a codec's rate."""
-    import numpy as np
-
-    if rate == target:
-        return samples
-    n = max(1, round(samples.size * target / rate))
-    return np.interp(np.linspace(0, samples.size - 1, n), np.arange(samples.size),
-                     samples).astype(np.float32)
 
 
 def pcm16(samples: Any) -> bytes:

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from deployments.base import import_shared_modules
+from deployments.base import import_shared_libraries
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
 from fusion.registry import model_class
@@ -82,7 +82,7 @@ class ModelBundle:
 
         thread = threading.Thread(target=load_side, name="bundle-load", daemon=True)
         if side:
-            import_shared_modules()
+            import_shared_libraries()
             thread.start()
         try:
             load(torch_lane)

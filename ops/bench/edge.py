@@ -172,17 +172,16 @@ VARIANTS = {
 _LOADER = """
 import json, os, sys, resource
 import torch, transformers, onnxruntime, faster_whisper  # noqa: the imports every variant pays
-from deployments.text import TextModel
-from deployments.audio import AudioModel
 from deployments import accuracy
 from fusion.config import ModelConfig
+from fusion.registry import model_class
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
 base = rss()
 cfg = ModelConfig.model_validate({"name": "m", **json.loads(sys.argv[1])})
-model = (TextModel if cfg.family == "text" else AudioModel).load(cfg)
+model = model_class(cfg).load(cfg)  # backend onnx: OnnxTextModel
 if cfg.family == "text":
     accuracy.embeddings(model, accuracy.sentences(8))
 else:
@@ -199,14 +198,13 @@ def added_memory(spec: dict, env: dict[str, str]) -> float:
 
 def measure_compression(repeats: int, env: dict[str, str]) -> tuple[list[str], list[str]]:
     from deployments import accuracy
-    from deployments.audio import AudioModel
-    from deployments.text import TextModel
     from fusion.config import ModelConfig
+    from fusion.registry import model_class
 
     models = {}
     for name, spec in VARIANTS.items():
         cfg = ModelConfig.model_validate({"name": name, **spec})
-        models[name] = (TextModel if cfg.family == "text" else AudioModel).load(cfg)
+        models[name] = model_class(cfg).load(cfg)
     batch = accuracy.sentences(64)[-8:]
     wavs = accuracy.speech_wavs() * 2
     runs = {

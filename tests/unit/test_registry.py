@@ -18,7 +18,7 @@ from fusion.core.gateway import served_tasks
 from fusion.core.startup import load_config
 from fusion.errors import BadInput, SpecError
 from fusion.pipeline.spec import load_pipelines
-from fusion.registry import Family, families, family, tiny_recipes
+from fusion.registry import ENTRY_POINTS, Family, _Registry, families, family, tiny_recipes
 from fusion.serve.app import build_app
 from fusion.serve.served import ServedModel
 from fusion.tasks import TaskSpec, param
@@ -49,6 +49,47 @@ def test_builtin_families_are_found_without_importing_torch_or_ray():
                          check=True).stdout.strip()
     assert out == ("['audio', 'caption', 'clip', 'diffusion', 'image_classify', 'llm', 'ocr', "
                    "'text', 'tts'] []")
+
+
+def plugin(root, entries: str, name: str = "fusion-test-plugin"):
+    """An installed distribution's metadata, as pip writes it, declaring ``entries``."""
+    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINTS}]\n{entries}\n")
+
+
+def test_families_come_from_the_entry_points_of_installed_packages(tmp_path, monkeypatch):
+    plugin(tmp_path, "reverse = tests.families.reverse:FAMILY")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = _Registry()
+    found = registry.families()
+    assert {"reverse", "text", "clip"} <= set(found)  # the plugin's, beside the built-in ones
+    assert found["reverse"].model_class().__name__ == "ReverseModel"
+
+
+@pytest.mark.parametrize("entries, message", [
+    ("rev = tests.families.reverse:FAMILY", "entry point 'rev' .* declares \\['reverse'\\]"),
+    ("reverse = tests.families.reverse:ReverseModel", "must name a module's FAMILY"),
+    ("reverse = tests.fakes:FAMILY", "'tests.fakes' declares no FAMILY"),
+])
+def test_bad_entry_points_are_refused_naming_them(tmp_path, monkeypatch, entries, message):
+    plugin(tmp_path, entries)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SpecError, match=message):
+        _Registry().families()
+
+
+def test_a_backend_may_name_its_own_class_loaded_only_for_it():
+    code = ("import sys; from fusion import registry; text = registry.family('text'); "
+            "print(text.model_class().__name__, 'deployments.text_onnx' in sys.modules, "
+            "text.model_class('onnx').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["TextModel", "False", "OnnxTextModel"]
+    spec = TaskSpec({"text": param("text")}, {"text": "text"})
+    with pytest.raises(SpecError, match="class for backend 'onnx', which is not one of"):
+        Family("f", {"t": spec}, {"b": ("t",)}, model="x:Y", backend_models={"onnx": "x:Z"})
 
 
 def test_every_tiny_recipe_comes_from_a_family_declaration():

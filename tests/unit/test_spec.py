@@ -8,7 +8,7 @@ import pytest
 
 from fusion.errors import SpecError
 from fusion.pipeline.spec import load_pipelines, load_spec
-from fusion.tasks import model_tasks
+from fusion.registry import model_tasks
 
 MODELS = {"captioner": model_tasks("caption"), "text": model_tasks("text"),
           "clip": model_tasks("clip"), "diffusion": model_tasks("diffusion"),
