@@ -4,7 +4,8 @@ are generated from the code at build time, so the site cannot drift from it.
 - ``reference/errors.md`` from ``fusion.errors.ERROR_CODES``, the one error table;
 - ``reference/openapi.json`` and ``reference/openapi.md`` from the FastAPI app, built in-process
   over no gateway (``create_api`` only asks for one when a request arrives): no Ray, no models;
-- ``reference/sdk.md`` from ``clients/python/README.md``, the SDK's own manual.
+- ``reference/sdk.md`` from ``clients/python/README.md``, the SDK's own manual;
+- ``reference/layout.md`` from the README's "Layout" section.
 """
 
 from __future__ import annotations
@@ -155,6 +156,14 @@ def openapi_document() -> dict:
     return create_api(no_gateway).openapi()
 
 
+def layout_page(readme: str) -> str:
+    """The README's "Layout" section (written once, there), as a page of the site."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return ("# Code layout\n\nWhere things are in the repository, following the request path "
+            "(`fusion/` is model-agnostic; `deployments/` holds the model families).\n"
+            + section)
+
+
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     root = _root(config)
     if str(root) not in sys.path:
@@ -165,6 +174,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         "reference/openapi.md": openapi_page(doc),
         "reference/openapi.json": json.dumps(doc, indent=2, sort_keys=True) + "\n",
         "reference/sdk.md": (root / "clients" / "python" / "README.md").read_text("utf-8"),
+        "reference/layout.md": layout_page((root / "README.md").read_text("utf-8")),
     }
     for src_uri, content in generated.items():
         files.append(File.generated(config, src_uri, content=content))
