@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from fusion.core.admission import Admission
+from fusion.core.admission import Admission, model_steps
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.pipeline.fuse import fuse_explained
@@ -227,7 +227,13 @@ class Executor:
                           policy: CachePolicy = CachePolicy(),
                           on_event: EventSink | None = None, deadline: float | None = None
                           ) -> RunResult:
-        """``run`` for inputs that ``check_pipeline_inputs`` has already checked."""
+        """``run`` for inputs that ``check_pipeline_inputs`` has already checked.
+
+        Before any step starts, the run reserves a slot of every model its steps may call
+        (``Admission.reserve``): a full one refuses the whole run with 503 now, rather than
+        after the steps before it spent their model time. Each step frees its slot as it ends.
+        """
+        reservation = self.admission.reserve(model_steps(spec), spec.name)
         results: dict[str, dict | None] = {}
         reports: dict[str, StepReport] = {}
         tasks: dict[str, asyncio.Task] = {}
@@ -236,6 +242,8 @@ class Executor:
             tasks[name] = asyncio.create_task(
                 self._run_step(step, deps, values, results, reports, policy, on_event,
                                deadline, spec.name))
+            # done, failed, skipped or cancelled (even before it started): its slot is freed
+            tasks[name].add_done_callback(lambda _, n=name: reservation.release(n))
         try:
             await asyncio.gather(*tasks.values())
         except BaseException:
@@ -243,6 +251,8 @@ class Executor:
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             raise
+        finally:
+            reservation.release_all()
         outputs = {}
         for name, alternatives in spec.outputs.items():
             outputs[name] = next((v for r in alternatives
