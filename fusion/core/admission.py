@@ -115,9 +115,9 @@ def model_steps(spec: PipelineSpec) -> dict[str, str]:
 class Reservation:
     """The model slots one admitted request holds: one per step that may call a model.
 
-    Each is released when its step ends (done, failed, skipped or cancelled), and whatever
-    is left when the run ends — a step task cancelled before it started never runs its own
-    release — so no outcome leaks a slot.
+    Each is released when its step's task ends (done, failed, skipped, or cancelled — even
+    before it started), and whatever is left when the run ends, so no outcome leaks a slot.
+    Releasing twice is harmless.
     """
 
     def __init__(self, admission: Admission, held: dict[str, str]) -> None:
