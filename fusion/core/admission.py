@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusion.bundles import bundle_groups, bundle_size
+from fusion.cache.keys import digest
 from fusion.errors import BadInput, Overloaded, StepTimeout
 
 if TYPE_CHECKING:
     from fusion.config import ModelConfig
-    from fusion.pipeline.model import PipelineSpec
+    from fusion.pipeline.model import PipelineSpec, StepSpec
 
 # hook(kind, key, detail): kind is "rejected" (a 503) or "expired" (a deadline refused work)
 AdmissionHook = Callable[[str, str, dict[str, Any]], None]
@@ -112,6 +113,16 @@ def model_steps(spec: PipelineSpec) -> dict[str, str]:
     return {s.name: s.model for s in spec.steps.values() if s.model}
 
 
+def shared_steps(spec: PipelineSpec, values: Mapping[str, Any],
+                 joins: Callable[[StepSpec], bool]) -> dict[str, str]:
+    """Step → a key that the same step of an identical run (same pipeline, same inputs) has
+    too, for the model steps that ``joins`` says join one computation in flight: such runs
+    need one slot per step between them (``Admission.reserve``)."""
+    run = digest([spec.digest, dict(values)])
+    return {s.name: f"{spec.name}:{run}:{s.name}" for s in spec.steps.values()
+            if s.model and joins(s)}
+
+
 class Reservation:
     """The model slots one admitted request holds: one per step that may call a model.
 
@@ -120,14 +131,14 @@ class Reservation:
     Releasing twice is harmless.
     """
 
-    def __init__(self, admission: Admission, held: dict[str, str]) -> None:
+    def __init__(self, admission: Admission, held: dict[str, tuple[str, str | None]]) -> None:
         self._admission = admission
-        self._held = held  # step → deployment
+        self._held = held  # step → (deployment, share key or None)
 
     def release(self, step: str) -> None:
-        deployment = self._held.pop(step, None)
-        if deployment is not None:
-            self._admission._unhold(deployment)
+        held = self._held.pop(step, None)
+        if held is not None:
+            self._admission._unhold(*held)
 
     def release_all(self) -> None:
         for step in list(self._held):
@@ -168,6 +179,7 @@ class Admission:
         self._capacity = {q.deployment: q.capacity for q in self.queues.values()}
         self.pipeline_models = {k: dict(v) for k, v in (pipeline_models or {}).items()}
         self.model_held: dict[str, int] = {}  # deployment → slots held by admitted work
+        self._shared: dict[str, int] = {}  # share key → how many hold that one slot
         self._full_until: dict[str, float] = {}  # deployment → Serve refused it until then
 
     def _drain(self, table: dict[str, DrainRate], key: str) -> DrainRate:
@@ -207,20 +219,16 @@ class Admission:
 
     @contextmanager
     def admit(self, key: str) -> Iterator[None]:
-        """Hold one slot of the total and of ``key``'s own limit while the block runs; a
-        direct model call (``model:<name>``) holds a slot of that model's queue too (a
-        pipeline's model slots are taken by ``reserve`` when its steps are about to run)."""
+        """Hold one slot of the total and of ``key``'s own limit while the block runs. The
+        model slots of the request are taken by ``reserve`` once its inputs are known (the
+        executor's), so that identical requests, which share one computation, share them."""
         self.check(key)
-        model = _direct_model(key)
-        reservation = self._take({"": model}) if model else None
         held = self.by_key.get(key, 0)
         self.in_flight += 1
         self.by_key[key] = held + 1
         try:
             yield
         finally:
-            if reservation is not None:
-                reservation.release_all()
             self.in_flight -= 1
             left = self.by_key[key] - 1
             if left:
@@ -237,21 +245,37 @@ class Admission:
         queue = self.queues.get(model)
         return queue.deployment if queue is not None else model
 
-    def reserve(self, needs: Mapping[str, str], pipeline: str | None = None) -> Reservation:
+    def reserve(self, needs: Mapping[str, str], pipeline: str | None = None,
+                shared: Mapping[str, str] | None = None) -> Reservation:
         """Take one slot of each step's model (``needs``: step → model), or raise the 503
         naming the first full one and take nothing. Check and take happen with no ``await``
-        between them, so concurrent runs on this event loop cannot both take the last slot."""
-        self._check_models(needs, pipeline)
-        return self._take(needs)
+        between them, so concurrent runs on this event loop cannot both take the last slot.
 
-    def _take(self, needs: Mapping[str, str]) -> Reservation:
-        held = {}
+        ``shared`` maps a step to a key that identical work has too (same inputs, a cache
+        that joins computations in flight): all holders of one key hold one slot, as they
+        will make one model call between them.
+        """
+        shared = shared or {}
+        self._check_models({s: m for s, m in needs.items() if shared.get(s) not in
+                            self._shared}, pipeline)
+        held: dict[str, tuple[str, str | None]] = {}
         for step, model in needs.items():
-            deployment = held[step] = self._deployment(model)
+            deployment, share = self._deployment(model), shared.get(step)
+            held[step] = (deployment, share)
+            if share is not None and share in self._shared:
+                self._shared[share] += 1
+                continue
+            if share is not None:
+                self._shared[share] = 1
             self.model_held[deployment] = self.model_held.get(deployment, 0) + 1
         return Reservation(self, held)
 
-    def _unhold(self, deployment: str) -> None:
+    def _unhold(self, deployment: str, share: str | None) -> None:
+        if share is not None:
+            left = self._shared.pop(share, 1) - 1
+            if left > 0:
+                self._shared[share] = left
+                return
         left = self.model_held.get(deployment, 0) - 1
         if left > 0:
             self.model_held[deployment] = left

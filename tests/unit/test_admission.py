@@ -203,18 +203,24 @@ def test_model_queues_follow_the_serve_config():
     assert adm.model_held == {}
 
 
-def test_a_direct_model_call_holds_a_slot_of_its_models_queue():
+def test_identical_work_shares_one_slot_and_a_pipeline_is_checked_for_every_model():
     adm = Admission(10, model_queues={"text": ModelQueue("text", 1)},
                     pipeline_models={"classify": {"cls": "text"}, "draw": {"gen": "diffusion"}})
-    with adm.admit("model:text"):
-        assert adm.model_held == {"text": 1}
-        with pytest.raises(Overloaded, match="model 'text' is at its queue limit"):
-            adm.check("model:text")
-        with pytest.raises(Overloaded, match="pipeline 'classify' \\(step 'cls'\\) was refused "
-                                             "before any step ran"):
-            adm.check("classify")
-        adm.check("draw")  # a pipeline that does not need text is admitted
-    assert adm.model_held == {} and adm.in_flight == 0 and adm.rejected == 2
+    first = adm.reserve({"": "text"}, shared={"": "same-call"})
+    second = adm.reserve({"": "text"}, shared={"": "same-call"})  # joins the first's call
+    assert adm.model_held == {"text": 1}
+    with pytest.raises(Overloaded, match="model 'text' is at its queue limit"):
+        adm.reserve({"": "text"}, shared={"": "another-call"})
+    with pytest.raises(Overloaded, match="pipeline 'classify' \\(step 'cls'\\) was refused "
+                                         "before any step ran"):
+        adm.check("classify")
+    adm.check("draw")  # a pipeline that does not need text is admitted
+    first.release_all()
+    assert adm.model_held == {"text": 1}  # the second still holds the shared slot
+    second.release_all()
+    second.release_all()  # twice is harmless
+    assert adm.model_held == {} and adm.rejected == 2
+    adm.reserve({"": "text"}, shared={"": "another-call"}).release_all()
 
 
 def test_serve_refusing_a_model_refuses_new_work_for_it_until_a_call_finishes():

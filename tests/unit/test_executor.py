@@ -409,3 +409,38 @@ async def test_a_when_step_needs_room_to_be_admitted_and_frees_it_once_skipped()
     assert adm.model_held == {"diffusion": 1} and not run.done()
     fake.release.set()
     assert (await run).steps["cap"].skipped and adm.model_held == {}
+
+
+async def test_identical_runs_share_their_steps_slots_and_distinct_ones_do_not():
+    from fusion.cache import MemoryBackend, StepCache
+
+    fake = Gated("caption")
+    executor, adm = bounded(fake)
+    executor.cache = StepCache(MemoryBackend(), namespace="share")
+    same = {"image": png(), "labels": ["a"]}
+    runs = [asyncio.create_task(executor.run(spec(SEQUENCE), same)) for _ in range(6)]
+    await fake.arrived.wait()
+    # six identical runs will make one call per step: they hold one slot of each model
+    assert adm.model_held == {"captioner": 1, "text": 1}
+    with pytest.raises(Overloaded, match="model 'captioner'"):  # other work finds them full
+        await executor.run(spec(SEQUENCE), {"image": png(size=5), "labels": ["a"]})
+    with pytest.raises(Overloaded):  # so does the same run that cannot join (no-store)
+        await executor.run(spec(SEQUENCE), same, CachePolicy(read=False, write=False))
+    fake.release.set()
+    results = await asyncio.gather(*runs)
+    assert len({r.outputs["labels"][0]["score"] for r in results}) == 1
+    assert fake.calls == {"captioner/caption": 1, "text/zero_shot": 1}
+    assert adm.model_held == {}
+
+
+async def test_a_direct_call_holds_its_models_slot_while_it_runs():
+    fake = Gated("embed")
+    executor, adm = bounded(fake)
+    call = asyncio.create_task(executor.call_model("text", "embed", {"text": "x"}))
+    await fake.arrived.wait()
+    assert adm.model_held == {"text": 1}
+    with pytest.raises(Overloaded, match="model 'text' is at its queue limit"):
+        await executor.call_model("text", "embed", {"text": "y"})
+    fake.release.set()
+    await call
+    assert adm.model_held == {}
