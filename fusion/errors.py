@@ -74,8 +74,9 @@ class Forbidden(FusionError):
 
 
 class Overloaded(FusionError):
-    """Refused before any work started: retry after ``retry_after_s`` (sent as
-    ``Retry-After`` and ``Retry-After-Ms``), computed from how fast the queue drains."""
+    """Busy: retry after ``retry_after_s`` (sent as ``Retry-After`` and ``Retry-After-Ms``),
+    computed from how fast the queue drains. Refused at admission, before any step ran, where
+    the router knows; a step that meets a full queue itself is named in the message."""
 
     status = 503
     code = "overloaded"
@@ -146,8 +147,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("step_failed", 502, "server_error", "StepFailed",
               "a model failed on valid input (crash, out of memory); `field` names the step"),
     ErrorCode("overloaded", 503, "server_error", "Overloaded",
-              "refused before any work started (over the admission limit, model queue full, "
-              "no live replica, gateway still starting); retry after `Retry-After`"),
+              "refused before any step ran: over the router's in-flight limit, a model the "
+              "request may call at its queue limit, or the gateway still starting. A step can "
+              "still meet a full queue or no live replica when it calls its model: then the "
+              "message names the step, and the steps before it have run (with the cache on, a "
+              "retry does not compute them again); retry after `Retry-After`"),
     ErrorCode("step_timeout", 504, "server_error", "Timeout",
               "a step ran past its `timeout_s` or the request's `X-Request-Timeout`; "
               "`field` names the step"),

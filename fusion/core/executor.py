@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from fusion.core.admission import Admission
+from fusion.cache.keys import digest
+from fusion.core.admission import Admission, model_steps, shared_steps
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.pipeline.fuse import fuse_explained
@@ -113,6 +114,11 @@ class Executor:
         self.cache = cache
         self.default_ttl_s = default_ttl_s
 
+    def _joins(self, policy: CachePolicy) -> bool:
+        """Identical work joins one computation in flight only with a cache and the default
+        policy (``StepStore``): then it needs one model slot between all of it."""
+        return self.cache is not None and policy.read and policy.write
+
     def task_spec(self, model: str, task: str) -> TaskSpec:
         if model not in self.models:
             raise NotFound(f"unknown model {model!r}; served: {sorted(self.models)}", "model")
@@ -146,6 +152,11 @@ class Executor:
                     _where(step, model, task), f"steps.{step}" if step else None)
             if timeout_s is None or left < timeout_s:
                 timeout_s, by_deadline = left, True
+        reservation = None
+        if not step:  # a direct call (a pipeline's steps hold the slots of their run)
+            joins = use_cache and self._joins(policy)
+            reservation = self.admission.reserve({"": model}, shared={
+                "": digest([model, task, checked])} if joins else None)
         started = time.perf_counter()
 
         async def compute() -> dict:
@@ -170,6 +181,9 @@ class Executor:
             if err.field and not err.field.startswith(("inputs.", "steps.")):
                 err.field = f"inputs.{err.field}"  # a replica names its own input
             raise err from None
+        finally:
+            if reservation is not None:
+                reservation.release_all()
 
     async def _cached_call(self, model: str, task: str, checked: dict, compute, policy,
                            ttl_s: float | None, use_cache: bool, timeout_s: float | None,
@@ -227,7 +241,17 @@ class Executor:
                           policy: CachePolicy = CachePolicy(),
                           on_event: EventSink | None = None, deadline: float | None = None
                           ) -> RunResult:
-        """``run`` for inputs that ``check_pipeline_inputs`` has already checked."""
+        """``run`` for inputs that ``check_pipeline_inputs`` has already checked.
+
+        Before any step starts, the run reserves a slot of every model its steps may call
+        (``Admission.reserve``): a full one refuses the whole run with 503 now, rather than
+        after the steps before it spent their model time. Each step frees its slot as it ends.
+        """
+        # identical runs join one computation per step (a cached step whose answer is never
+        # sampled, with the default policy: ``StepStore``), so they share its model slot
+        shared = shared_steps(spec, values, lambda s: s.cache and self.task_spec(
+            s.model, s.task).uncacheable is None) if self._joins(policy) else None
+        reservation = self.admission.reserve(model_steps(spec), spec.name, shared)
         results: dict[str, dict | None] = {}
         reports: dict[str, StepReport] = {}
         tasks: dict[str, asyncio.Task] = {}
@@ -236,6 +260,8 @@ class Executor:
             tasks[name] = asyncio.create_task(
                 self._run_step(step, deps, values, results, reports, policy, on_event,
                                deadline, spec.name))
+            # done, failed, skipped or cancelled (even before it started): its slot is freed
+            tasks[name].add_done_callback(lambda _, n=name: reservation.release(n))
         try:
             await asyncio.gather(*tasks.values())
         except BaseException:
@@ -243,6 +269,8 @@ class Executor:
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             raise
+        finally:
+            reservation.release_all()
         outputs = {}
         for name, alternatives in spec.outputs.items():
             outputs[name] = next((v for r in alternatives

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from fusion.cache.keys import digest
 from fusion.config import AppConfig
-from fusion.core.admission import Admission
+from fusion.core.admission import Admission, model_queues, model_steps
 from fusion.core.batch import BatchResult, call_many
 from fusion.core.executor import (
     CachePolicy,
@@ -167,7 +167,8 @@ class Gateway:
         The pipeline key covers the spec's digest and the fingerprint of every model it
         uses, so editing the pipeline or upgrading a model never serves an old answer.
         ``deadline`` (monotonic seconds) bounds every step. The run holds one admission slot
-        (``fusion.core.admission``) throughout, or is refused at once with 503.
+        (``fusion.core.admission``) throughout, and a slot of each model its steps may call,
+        or is refused at once with 503 before any step ran.
         """
         spec = self.pipeline(name)
         self._check_limits(inputs)
@@ -221,7 +222,8 @@ def admission_for(config: AppConfig, pipelines: dict[str, PipelineSpec]) -> Admi
         raise SpecError(f"router.pipeline_max_in_flight names unknown pipeline(s) {unknown}; "
                         f"served: {sorted(pipelines)}")
     limits.update(config.router.pipeline_max_in_flight)
-    return Admission(config.router.max_in_flight, limits)
+    return Admission(config.router.max_in_flight, limits, model_queues=model_queues(
+        config.models), pipeline_models={n: model_steps(p) for n, p in pipelines.items()})
 
 
 # The gateway of this process (one per router replica). A module-level slot, read and written

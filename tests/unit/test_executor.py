@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from fusion.core.admission import Admission, ModelQueue
 from fusion.core.executor import CachePolicy, Executor
-from fusion.errors import BadInput, NotFound, StepFailed, StepTimeout
+from fusion.errors import BadInput, NotFound, Overloaded, StepFailed, StepTimeout
 from fusion.pipeline.fuse import fuse_labels
 from fusion.pipeline.spec import load_spec
 from fusion.registry import model_tasks
@@ -293,3 +294,153 @@ async def test_bad_input_from_an_upstream_step_names_that_step():
     with pytest.raises(BadInput) as info:
         await make(fake).run(spec(raw), {"image": png()})
     assert info.value.field == "steps.cls.text" and "step 'cls'" in info.value.message
+
+
+# ---- the whole pipeline admitted before its first step (fusion.core.admission) ----------
+
+SEQUENCE = {"name": "seq", "inputs": {"image": "image", "labels": "list[text]"},
+            "steps": {"cap": {"model": "captioner", "task": "caption",
+                              "with": {"image": "$inputs.image"}},
+                      "cls": {"model": "text", "task": "zero_shot",
+                              "with": {"text": "$steps.cap.text", "labels": "$inputs.labels"}}},
+            "outputs": {"labels": "$steps.cls.labels"}}
+
+
+class Gated(FakeModels):
+    """Calls to ``gated`` tasks wait for ``release``; ``arrived`` is set when one waits."""
+
+    def __init__(self, gated: str, **kw) -> None:
+        super().__init__(**kw)
+        self.gated = gated
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = 0
+
+    async def call(self, model, task, inputs):
+        if task == self.gated:
+            self.arrived.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return await super().call(model, task, inputs)
+
+
+def bounded(fake: FakeModels, capacity: int = 1) -> tuple[Executor, Admission]:
+    """An executor whose every model queue holds ``capacity`` calls of this router."""
+    executor = make(fake)
+    executor.admission = Admission(100, model_queues={m: ModelQueue(m, capacity)
+                                                      for m in MODELS})
+    return executor, executor.admission
+
+
+async def test_a_full_later_model_refuses_the_run_before_its_first_step():
+    fake = FakeModels()
+    executor, adm = bounded(fake)
+    other = adm.reserve({"elsewhere": "text"})  # other work holds text's only slot
+    inputs = {"image": png(), "labels": ["a", "b"]}
+    for _ in range(5):
+        with pytest.raises(Overloaded) as info:
+            await executor.run(spec(SEQUENCE), inputs)
+        msg = info.value.message
+        assert "model 'text'" in msg and "step 'cls'" in msg and "before any step ran" in msg
+        assert info.value.status == 503 and info.value.retry_after_s > 0
+    assert fake.calls == {}  # step one (caption) never ran
+    assert adm.model_held == {"text": 1} and adm.rejected == 5  # refusals took nothing
+    other.release_all()
+    result = await executor.run(spec(SEQUENCE), inputs)
+    assert result.outputs["labels"] and adm.model_held == {}
+    assert fake.calls == {"captioner/caption": 1, "text/zero_shot": 1}
+
+
+async def test_model_slots_come_back_after_failed_runs():
+    fake = FakeModels(fail={"zero_shot": RuntimeError("out of memory")})
+    executor, adm = bounded(fake)
+    for i in range(4):
+        with pytest.raises(StepFailed, match="step 'cls'"):
+            await executor.run(spec(SEQUENCE), {"image": png(size=4 + i), "labels": ["a"]})
+        assert adm.model_held == {}
+    fake.fail.clear()
+    await executor.run(spec(SEQUENCE), {"image": png(), "labels": ["a"]})  # capacity is back
+    assert fake.calls["text/zero_shot"] == 5
+
+
+async def test_model_slots_come_back_when_a_run_is_cancelled():
+    fake = Gated("caption")
+    executor, adm = bounded(fake)
+    for i in range(3):
+        fake.arrived.clear()
+        run = asyncio.create_task(executor.run(spec(SEQUENCE), {"image": png(size=4 + i),
+                                                                 "labels": ["a"]}))
+        await fake.arrived.wait()
+        # step two has not started, yet its model's slot is held for it
+        assert adm.model_held == {"captioner": 1, "text": 1}
+        run.cancel()  # what a client's disconnect does
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert adm.model_held == {} and fake.cancelled == i + 1
+    fake.release.set()
+    await executor.run(spec(SEQUENCE), {"image": png(), "labels": ["a"]})
+    assert adm.model_held == {}
+
+
+async def test_a_when_step_needs_room_to_be_admitted_and_frees_it_once_skipped():
+    raw = {"name": "w", "inputs": {"prompt": "text", "image": "image",
+                                   "check": {"type": "bool", "default": False}},
+           "steps": {"gen": {"model": "diffusion", "task": "generate",
+                             "with": {"prompt": "$inputs.prompt"}},
+                     "cap": {"model": "captioner", "task": "caption", "when": "$inputs.check",
+                             "with": {"image": "$inputs.image"}}},
+           "outputs": {"image": "$steps.gen.image", "caption": "$steps.cap.text"}}
+    fake = Gated("generate")
+    executor, adm = bounded(fake)
+    inputs = {"prompt": "a fox", "image": png()}
+    other = adm.reserve({"elsewhere": "captioner"})
+    with pytest.raises(Overloaded, match="step 'cap'"):  # it may run: it must have room
+        await asyncio.wait_for(executor.run(spec(raw), inputs), 10)
+    other.release_all()
+    run = asyncio.create_task(executor.run(spec(raw), inputs))
+    await fake.arrived.wait()
+    for _ in range(1000):  # while gen still runs, the skipped step's slot comes free
+        if adm.model_held == {"diffusion": 1}:
+            break
+        await asyncio.sleep(0)
+    assert adm.model_held == {"diffusion": 1} and not run.done()
+    fake.release.set()
+    assert (await run).steps["cap"].skipped and adm.model_held == {}
+
+
+async def test_identical_runs_share_their_steps_slots_and_distinct_ones_do_not():
+    from fusion.cache import MemoryBackend, StepCache
+
+    fake = Gated("caption")
+    executor, adm = bounded(fake)
+    executor.cache = StepCache(MemoryBackend(), namespace="share")
+    same = {"image": png(), "labels": ["a"]}
+    runs = [asyncio.create_task(executor.run(spec(SEQUENCE), same)) for _ in range(6)]
+    await fake.arrived.wait()
+    # six identical runs will make one call per step: they hold one slot of each model
+    assert adm.model_held == {"captioner": 1, "text": 1}
+    with pytest.raises(Overloaded, match="model 'captioner'"):  # other work finds them full
+        await executor.run(spec(SEQUENCE), {"image": png(size=5), "labels": ["a"]})
+    with pytest.raises(Overloaded):  # so does the same run that cannot join (no-store)
+        await executor.run(spec(SEQUENCE), same, CachePolicy(read=False, write=False))
+    fake.release.set()
+    results = await asyncio.gather(*runs)
+    assert len({r.outputs["labels"][0]["score"] for r in results}) == 1
+    assert fake.calls == {"captioner/caption": 1, "text/zero_shot": 1}
+    assert adm.model_held == {}
+
+
+async def test_a_direct_call_holds_its_models_slot_while_it_runs():
+    fake = Gated("embed")
+    executor, adm = bounded(fake)
+    call = asyncio.create_task(executor.call_model("text", "embed", {"text": "x"}))
+    await fake.arrived.wait()
+    assert adm.model_held == {"text": 1}
+    with pytest.raises(Overloaded, match="model 'text' is at its queue limit"):
+        await executor.call_model("text", "embed", {"text": "y"})
+    fake.release.set()
+    await call
+    assert adm.model_held == {}

@@ -5,7 +5,8 @@ retry rules). Kept apart so that each client module holds only its own I/O."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -38,6 +39,7 @@ class _BaseClient:
         self.retry_policy = RetryPolicy(retries=retries, backoff=backoff,
                                         max_backoff=max_backoff)
         self._proto = Protocol(self.api_key, decode_images=decode_images)
+        self._clock: Callable[[], float] = time.monotonic  # what a retry's time left counts on
 
     @property
     def retries(self) -> int:

@@ -22,6 +22,7 @@ from fusion_client._core import (
     transport_error,
 )
 from fusion_client.chat import ChatResult, ChatStreamParser, Messages, chat_request, parse_chat
+from fusion_client.retry import Deadline
 from fusion_client.types import (
     BatchResult,
     CacheStats,
@@ -69,17 +70,20 @@ class AsyncFusionClient(_BaseClient):
             return stop.value
 
     async def _send(self, req: Request) -> Response:
+        deadline = Deadline(req.headers, self._clock)
         attempt = 0
         while True:
             try:
                 r = await self._http.request(req.method, req.path, params=req.params,
-                                             json=req.json, headers=req.headers)
+                                             json=req.json,
+                                             headers=deadline.headers(req.headers, attempt))
             except httpx.TransportError as exc:
-                delay = self.retry_policy.delay_after_error(attempt, exc)
+                delay = deadline.fit(self.retry_policy.delay_after_error(attempt, exc))
                 if delay is None:
                     raise transport_error(exc, self._timeout_seconds()) from exc
             else:
-                delay = self.retry_policy.delay_after_status(attempt, r.status_code, r.headers)
+                delay = deadline.fit(self.retry_policy.delay_after_status(
+                    attempt, r.status_code, r.headers))
                 if delay is None:
                     return check_response(r.status_code, r.headers, r.content)
             await self._sleep(delay)
@@ -110,18 +114,20 @@ class AsyncFusionClient(_BaseClient):
         """``async for event in client.stream(...)``."""
         request = await self._drive(self._proto.stream_request(
             pipeline, merge_inputs(inputs, kwargs), cache_control, timeout_s))
+        deadline = Deadline(request.headers, self._clock)
         attempt = 0
         started = False
         while True:
             try:
-                async with self._http.stream(request.method, request.path,
-                                             params=request.params, json=request.json,
-                                             headers=request.headers) as r:
+                async with self._http.stream(
+                        request.method, request.path, params=request.params,
+                        json=request.json,
+                        headers=deadline.headers(request.headers, attempt)) as r:
                     rid = r.headers.get(REQUEST_ID_HEADER)
                     if r.status_code >= 400 or not is_event_stream(r.headers):
                         await r.aread()
-                        delay = self.retry_policy.delay_after_status(attempt, r.status_code,
-                                                                     r.headers)
+                        delay = deadline.fit(self.retry_policy.delay_after_status(
+                            attempt, r.status_code, r.headers))
                         if delay is None:
                             yield self._proto.plain_stream_answer(r.status_code, r.headers,
                                                                   r.content)
@@ -138,7 +144,8 @@ class AsyncFusionClient(_BaseClient):
                             yield event
                         return
             except httpx.TransportError as exc:
-                delay = None if started else self.retry_policy.delay_after_error(attempt, exc)
+                delay = None if started else deadline.fit(
+                    self.retry_policy.delay_after_error(attempt, exc))
                 if delay is None:
                     raise transport_error(exc, self._timeout_seconds()) from exc
             await self._sleep(delay)

@@ -8,7 +8,9 @@ idempotent too: the gateway caches every step by content address and coalesces i
 requests in flight, so sending the same request twice computes it at most once and returns the
 same answer. They are retried on HTTP 503 and on connection failures (never on 4xx, other 5xx
 or a read timeout), ``retries`` times, with exponential backoff and jitter, honouring
-``Retry-After``. A stream is only retried before its first event arrived.
+``Retry-After``. A stream is only retried before its first event arrived. ``timeout_s`` is one
+budget for the call: a retry sends what is left of it (``X-Request-Timeout``), and a retry
+whose wait would use it up is not made — the 503 is the answer (:class:`retry.Deadline`).
 
 The asyncio twin lives in :mod:`fusion_client.async_client` and is re-exported here, as are
 the shared helpers (:mod:`fusion_client._base`) and :class:`SyncOverAsyncTransport`.
@@ -42,6 +44,7 @@ from fusion_client._core import (
 )
 from fusion_client.async_client import AsyncFusionClient
 from fusion_client.chat import ChatResult, ChatStreamParser, Messages, chat_request, parse_chat
+from fusion_client.retry import Deadline
 from fusion_client.transport import SyncOverAsyncTransport
 from fusion_client.types import (
     BatchResult,
@@ -101,17 +104,19 @@ class FusionClient(_BaseClient):
             return stop.value
 
     def _send(self, req: Request) -> Response:
+        deadline = Deadline(req.headers, self._clock)
         attempt = 0
         while True:
             try:
                 r = self._http.request(req.method, req.path, params=req.params, json=req.json,
-                                       headers=req.headers)
+                                       headers=deadline.headers(req.headers, attempt))
             except httpx.TransportError as exc:
-                delay = self.retry_policy.delay_after_error(attempt, exc)
+                delay = deadline.fit(self.retry_policy.delay_after_error(attempt, exc))
                 if delay is None:
                     raise transport_error(exc, self._timeout_seconds()) from exc
             else:
-                delay = self.retry_policy.delay_after_status(attempt, r.status_code, r.headers)
+                delay = deadline.fit(self.retry_policy.delay_after_status(
+                    attempt, r.status_code, r.headers))
                 if delay is None:
                     return check_response(r.status_code, r.headers, r.content)
             self._sleep(delay)
@@ -161,17 +166,18 @@ class FusionClient(_BaseClient):
         return self._stream(request)
 
     def _stream(self, req: Request) -> Iterator[Event]:
+        deadline = Deadline(req.headers, self._clock)
         attempt = 0
         started = False
         while True:
             try:
                 with self._http.stream(req.method, req.path, params=req.params, json=req.json,
-                                       headers=req.headers) as r:
+                                       headers=deadline.headers(req.headers, attempt)) as r:
                     rid = r.headers.get(REQUEST_ID_HEADER)
                     if r.status_code >= 400 or not is_event_stream(r.headers):
                         r.read()
-                        delay = self.retry_policy.delay_after_status(attempt, r.status_code,
-                                                                     r.headers)
+                        delay = deadline.fit(self.retry_policy.delay_after_status(
+                            attempt, r.status_code, r.headers))
                         if delay is None:
                             yield self._proto.plain_stream_answer(r.status_code, r.headers,
                                                                   r.content)
@@ -187,7 +193,8 @@ class FusionClient(_BaseClient):
                         yield from parser.close()
                         return
             except httpx.TransportError as exc:
-                delay = None if started else self.retry_policy.delay_after_error(attempt, exc)
+                delay = None if started else deadline.fit(
+                    self.retry_policy.delay_after_error(attempt, exc))
                 if delay is None:
                     raise transport_error(exc, self._timeout_seconds()) from exc
             self._sleep(delay)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+MIN_TIME_LEFT_S = 0.001  # less than this left after a wait: the retry could only time out
 
 
 class RetryPolicy:
@@ -84,3 +87,43 @@ class RetryPolicy:
                                | httpx.RemoteProtocolError)
         return self.backoff_delay(attempt) if retryable else None
 
+
+
+class Deadline:
+    """One request's ``X-Request-Timeout`` across its attempts.
+
+    The caller's ``timeout_s`` is a budget for the whole call, not for each attempt: a retry
+    sends what is left of it (the first attempt's time and the wait before the retry spent),
+    so the gateway never works to a deadline the caller has already given up on. A retry
+    whose wait would use up what is left is not made: the last answer is the caller's.
+    """
+
+    def __init__(self, headers: Mapping[str, str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        value = next((v for k, v in headers.items() if k.lower() == TIMEOUT_HEADER.lower()),
+                     None)
+        self.timeout_s = float(value) if value else None
+        self.clock = clock
+        self.started = clock()
+
+    def left(self) -> float | None:
+        """Seconds left of the budget now (``None``: no deadline was asked for)."""
+        if self.timeout_s is None:
+            return None
+        return self.timeout_s - (self.clock() - self.started)
+
+    def fit(self, delay: float | None) -> float | None:
+        """``delay`` if a retry after it still has time left, else ``None`` (do not retry)."""
+        left = self.left()
+        if delay is None or left is None:
+            return delay
+        return delay if left - delay >= MIN_TIME_LEFT_S else None
+
+    def headers(self, headers: dict[str, str], attempt: int) -> dict[str, str]:
+        """The headers of attempt ``attempt``: a retry's deadline is what is left."""
+        left = self.left()
+        if attempt == 0 or left is None:
+            return headers
+        out = {k: v for k, v in headers.items() if k.lower() != TIMEOUT_HEADER.lower()}
+        out[TIMEOUT_HEADER] = f"{max(left, MIN_TIME_LEFT_S):.3f}".rstrip("0").rstrip(".")
+        return out

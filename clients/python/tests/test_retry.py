@@ -8,9 +8,10 @@ import time
 
 import httpx
 import pytest
-from conftest import LABELS, MODELS, error_body, pipeline_result, run_async
+from conftest import LABELS, MODELS, error_body, pipeline_result, run_async, sse
 
 from fusion_client import (
+    AsyncFusionClient,
     BadRequest,
     ConnectionFailed,
     FusionClient,
@@ -190,3 +191,129 @@ def test_retry_after_ms_is_preferred_over_whole_seconds(gateway, client, sleeps)
     assert sleeps == [0.25]
     assert RetryPolicy(max_retry_after=10).retry_after_ms("99999") == 10
     assert RetryPolicy().retry_after_ms("soon") is None
+
+
+# ---- timeout_s is one budget: a retry sends what is left of it ---------------------------
+
+class Clock:
+    """A fake monotonic clock: the client's sleeps advance it, and so does the fake gateway's
+    work (``spend``), so the time left each retry sends is exact."""
+
+    def __init__(self) -> None:
+        self.now = 50.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+def busy_then(clock: Clock, final: httpx.Response, busy: int = 2, spend: float = 0.5,
+              retry_after_ms: str = "1500"):
+    """A handler: ``busy`` 503s (each after ``spend`` seconds of work), then ``final``;
+    records the X-Request-Timeout of every attempt."""
+    sent: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("x-request-timeout"))
+        clock.now += spend
+        if len(sent) <= busy:
+            return httpx.Response(503, headers={"Retry-After-Ms": retry_after_ms},
+                                  json=error_body("overloaded", "busy"))
+        return httpx.Response(final.status_code, headers=final.headers, content=final.content)
+
+    return handler, sent
+
+
+RESULT = httpx.Response(200, json=pipeline_result(
+    {"caption": "c", "labels": LABELS}, {"caption": "text", "labels": "labels"}))
+RUN = "/v1/pipelines/caption_then_classify"
+
+
+def timed(client, clock: Clock):
+    client._clock, client._sleep = clock, clock.sleep
+    return client
+
+
+def test_a_retry_sends_the_time_left_not_the_original_timeout(gateway):
+    clock = Clock()
+    handler, sent = busy_then(clock, RESULT)
+    gateway.route("POST", RUN, handler)
+    with timed(FusionClient(transport=gateway.transport), clock) as client:
+        client.run("caption_then_classify", image=b"\x89PNG", labels=["cat"], timeout_s=10)
+    # 10 s, then 10 - (0.5 work + 1.5 wait), then 10 - 2 × 2
+    assert sent == ["10", "8", "6"] and clock.slept == [1.5, 1.5]
+
+
+def test_no_retry_when_its_wait_would_use_up_the_time_left(gateway):
+    clock = Clock()
+    handler, sent = busy_then(clock, RESULT, busy=5, retry_after_ms="1500")
+    gateway.route("POST", RUN, handler)
+    with timed(FusionClient(transport=gateway.transport), clock) as client, \
+            pytest.raises(Overloaded, match="busy"):
+        client.run("caption_then_classify", image=b"\x89PNG", labels=["cat"], timeout_s=3.6)
+    # the retry gets 3.6 - (0.5 + 1.5) = 1.6 s; after its 503, 1.1 s are left: a 1.5 s wait
+    # would outlast them, so that 503 is the answer, at once
+    assert sent == ["3.6", "1.6"] and clock.slept == [1.5]
+
+
+def test_connection_retries_send_the_time_left_too(gateway):
+    clock = Clock()
+    sent: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("x-request-timeout"))
+        clock.now += 0.25
+        if len(sent) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"outputs": {"embedding": [0.1]}, "types": {
+            "embedding": "embedding"}, "model": "text", "task": "embed", "ms": 1.0,
+            "cached": False})
+
+    gateway.route("POST", "/v1/models/text/embed", handler)
+    with timed(FusionClient(transport=gateway.transport, backoff=1.0, max_backoff=1.0,
+                            retries=1), clock) as client:
+        client.call("text", "embed", text="x", timeout_s=5)
+    assert len(sent) == 2 and sent[0] == "5"
+    assert float(sent[1]) == pytest.approx(5 - 0.25 - clock.slept[0], abs=1e-3)
+
+
+def test_a_stream_retry_sends_the_time_left(gateway):
+    clock = Clock()
+    stream = httpx.Response(200, headers={"Content-Type": "text/event-stream"},
+                            content=sse(("result", RESULT.json())))
+    handler, sent = busy_then(clock, stream, busy=1)
+    gateway.route("POST", RUN, handler)
+    with timed(FusionClient(transport=gateway.transport), clock) as client:
+        events = list(client.stream("caption_then_classify", image=b"\x89PNG",
+                                    labels=["cat"], timeout_s=4))
+    assert events[-1].result.outputs["caption"] == "c" and sent == ["4", "2"]
+
+
+def test_the_async_client_sends_the_time_left(gateway):
+    clock = Clock()
+    handler, sent = busy_then(clock, RESULT)
+    gateway.route("POST", RUN, handler)
+
+    async def main():
+        async with AsyncFusionClient(transport=gateway.transport) as client:
+            client._clock, client._sleep = clock, clock.async_sleep
+            await client.run("caption_then_classify", image=b"\x89PNG", labels=["cat"],
+                             timeout_s=10)
+
+    run_async(main())
+    assert sent == ["10", "8", "6"]
+
+
+def test_without_timeout_s_retries_send_no_deadline(gateway, client, sleeps):
+    gateway.queue("POST", RUN, OVERLOADED)
+    gateway.route("POST", RUN, RESULT)
+    client.run("caption_then_classify", image=b"\x89PNG", labels=["cat"])
+    assert [r.headers.get("x-request-timeout") for r in gateway.requests
+            if r.method == "POST"] == [None, None]
