@@ -22,13 +22,9 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from fusion.tracing import Tracing
-
-if TYPE_CHECKING:
-    from fusion.pipeline.model import PipelineSpec
-    from fusion.tasks import ModelTasks
 
 # 2 ms cache hits to 30 s diffusion runs (and a bucket past it, so a 40 s run is not "+Inf").
 LATENCY_BUCKETS_S = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -101,9 +97,11 @@ def exported_series() -> set[str]:
 _REFUSALS = ("fusion_rejections_total", "fusion_timeouts_total")
 
 
-def start_series(pipelines: Mapping[str, PipelineSpec], models: Mapping[str, ModelTasks],
+def start_series(pipelines: Mapping[str, Any], models: Mapping[str, Any],
                  cache: bool) -> list[tuple[str, dict[str, str]]]:
-    """The counter series a router creates at 0 when it starts.
+    """The counter series a router creates at 0 when it starts (``pipelines``: the gateway's
+    ``PipelineSpec`` by name, ``models``: its ``ModelTasks`` by name; duck-typed, so this
+    shared module imports neither the pipeline package nor the registry).
 
     Why: Prometheus has no series until its first sample, so a counter of rare events (a 504)
     is absent from a healthy gateway and its panel reads "No data", indistinguishable from a
@@ -247,7 +245,7 @@ class Observer:
                 "pipeline": pipeline, "step": step, "model": model, "task": task,
                 "outcome": outcome})
 
-    def start(self, pipelines: Mapping[str, PipelineSpec], models: Mapping[str, ModelTasks],
+    def start(self, pipelines: Mapping[str, Any], models: Mapping[str, Any],
               cache_healthy: bool | None) -> None:
         """Export, from the router's start, every series a dashboard plots that does not
         wait for traffic: this replica up, nothing in flight, the cache's health
