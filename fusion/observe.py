@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -92,8 +92,46 @@ def exported_series() -> set[str]:
     return names
 
 
+# Counters whose label values a router knows when it starts: created at 0 then (see
+# ``start_series``), so a dashboard's panel shows a flat 0, not "No data", until the first event.
+_REFUSALS = ("fusion_rejections_total", "fusion_timeouts_total")
+
+
+def start_series(pipelines: Mapping[str, Any], models: Mapping[str, Any],
+                 cache: bool) -> list[tuple[str, dict[str, str]]]:
+    """The counter series a router creates at 0 when it starts (``pipelines``: the gateway's
+    ``PipelineSpec`` by name, ``models``: its ``ModelTasks`` by name; duck-typed, so this
+    shared module imports neither the pipeline package nor the registry).
+
+    Why: Prometheus has no series until its first sample, so a counter of rare events (a 504)
+    is absent from a healthy gateway and its panel reads "No data", indistinguishable from a
+    broken scrape. Label values known at start-up are the ones ``request_done`` and the cache
+    use: a pipeline and each model its steps call (``step.model``, or the built-in step's
+    task), a model route (``name/task``) and its model, and the cache's ``(model, task)`` of
+    every served task plus ``("pipeline", name)`` for whole-pipeline results. Labels only
+    traffic decides (status codes, routes) are left to traffic.
+    """
+    series: list[tuple[str, dict[str, str]]] = []
+    refused: set[tuple[str, str]] = set()
+    for name, spec in pipelines.items():
+        refused |= {(name, step.model or step.task) for step in spec.steps.values()}
+    for model, served in models.items():
+        refused |= {(f"{model}/{task}", model) for task in served.tasks}
+    for pipeline, model in sorted(refused):
+        series += [(n, {"pipeline": pipeline, "model": model}) for n in _REFUSALS]
+    if cache:
+        cached = {(m, t) for m, served in models.items() for t in served.tasks}
+        cached |= {("pipeline", name) for name in pipelines}
+        series += [(f"fusion_cache_{c}_total", {"model": m, "task": t})
+                   for m, t in sorted(cached) for c in _CACHE_COUNTERS]
+    return series
+
+
 class Recorder(Protocol):
-    """Where measurements go; names are keys of ``METRICS``, tags its tag keys."""
+    """Where measurements go; names are keys of ``METRICS``, tags its tag keys.
+
+    ``inc`` by 0 creates a counter's series without counting anything (``start_series``).
+    """
 
     def inc(self, name: str, tags: dict[str, str], value: float = 1.0) -> None: ...
 
@@ -206,6 +244,21 @@ class Observer:
             self.recorder.observe("fusion_step_seconds", seconds, {
                 "pipeline": pipeline, "step": step, "model": model, "task": task,
                 "outcome": outcome})
+
+    def start(self, pipelines: Mapping[str, Any], models: Mapping[str, Any],
+              cache_healthy: bool | None) -> None:
+        """Export, from the router's start, every series a dashboard plots that does not
+        wait for traffic: this replica up, nothing in flight, the cache's health
+        (``cache_healthy`` None: no cache) and the counters of ``start_series`` at 0."""
+        rec = self.recorder
+        if rec is None:
+            return
+        rec.set("fusion_replica_up", 1, {"model": "router"})
+        rec.set("fusion_requests_in_flight", self._in_flight, {})
+        if cache_healthy is not None:
+            rec.set("fusion_cache_healthy", 1 if cache_healthy else 0, {})
+        for name, tags in start_series(pipelines, models, cache_healthy is not None):
+            rec.inc(name, tags, 0)
 
     def request_started(self) -> RequestRecord:
         record = RequestRecord()

@@ -45,10 +45,11 @@ def build(args: dict[str, Any] | AppConfig,
     started = time.perf_counter()
     models = LocalModels(config, recorder)
     observer = make_observer(config, recorder)
-    gateway = Gateway(config, models, make_cache(config, observer.recorder), observer=observer)
+    cache = make_cache(config, observer.recorder)
+    gateway = Gateway(config, models, cache, observer=observer)
     models.admission = gateway.admission  # one place for every refusal and its hooks
-    if observer.recorder is not None:
-        observer.recorder.set("fusion_replica_up", 1, {"model": "router"})
+    observer.start(gateway.pipelines, gateway.models,
+                   cache.backend.healthy if cache is not None else None)
     install(gateway)
     log.info("embedded gateway ready in %.1f s: %d models, pipelines %s",
              time.perf_counter() - started, len(config.models), sorted(gateway.pipelines))

@@ -96,8 +96,9 @@ class Replica:
         self._tracing: Tracing | None = tracing_from(obs.otlp_endpoint,
                                                      obs.service_name) if obs else None
         self._in_flight = 0
-        if self._recorder is not None:
+        if self._recorder is not None:  # both from the start, not from the first call
             self._recorder.set("fusion_replica_up", 1, {"model": cfg.name})
+            self._flight(0)
         log.info("loaded %s", self.model.info())
 
     def info(self) -> dict[str, Any]:

@@ -113,12 +113,13 @@ class Router:
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
         observer = make_observer(cfg, ray_recorder())
-        if observer.recorder is not None:
-            observer.recorder.set("fusion_replica_up", 1, {"model": "router"})
         client = HandleClient(handles, observer=observer,
                               bundled={m.name for m in cfg.models if m.bundle})
-        gateway = Gateway(cfg, client, make_cache(cfg, observer.recorder), observer=observer)
+        cache = make_cache(cfg, observer.recorder)
+        gateway = Gateway(cfg, client, cache, observer=observer)
         client.admission = gateway.admission  # one place for every refusal and its hooks
+        observer.start(gateway.pipelines, gateway.models,
+                       cache.backend.healthy if cache is not None else None)
         install(gateway)
         log.info("router ready: %d models, pipelines %s", len(handles),
                  sorted(gateway.pipelines))
