@@ -11,31 +11,27 @@ import asyncio
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion import __version__
 from fusion.config import LimitsConfig
-from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.core.executor import CachePolicy, RunResult
 from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, FusionError, MalformedBody, PayloadTooLarge
+from fusion.http import errors
 from fusion.http.admin import add_admin_routes
 from fusion.http.auth import require_admin, require_key
+from fusion.http.context import request_deadline
 from fusion.http.docs import add_offline_docs
+from fusion.http.errors import request_id, sse_error
 from fusion.http.openai.chat import add_chat_routes
-from fusion.http.openai.compat import (
-    add_openai_routes,
-    is_openai_path,
-    models_body,
-    openai_error,
-    retry_headers,
-)
+from fusion.http.openai.compat import add_openai_routes, models_body
 from fusion.http.payloads import FastJSONResponse, decode_json_inputs, encode_value, read_form
 from fusion.http.playground import add_playground_routes
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
@@ -83,7 +79,8 @@ class RequestIdMiddleware:
         given = next((v.decode("latin-1") for k, v in scope["headers"]
                       if k == b"x-request-id"), "")
         rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"], state["arrived"] = rid, time.monotonic()
         header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message) -> None:
@@ -152,24 +149,11 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(scope, receive, send, message: str) -> None:
-        err = PayloadTooLarge(message, field="body")
-        if is_openai_path(scope.get("path", "")):
-            response = openai_error(err)
-        else:
-            rid = scope.get("state", {}).get("request_id", "-")
-            response = JSONResponse({"error": {**err.to_dict(), "request_id": rid}},
-                                    status_code=err.status)
+        rid = scope.get("state", {}).get("request_id", "-")
+        response = errors.render(PayloadTooLarge(message, field="body"), rid,
+                                 scope.get("path", ""))
         response.headers["Connection"] = "close"  # the rest of the body stays unread
         await response(scope, receive, send)
-
-
-def request_id(request: Request) -> str:
-    return getattr(request.state, "request_id", "") or "-"
-
-
-def error_response(request: Request, err: FusionError) -> JSONResponse:
-    body = {"error": {**err.to_dict(), "request_id": request_id(request)}}
-    return JSONResponse(body, status_code=err.status, headers=retry_headers(err))
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -248,32 +232,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
     app.add_middleware(ObserveMiddleware, get_observer=observer)  # sees 413s and the id
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so 413s carry the id
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception):  # a bug: 500 with the id
-        log.exception("unhandled error in request %s", request_id(request), exc_info=exc)
-        response = error_response(request, FusionError("internal error; quote the request id "
-                                                       "when reporting it"))
-        response.headers["X-Request-Id"] = request_id(request)
-        return response
-
-    @app.exception_handler(FusionError)
-    async def on_fusion_error(request: Request, err: FusionError):
-        if err.status >= 500:
-            log.warning("request %s failed: %s", request_id(request), err.message)
-        if is_openai_path(request.url.path):  # the openai clients parse only OpenAI's body
-            return openai_error(err)
-        return error_response(request, err)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
-        if first.get("type") == "json_invalid":  # its loc is a character offset
-            field = "body"
-        bad = BadInput(f"{field or 'request'}: {first.get('msg', 'invalid')}", field=field)
-        if is_openai_path(request.url.path):  # the openai clients parse only OpenAI's body
-            return openai_error(bad)
-        return error_response(request, bad)
+    errors.install(app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:
@@ -292,7 +251,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
         inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes,
                                    allow_list=True)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
-        deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
+        deadline = await request_deadline(request)
         if isinstance(inputs, list):  # a list request: one batch (fusion.core.batch)
             batch = await gw.call_many(name, task, inputs, policy, deadline=deadline)
             return FastJSONResponse({
@@ -316,7 +275,7 @@ def create_api(get_gateway: Callable[[], Gateway]) -> FastAPI:
                            gw: Gateway = Depends(gateway)):
         spec = gw.pipeline(name)
         # the deadline counts from arrival: reading a slow upload spends it too
-        deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
+        deadline = await request_deadline(request)
         types = {k: i.type for k, i in spec.inputs.items()}
         inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
         policy = CachePolicy.from_header(request.headers.get("cache-control"))
@@ -367,12 +326,8 @@ async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
         try:
             result = await gw.run_pipeline(name, inputs, policy, on_event, deadline)
             await queue.put(("result", body(result)))
-        except FusionError as err:
-            await queue.put(("error", {"error": {**err.to_dict(), "request_id": rid}}))
-        except Exception:
-            log.exception("unhandled error in stream %s", rid)
-            await queue.put(("error", {"error": {**FusionError("internal error").to_dict(),
-                                                 "request_id": rid}}))
+        except Exception as exc:  # a bug is logged by sse_error and sent as a 500's body
+            await queue.put(("error", sse_error(exc, rid)))
 
     job = asyncio.create_task(run())
     try:

@@ -80,14 +80,14 @@ class SpeechRequest(BaseModel):
 def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key,
                      guarded: Callable[..., Awaitable[Any]],
                      pick_model: Callable[[Gateway, str | None, str], str],
-                     request_deadline: Callable[[Request], float | None]) -> None:
+                     request_deadline: Callable[[Request], Awaitable[float | None]]) -> None:
     @app.post("/v1/audio/speech", tags=["openai"], dependencies=[Depends(require_key)],
               response_class=Response,
               responses={200: {"content": {t: {} for t in SPEECH_FORMATS.values()}}})
     async def speech(req: SpeechRequest, request: Request, gw: Gateway = Depends(gateway),
                      cache_control: str | None = Header(None)):
         async def run() -> Response:
-            deadline = request_deadline(request)
+            deadline = await request_deadline(request)
             model = pick_model(gw, req.model, "speak")
             fmt = check_speech_format(req.response_format)
             if req.stream_format not in (None, "audio"):
@@ -113,13 +113,13 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
                 return Response(encode_speech(first, fmt), media_type=media)
             return StreamingResponse(_stream(first, parts[1:], speak, fmt), media_type=media)
 
-        return await guarded(run, {"text": "input"})
+        return await guarded(request, run, {"text": "input"})
 
     @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)],
               openapi_extra=_TRANSCRIPTION_BODY)
     async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
         async def run():
-            deadline = request_deadline(request)
+            deadline = await request_deadline(request)
             try:
                 form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
             except Exception as exc:
@@ -158,7 +158,8 @@ def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], re
                                          deadline=deadline)
             return _transcript(out, fmt, words="word" in grains)
 
-        return await guarded(run, {"audio": "file", "timestamps": "timestamp_granularities"})
+        return await guarded(request, run, {"audio": "file",
+                                            "timestamps": "timestamp_granularities"})
 
 
 async def _voice(gw: Gateway, model: str, voice: str) -> str:

@@ -34,11 +34,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from fusion.chat import chat_messages
-from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
-from fusion.errors import BadInput, FusionError, MalformedBody, NotFound
-from fusion.http.openai.compat import openai_error
+from fusion.errors import BadInput, FusionError, MalformedBody, NotFound, PayloadTooLarge
+from fusion.http.context import request_deadline
+from fusion.http.errors import request_id, sse_error
 
 log = logging.getLogger("fusion.http.openai.chat")
 
@@ -185,7 +185,7 @@ async def _body(request: Request, gw: Gateway) -> dict:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
-            raise BadInput(f"body is over the {limit} byte limit", field="body")
+            raise PayloadTooLarge(f"body is over the {limit} byte limit", field="body")
     try:
         body = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -207,6 +207,7 @@ class Completion:
         self.policy, self.deadline, self.stream = policy, deadline, stream
         self.queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
         self.jobs: list[asyncio.Task] = []
+        self.request_id = "-"
 
     def start(self) -> None:
         self.jobs = [asyncio.create_task(self._one(i, task, inputs))
@@ -263,10 +264,9 @@ def _sse(data: Any) -> bytes:
 
 
 async def respond(gw: Gateway, request: Request, body: dict, model: str, calls: list[Call],
-                  chat: bool) -> Any:
+                  chat: bool, deadline: float | None) -> Any:
     """Run the calls; a JSON completion, or an SSE stream of chunks ending in [DONE]."""
     policy = CachePolicy.from_header(request.headers.get("cache-control"))
-    deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
     stream = _get(body, "stream", bool, False)
     options = _get(body, "stream_options", dict, {})
     kind = "chat.completion" if chat else "text_completion"
@@ -274,6 +274,7 @@ async def respond(gw: Gateway, request: Request, body: dict, model: str, calls: 
             "object": kind, "created": int(time.time()), "model": model,
             "system_fingerprint": (await gw.fingerprint(model))[-16:]}
     run = Completion(gw, model, calls, policy, deadline, stream)
+    run.request_id = request_id(request)
     run.start()
     if not stream:
         outs = await run.results()
@@ -320,11 +321,7 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
             if kind == "token":
                 yield chunk(index, value)
             elif kind == "error":
-                if not isinstance(value, FusionError):
-                    log.error("chat stream failed", exc_info=value)
-                err = value if isinstance(value, FusionError) else FusionError(
-                    "internal error")
-                yield _sse(json.loads(openai_error(err).body))
+                yield _sse(sse_error(value, run.request_id, openai=True))
                 return
             else:
                 outs[index], left = value, left - 1
@@ -343,12 +340,6 @@ def add_chat_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]],
                     require_key: Callable) -> None:
     """``/v1/chat/completions`` and ``/v1/completions`` on ``app``."""
 
-    async def guarded(fn: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            return await fn()
-        except FusionError as err:
-            return openai_error(err)
-
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(require_key)])
     async def chat_completions(request: Request, gw: Gateway = Depends(gateway)):
         async def run() -> Any:
@@ -356,14 +347,14 @@ def add_chat_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]],
             model = _model(gw, body, "chat")
             params, n = generation_params(body), _choices(body)
             policy = CachePolicy.from_header(request.headers.get("cache-control"))
-            deadline = deadline_from(parse_request_timeout(request.headers.get(
-                TIMEOUT_HEADER)))
+            deadline = await request_deadline(request)  # from arrival: images count too
             messages = await read_images(gw, body.get("messages"), policy, deadline)
             messages = chat_messages({"messages": messages})  # 4xx before any stream
             calls = [("chat", {"messages": messages, **_nth(params, i, n)}) for i in range(n)]
-            return await respond(gw, request, body, model, calls, chat=True)
+            return await respond(gw, request, body, model, calls, chat=True,
+                                 deadline=deadline)
 
-        return await guarded(run)
+        return await run()
 
     @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(require_key)])
     async def completions(request: Request, gw: Gateway = Depends(gateway)):
@@ -381,9 +372,10 @@ def add_chat_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]],
                 raise BadInput(f"prompts x n is over {MAX_CHOICES} choices", field="n")
             calls = [("complete", {"prompt": p, **_nth(params, i, n)})
                      for p in prompts for i in range(n)]
-            return await respond(gw, request, body, model, calls, chat=False)
+            return await respond(gw, request, body, model, calls, chat=False,
+                                 deadline=await request_deadline(request))
 
-        return await guarded(run)
+        return await run()
 
 
 def _nth(params: dict[str, Any], i: int, n: int) -> dict[str, Any]:

@@ -15,57 +15,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
 from fusion.errors import (
-    ERRORS_BY_CODE,
     BadInput,
     FusionError,
     NotFound,
-    Overloaded,
     Unsupported,
 )
+from fusion.http.context import request_deadline
 from fusion.http.openai.audio import add_audio_routes
 from fusion.http.payloads import FastJSONResponse
-
-OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcriptions",
-                "/v1/audio/speech", "/v1/chat/completions", "/v1/completions")
-
-
-def is_openai_path(path: str) -> bool:
-    """Whether ``path`` is one of the OpenAI-compatible routes (which answer OpenAI's errors)."""
-    return path.rstrip("/").endswith(OPENAI_PATHS)
-
-
-def openai_error(err: FusionError, params: dict[str, str] | None = None) -> JSONResponse:
-    """OpenAI's error body for ``err``; ``params`` renames a model input to the request field
-    it came from (``audio`` → ``file``), so ``param`` names what the client sent."""
-    code = "model_not_found" if isinstance(err, NotFound) and err.field == "model" else err.code
-    param = (err.field or "").removeprefix("inputs.") or None
-    param = (params or {}).get(param, param)
-    row = ERRORS_BY_CODE.get(err.code)
-    return JSONResponse({"error": {"message": err.message,
-                                   "type": row.openai_type if row else "server_error",
-                                   "param": param, "code": code}}, status_code=err.status,
-                        headers=retry_headers(err))
-
-
-def retry_headers(err: FusionError) -> dict[str, str] | None:
-    """``Retry-After`` (whole seconds, as HTTP says) and ``Retry-After-Ms`` (what the SDK and
-    OpenAI's clients read first) for a refusal; ``None`` for other errors."""
-    if not isinstance(err, Overloaded):
-        return None
-    ms = max(1, round(err.retry_after_s * 1000))
-    return {"Retry-After": str(max(1, -(-ms // 1000))), "Retry-After-Ms": str(ms)}
-
-
-def request_deadline(request: Request) -> float | None:
-    """The deadline of ``X-Request-Timeout``, counted from now (see ``fusion.core.admission``)."""
-    return deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
 
 
 def openai_model(info: dict[str, Any]) -> dict[str, Any]:
@@ -152,12 +114,12 @@ class ImageRequest(BaseModel):
     user: str | None = None
 
 
-async def guarded(fn: Callable[[], Awaitable[Any]], params: dict[str, str] | None = None) -> Any:
-    """Run a route's body, answering its ``FusionError`` in OpenAI's shape."""
-    try:
-        return await fn()
-    except FusionError as err:
-        return openai_error(err, params)
+def guarded(request: Request, fn: Callable[[], Awaitable[Any]],
+            params: dict[str, str] | None = None) -> Awaitable[Any]:
+    """Run a route's body; its errors are rendered by ``fusion.http.errors`` with ``params``
+    renaming model inputs to the request fields they came from."""
+    request.state.openai_params = params
+    return fn()
 
 
 def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key) -> None:
@@ -176,7 +138,7 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                          gw: Gateway = Depends(gateway),
                          cache_control: str | None = Header(None)):
         async def run() -> dict:
-            deadline = request_deadline(request)
+            deadline = await request_deadline(request)
             task = "embed" if req.model in gw.models and "embed" in gw.models[req.model].tasks \
                 else "embed_text"
             model = _pick_model(gw, req.model, task)
@@ -211,12 +173,12 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                                      "usage": {"prompt_tokens": tokens,
                                                "total_tokens": tokens}})
 
-        return await guarded(run, {"text": "input"})
+        return await guarded(request, run, {"text": "input"})
 
     @app.post("/v1/images/generations", tags=["openai"], dependencies=[Depends(require_key)])
     async def images(req: ImageRequest, request: Request, gw: Gateway = Depends(gateway)):
         async def run() -> dict:
-            deadline = request_deadline(request)
+            deadline = await request_deadline(request)
             model = _pick_model(gw, req.model or next(
                 (n for n, m in gw.models.items() if "generate" in m.tasks), None), "generate")
             if req.response_format != "b64_json":
@@ -237,6 +199,6 @@ def add_openai_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], r
                              "revised_prompt": req.prompt})
             return {"created": int(time.time()), "data": data}
 
-        return await guarded(run, {"width": "size", "height": "size"})
+        return await guarded(request, run, {"width": "size", "height": "size"})
 
     add_audio_routes(app, gateway, require_key, guarded, _pick_model, request_deadline)

@@ -14,9 +14,9 @@ from functools import cache
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from fusion.errors import ERROR_CODES
+from fusion.errors import ERROR_CODES, NotFound
 
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -40,8 +40,7 @@ def asset(name: str) -> tuple[bytes, str] | None:
 def _serve(request: Request, name: str) -> Response:
     found = asset(name)
     if found is None:
-        return JSONResponse({"error": {"code": "not_found", "message": f"no asset {name!r}",
-                                       "field": "path"}}, status_code=404)
+        raise NotFound(f"no asset {name!r}", field="path")  # rendered with the request id
     data, etag = found
     headers = {"ETag": etag, "Cache-Control": "no-cache", "Content-Security-Policy": CSP,
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
