@@ -23,9 +23,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fusion.errors import (
+    ERROR_CODES,
     ERRORS_BY_CODE,
     BadInput,
     FusionError,
@@ -40,6 +42,53 @@ OPENAI_PATHS = ("/v1/embeddings", "/v1/images/generations", "/v1/audio/transcrip
                 "/v1/audio/speech", "/v1/chat/completions", "/v1/completions")
 _UNION_TAG = re.compile(r"^(str|int|float|bool|dict|list|none|[A-Z]\w*|function-.*|.*\[.*\])$")
 INTERNAL_MESSAGE = "internal error; quote the request id when reporting it"
+
+
+class ErrorDetail(BaseModel):
+    """The native error body's ``error``; ``docs/api.md`` lists the codes."""
+
+    code: str
+    message: str
+    field: str | None = None
+    request_id: str
+    retry_after_ms: int | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    """OpenAI's error object, with the gateway's ``request_id`` beside its fields."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    request_id: str
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+# what any route may answer whatever it does: a bad header, no key, a bug, still starting
+COMMON = (400, 401, 403, 422, 500, 503)
+# and a route that runs a model: its input, its size, its failures and the deadline
+MODEL_CALL = (*COMMON, 404, 413, 502, 504)
+
+
+def responses(statuses: tuple[int, ...], openai: bool = False
+              ) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status it can answer, with the error body's schema,
+    so the OpenAPI document is the contract that clients and the fuzz test read."""
+    model = OpenAIErrorBody if openai else ErrorBody
+    meanings: dict[int, list[str]] = {}
+    for row in ERROR_CODES:
+        meanings.setdefault(row.openai_status if openai else row.status, []).append(row.code)
+    meanings.setdefault(400, []).append("malformed_body")
+    return {status: {"model": model, "description": ", ".join(
+        dict.fromkeys(meanings.get(status, ["error"])))} for status in sorted(set(statuses))}
 
 
 def is_openai_path(path: str) -> bool:

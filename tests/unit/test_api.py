@@ -10,7 +10,7 @@ import pytest
 
 from fusion.core.gateway import Gateway
 from fusion.core.keys import hash_key
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config, png
 
 

@@ -16,7 +16,7 @@ import pytest
 from fusion.cache import MemoryBackend, StepCache
 from fusion.core.gateway import Gateway, current_gateway, install, installed
 from fusion.core.keys import hash_key
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config, png
 
 

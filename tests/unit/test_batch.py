@@ -16,7 +16,7 @@ from fusion.cache import MemoryBackend, RedisBackend, StepCache
 from fusion.config import CacheConfig, ModelConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import BadInput
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.serve.served import ServedModel
 from tests.fakes import FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url

@@ -11,7 +11,7 @@ import pytest
 from fusion import errors
 from fusion.core.gateway import Gateway
 from fusion.errors import ERROR_CODES, FusionError, SpecError
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config
 
 CLASSES = {obj.code: obj for obj in vars(errors).values()

@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fusion.http.api import create_api  # noqa: E402
+from fusion.http.app import create_api  # noqa: E402
 from tests.fakes import png  # noqa: E402
 from tests.llm_inprocess import llm_gateway  # noqa: E402
 

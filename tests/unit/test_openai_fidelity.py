@@ -20,7 +20,7 @@ import soundfile as sf
 from fusion.config import AppConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import StepFailed
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.http.audio_formats import sentences, to_srt, to_vtt
 from tests.fakes import FakeModels
 
