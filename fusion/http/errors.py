@@ -72,10 +72,10 @@ class OpenAIErrorBody(BaseModel):
     error: OpenAIErrorDetail
 
 
-# what any route may answer whatever it does: a bad header, no key, a bug, still starting
-COMMON = (400, 401, 403, 422, 500, 503)
+# what any keyed route may answer whatever it does: no key, a bug, still starting
+COMMON = (401, 403, 500, 503)
 # and a route that runs a model: its input, its size, its failures and the deadline
-MODEL_CALL = (*COMMON, 404, 413, 502, 504)
+MODEL_CALL = (*COMMON, 400, 404, 413, 422, 502, 504)
 
 
 def responses(statuses: tuple[int, ...], openai: bool = False
@@ -83,6 +83,8 @@ def responses(statuses: tuple[int, ...], openai: bool = False
     """``responses=`` for a route: each status it can answer, with the error body's schema,
     so the OpenAPI document is the contract that clients and the fuzz test read."""
     model = OpenAIErrorBody if openai else ErrorBody
+    if openai:  # OpenAI answers invalid input with 400: no 422 on these routes
+        statuses = tuple(s for s in statuses if s != 422)
     meanings: dict[int, list[str]] = {}
     for row in ERROR_CODES:
         meanings.setdefault(row.openai_status if openai else row.status, []).append(row.code)
