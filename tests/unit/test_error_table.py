@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fusion_client
 from fusion_client.errors import ERROR_CODES as SDK_CODES
+from fusion_client.errors import OPENAI_STATUS
 
 from fusion import errors
 from fusion.errors import ERROR_CODES, ERRORS_BY_CODE, FusionError, SpecError
@@ -51,6 +52,8 @@ def test_sdk_raises_the_tables_exception_for_every_code():
         assert cls is getattr(fusion_client, e.sdk_exception), e.code
         assert status == e.status, e.code
     assert fusion_client.StepFailed.default_code == "step_failed"
+    openai_moved = {e.code: e.openai_status for e in ERROR_CODES if e.openai_status != e.status}
+    assert openai_moved == OPENAI_STATUS
 
 
 def test_openai_error_type_follows_the_table():

@@ -30,114 +30,30 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
-from pydantic import Strict as StrictMode
 
-from fusion.chat import ROLES, chat_messages
+from fusion.chat import chat_messages
 from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, FusionError
 from fusion.http.auth import require_key
 from fusion.http.context import cache_policy, gateway, request_deadline, request_id
 from fusion.http.errors import sse_error
+from fusion.http.openai.chat_body import (
+    MAX_CHOICES,
+    ChatBody,
+    CompletionBody,
+    GenerationBody,
+    generation_params,
+)
 from fusion.http.openai.compat import OPENAI_ERRORS, pick_model
 
 log = logging.getLogger("fusion.http.openai.chat")
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_key)])
-MAX_CHOICES = 8
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "echo",
-                "suffix", "best_of", "logit_bias")
-
-
-Strict = Annotated[float, StrictMode()]  # a number, not "0.5" nor true
-
-
-class ImageURL(BaseModel):
-    url: str
-    detail: str | None = None
-
-
-class ContentPart(BaseModel):
-    """A text part, or an image as a data URL (read by the captioner and OCR models)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
-    image_url: ImageURL | str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal[ROLES]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-
-
-class StreamOptions(BaseModel):
-    include_usage: StrictBool = False
-
-
-class GenerationBody(BaseModel):
-    """What chat and completions share. Unknown fields are ignored as OpenAI ignores them;
-    the ones OpenAI defines and the gateway cannot honour are refused (``_UNSUPPORTED``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    max_tokens: StrictInt | None = None
-    max_completion_tokens: StrictInt | None = None
-    temperature: Strict | None = None
-    top_p: Strict | None = None
-    seed: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    n: StrictInt = Field(1, ge=1, le=MAX_CHOICES)
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    tools: Any = None
-    functions: Any = None
-    tool_choice: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = None
-    suffix: Any = None
-    best_of: Any = None
-    logit_bias: Any = None
-
-
-class ChatBody(GenerationBody):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class CompletionBody(GenerationBody):
-    prompt: StrictStr | list[StrictStr]
-
-
-def generation_params(body: GenerationBody) -> dict[str, Any]:
-    """The ``llm`` task inputs an OpenAI body asks for (``max_completion_tokens`` is the new
-    name of ``max_tokens``); ranges are the replica's to check, since they need the model."""
-    for name in _UNSUPPORTED:
-        if getattr(body, name) not in (None, False, [], {}):
-            raise BadInput(f"{name} is not supported by this gateway", field=name)
-    params: dict[str, Any] = {}
-    max_tokens = body.max_tokens if body.max_tokens is not None else body.max_completion_tokens
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    for name in ("temperature", "top_p"):
-        if getattr(body, name) is not None:
-            params[name] = float(getattr(body, name))
-    if body.seed is not None:
-        params["seed"] = body.seed
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    if stop:
-        params["stop"] = stop
-    return params
 
 
 def _reader(gw: Gateway, task: str) -> str | None:
