@@ -76,3 +76,30 @@ async def test_cors_answers_preflights_and_exposes_headers_for_configured_origin
         assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
         r = await c.get("/v1/models", headers={"Origin": "https://evil.example.com"})
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_the_app_survives_serves_copy_into_the_deployment():
+    """``@serve.ingress`` freezes the app with a cloudpickle round trip: functions that are
+    not importable (closures) come back by value, without the module globals their string
+    annotations name, and FastAPI would then read ``request: Request`` as a required query
+    parameter. Every operation must keep its parameters through that copy."""
+    from ray import cloudpickle
+    from ray._common.serialization import pickle_dumps
+    from ray.serve._private.utils import ensure_serialization_context
+
+    from fusion.core.gateway import current_gateway, install, installed
+
+    saved = installed()
+    install(gateway())
+    try:
+        original = create_api(current_gateway)
+        ensure_serialization_context()  # what serve.ingress does, in that order
+        copied = cloudpickle.loads(pickle_dumps(original, error_msg="cannot copy the app"))
+        assert copied.openapi()["paths"] == original.openapi()["paths"]
+        async with client(copied) as c:
+            r = await c.post("/v1/embeddings", json={"model": "text", "input": "hi"})
+            assert r.status_code == 200, r.text
+            r = await c.post("/v1/images/generations", json={"prompt": "x", "size": "8x8"})
+            assert r.status_code == 200, r.text
+    finally:
+        install(saved)

@@ -8,7 +8,6 @@ field a model input came from, so ``param`` names what the client sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
@@ -20,14 +19,20 @@ from fusion.http.errors import MODEL_CALL, responses
 OPENAI_ERRORS = responses(MODEL_CALL, openai=True)
 
 
-def name_params(params: dict[str, str]) -> Callable[[Request], Awaitable[None]]:
+class name_params:  # noqa: N801 - used as a function: Depends(name_params({...}))
     """A route dependency: errors about model input ``k`` name request field ``params[k]``
-    (``audio`` → ``file``)."""
+    (``audio`` → ``file``).
 
-    async def named(request: Request) -> None:
-        request.state.openai_params = params
+    A class, not a closure: Serve pickles the app into each replica, and a closure travels
+    by value without the module globals its string annotations (``Request``) name, so
+    FastAPI would take ``request`` for a required query parameter there.
+    """
 
-    return named
+    def __init__(self, params: dict[str, str]) -> None:
+        self.params = params
+
+    async def __call__(self, request: Request) -> None:
+        request.state.openai_params = self.params
 
 
 def openai_model(info: dict[str, Any]) -> dict[str, Any]:
