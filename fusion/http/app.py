@@ -35,6 +35,7 @@ def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool =
                   description="Multimodal models served as one service, composed into cached "
                               "cross-modal pipelines.")
     app.state.get_gateway = get_gateway
+    app.state.proxy_sets_request_id = proxy_sets_request_id
 
     def observer() -> Observer:
         try:

@@ -209,5 +209,8 @@ def install(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         err = as_fusion_error(exc, request_id(request))
         response = render(err, request_id(request), request.url.path)
-        response.headers["X-Request-Id"] = request_id(request)
+        # Starlette answers this one outside every middleware, ours included: the id is
+        # added here, unless a proxy in front (Serve's) adds it itself
+        if not getattr(request.app.state, "proxy_sets_request_id", False):
+            response.headers["X-Request-Id"] = request_id(request)
         return response

@@ -14,7 +14,16 @@ APP_ORIGIN = "https://app.example.com"
 
 
 def client(app) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://gw")
+
+
+class BuggyInfo(FakeModels):
+    """A model client whose ``info`` has a bug: ``GET /v1/models`` answers the 500 of an
+    unexpected exception, which Starlette sends from outside every middleware."""
+
+    async def info(self, model: str) -> dict:
+        raise RuntimeError("a bug")
 
 
 def gateway(**config) -> Gateway:
@@ -22,7 +31,10 @@ def gateway(**config) -> Gateway:
 
 
 async def test_in_process_every_answer_carries_one_request_id():
-    gw = gateway()
+    gw, buggy = gateway(), Gateway(fake_config(), BuggyInfo())
+    async with client(create_api(lambda: buggy)) as c:
+        r = await c.get("/v1/models")
+        assert r.status_code == 500 and len(r.headers.get_list("x-request-id")) == 1
     async with client(create_api(lambda: gw)) as c:
         for r in (await c.get("/healthz"), await c.get("/v1/nope"),
                   await c.post("/v1/pipelines/embed", json={"inputs": {"text": "hi"}}),
@@ -38,7 +50,7 @@ async def test_in_process_every_answer_carries_one_request_id():
 async def test_behind_serves_proxy_middleware_the_proxys_id_is_the_one_id():
     """Serve's proxy wraps the app in its own ``RequestIdMiddleware`` (it always appends
     ``X-Request-ID``): the app reuses that id and adds none, so clients read one id."""
-    gw = gateway()
+    gw, buggy = gateway(), Gateway(fake_config(), BuggyInfo())
     app = ServeRequestId(create_api(lambda: gw, proxy_sets_request_id=True))
     async with client(app) as c:
         r = await c.post("/v1/pipelines/embed", json={"inputs": {"text": "hi"}})
@@ -47,6 +59,11 @@ async def test_behind_serves_proxy_middleware_the_proxys_id_is_the_one_id():
         r = await c.get("/v1/models/ghost", headers={"X-Request-Id": "client-7"})
         assert r.headers.get_list("x-request-id") == ["client-7"]
         assert r.status_code == 404 and r.json()["error"]["request_id"] == "client-7"
+    app = ServeRequestId(create_api(lambda: buggy, proxy_sets_request_id=True))
+    async with client(app) as c:
+        r = await c.get("/v1/models")
+        [rid] = r.headers.get_list("x-request-id")  # a bug's 500 too
+        assert r.status_code == 500 and r.json()["error"]["request_id"] == rid
 
 
 async def test_cors_is_off_by_default():
