@@ -84,7 +84,7 @@ def test_assets_load_nothing_from_elsewhere_and_ship_in_the_wheel():
         imports = re.findall(r'from "\./([^"]+)"', text)
         assert all((STATIC / i).is_file() for i in imports), (name, imports)
     project = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; we support 3.10)
-    assert re.search(r'^fusion = \[.*"playground/static/\*"', project, re.M)
+    assert re.search(r'^fusion = \[.*"http/playground/static/\*"', project, re.M)
     assert re.search(r'^dev = \[[^\]]*"playwright', project, re.M)
 
 
