@@ -120,3 +120,18 @@ async def test_the_app_survives_serves_copy_into_the_deployment():
             assert r.status_code == 200, r.text
     finally:
         install(saved)
+
+
+async def test_the_deadline_counts_from_arrival_not_from_when_a_route_asks():
+    """Every route's deadline is the arrival instant (set once, by the outermost
+    middleware) plus ``X-Request-Timeout``: time spent reading an upload or describing a
+    chat's images is charged to the client's budget, however late the route asks."""
+    from starlette.requests import Request
+
+    from fusion.http.context import request_deadline
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+             "headers": [(b"x-request-timeout", b"5")],
+             "state": {"request_id": "r", "arrived": 100.0}}
+    assert await request_deadline(Request(scope)) == 105.0
+    assert await request_deadline(Request({**scope, "headers": []})) is None
