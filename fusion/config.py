@@ -275,6 +275,9 @@ class RouterConfig(BaseModel):
         "spec's own max_in_flight)")
     autoscaling: AutoscalingConfig | None = None
     resources: dict[str, float] = Field(default_factory=dict)
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="origins (https://app.example.com, or '*') whose "
+        "browser apps may call the API; empty: no CORS headers, so other origins cannot")
 
     @model_validator(mode="after")
     def _check_in_flight(self) -> RouterConfig:

@@ -120,6 +120,12 @@ class ErrorCode:
     openai_type: str  # the ``type`` of OpenAI's error body on the OpenAI-compatible routes
     sdk_exception: str  # the class ``fusion_client`` raises for it
     meaning: str
+    # the status on the OpenAI-compatible routes, where OpenAI answers invalid input with 400
+    openai_status_override: int | None = None
+
+    @property
+    def openai_status(self) -> int:
+        return self.openai_status_override or self.status
 
 
 # The one table of error codes a client can see. The server's error classes, the OpenAI
@@ -138,7 +144,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
               "the body is over `limits.max_body_bytes`"),
     ErrorCode("bad_input", 422, "invalid_request_error", "BadRequest",
               "an input is missing, of the wrong type, undecodable or over a limit; "
-              "`field` names it"),
+              "`field` names it (400 on the OpenAI routes, as OpenAI answers it)", 400),
     ErrorCode("unsupported_value", 400, "invalid_request_error", "BadRequest",
               "a value the model does not offer (voice, response_format, dimensions, "
               "timestamp granularity); `field` names it and the message lists the choices"),

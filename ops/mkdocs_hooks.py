@@ -131,7 +131,7 @@ def openapi_page(doc: dict) -> str:
     info = doc["info"]
     return f"""# OpenAPI
 
-Generated from the gateway's FastAPI app (`fusion.http.api.create_api`) when this site was
+Generated from the gateway's FastAPI app (`fusion.http.app.create_api`) when this site was
 built: the same document a running gateway serves at `/openapi.json`, with Swagger UI at
 `/docs` and ReDoc at `/redoc`. Download it: [openapi.json](openapi.json)
 ({info['title']} {info['version']}, OpenAPI {doc['openapi']}). What each route means, its
@@ -148,7 +148,7 @@ Schemas: {names or 'none'}.
 
 def openapi_document() -> dict:
     from fusion.errors import FusionError
-    from fusion.http.api import create_api
+    from fusion.http.app import create_api
 
     def no_gateway():
         raise FusionError("the docs build serves no requests")

@@ -1,6 +1,6 @@
 """The gateway's core, free of HTTP and Ray: models, pipelines, executor and cache together.
 
-The FastAPI layer (``fusion.http.api``) turns requests into calls on this object; the Serve
+The FastAPI layer (``fusion.http.app``) turns requests into calls on this object; the Serve
 ingress (``fusion.serve.ingress``) builds it with handles to the model deployments. Tests build it
 with fake model callers and drive it in-process.
 """

@@ -25,7 +25,7 @@ from fusion.core.gateway import Gateway, current_gateway, install
 from fusion.core.startup import check_app, load_config, make_cache, make_observer
 from fusion.embedded.metrics import PrometheusRecorder
 from fusion.embedded.models import LocalModels
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 
 log = logging.getLogger("fusion.embedded")
 

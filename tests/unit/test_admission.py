@@ -27,7 +27,7 @@ from fusion.core.admission import (
 from fusion.core.executor import Executor
 from fusion.core.gateway import Gateway, served_tasks
 from fusion.errors import Overloaded, SpecError, StepTimeout
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FAKE_MODELS, FakeModels, fake_config, png
 
 NO_STORE = {"Cache-Control": "no-store"}

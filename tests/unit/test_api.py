@@ -9,7 +9,7 @@ import pytest
 
 from fusion.core.gateway import Gateway
 from fusion.core.keys import hash_key
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config, png
 from tests.sse import astream_events, sse_events
 
@@ -214,12 +214,12 @@ async def test_openai_routes_answer_errors_in_openai_shape(monkeypatch):
     async with client_for(Gateway(fake_config(), FakeModels())) as c:
         r = await c.post("/v1/embeddings", json={"model": "text", "input": "hi"})
         assert r.status_code == 401
-        assert r.json()["error"].keys() == {"message", "type", "param", "code"}
+        assert r.json()["error"].keys() == {"message", "type", "param", "code", "request_id"}
         assert r.json()["error"]["type"] == "authentication_error"
         r = await c.post("/v1/embeddings", content=b"{oops",
                          headers={"Authorization": "Bearer k",
                                   "Content-Type": "application/json"})
-        assert r.status_code == 422 and r.json()["error"]["param"] == "body"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "body"
         r = await c.post("/v1/pipelines/embed", json={"inputs": {"text": "x"}})
         assert r.json()["error"]["code"] == "unauthorized"  # the gateway's own routes: own body
 

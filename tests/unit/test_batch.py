@@ -16,7 +16,7 @@ from fusion.cache import MemoryBackend, RedisBackend, StepCache
 from fusion.config import CacheConfig, ModelConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import BadInput
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.serve.served import ServedModel
 from tests.fakes import FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url
@@ -152,12 +152,12 @@ async def test_openai_embeddings_send_the_list_as_one_batch(env):
 async def test_openai_embeddings_errors_name_the_input_index(env):
     client, fake, _ = env
     r = await client.post("/v1/embeddings", json={"model": "text", "input": ["a", "", "c"]})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "input[1]"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]"
     r = await client.post("/v1/embeddings", json={"model": "text", "input": ["a"] * 9})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "input"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     r = await client.post("/v1/embeddings",
                           json={"model": "text", "input": ["a", "b", "c", "x" * 20_001]})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "input[3]"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[3]"
     assert not fake.batches
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fusion.errors import ERROR_CODES, FusionError
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import fusion_client
 from fusion_client.errors import ERROR_CODES as SDK_CODES
+from fusion_client.errors import OPENAI_STATUS
 
 from fusion import errors
 from fusion.errors import ERROR_CODES, ERRORS_BY_CODE, FusionError, SpecError
-from fusion.http.openai.compat import openai_error
+from fusion.http.errors import error_body
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
@@ -51,9 +52,11 @@ def test_sdk_raises_the_tables_exception_for_every_code():
         assert cls is getattr(fusion_client, e.sdk_exception), e.code
         assert status == e.status, e.code
     assert fusion_client.StepFailed.default_code == "step_failed"
+    openai_moved = {e.code: e.openai_status for e in ERROR_CODES if e.openai_status != e.status}
+    assert openai_moved == OPENAI_STATUS
 
 
 def test_openai_error_type_follows_the_table():
     for code, cls in _server_classes().items():
-        body = openai_error(cls("x")).body
-        assert f'"type":"{ERRORS_BY_CODE[code].openai_type}"' in body.decode(), code
+        body = error_body(cls("x"), "rid", openai=True)
+        assert body["error"]["type"] == ERRORS_BY_CODE[code].openai_type, code

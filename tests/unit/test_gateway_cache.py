@@ -15,7 +15,7 @@ import pytest
 from fusion.cache import StepCache
 from fusion.config import CacheConfig
 from fusion.core.gateway import Gateway
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config, png
 from tests.redis_server import redis_url
 from tests.unit.cache_helpers import until

@@ -14,7 +14,7 @@ from fusion.cache import StepCache
 from fusion.config import CacheConfig, ModelConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import Overloaded
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.observe import EXPORT_PREFIX, METRICS, MemoryRecorder, Observer
 from fusion.serve import served as served_module
 from fusion.serve.metrics import RayRecorder

@@ -21,7 +21,7 @@ from fusion.cache import StepCache
 from fusion.config import CacheConfig, ModelConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import Overloaded
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.observe import METRICS, MemoryRecorder, Observer, exported_series, key_id
 from fusion.serve.served import ServedModel
 from fusion.tracing import Tracing
@@ -257,7 +257,7 @@ def test_the_core_stays_free_of_ray_and_torch():
     import subprocess
     import sys
 
-    code = ("import sys, fusion.http.api, fusion.core.gateway, fusion.core.executor, "
+    code = ("import sys, fusion.http.app, fusion.core.gateway, fusion.core.executor, "
             "fusion.observe, fusion.tracing; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

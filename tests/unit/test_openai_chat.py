@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fusion.http.api import create_api  # noqa: E402
+from fusion.http.app import create_api  # noqa: E402
 from tests.fakes import png  # noqa: E402
 from tests.llm_inprocess import llm_gateway  # noqa: E402
 from tests.sse import decode  # noqa: E402
@@ -132,25 +132,25 @@ async def test_image_parts_are_read_by_captioner_and_ocr(oai, models):
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
-    ({"messages": ASK}, 422, "model"),
+    ({"messages": ASK}, 400, "model"),
     ({"model": "ghost", "messages": ASK}, 404, "model"),
     ({"model": "text", "messages": ASK}, 404, "model"),  # serves no chat
-    ({"model": "llm", "messages": []}, 422, "messages"),
+    ({"model": "llm", "messages": []}, 400, "messages"),
     ({"model": "llm", "messages": [{"role": "user", "content": "hi"},
-                                   {"role": "tool", "content": "x"}]}, 422, "messages[1].role"),
-    ({"model": "llm", "messages": ASK, "max_tokens": 0}, 422, "max_tokens"),
-    ({"model": "llm", "messages": ASK, "max_tokens": 100000}, 422, "max_tokens"),
-    ({"model": "llm", "messages": ASK, "max_tokens": 100000, "stream": True}, 422,
+                                   {"role": "tool", "content": "x"}]}, 400, "messages[1].role"),
+    ({"model": "llm", "messages": ASK, "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "llm", "messages": ASK, "max_tokens": 100000}, 400, "max_tokens"),
+    ({"model": "llm", "messages": ASK, "max_tokens": 100000, "stream": True}, 400,
      "max_tokens"),  # a stream answers its status once the replica took the prompt
     ({"model": "llm", "messages": [{"role": "user", "content": "hi " * 600}],
-      "stream": True}, 422, "messages"),
-    ({"model": "llm", "messages": ASK, "n": 9}, 422, "n"),
-    ({"model": "llm", "messages": ASK, "temperature": "hot"}, 422, "temperature"),
-    ({"model": "llm", "messages": ASK, "stop": [1]}, 422, "stop"),
-    ({"model": "llm", "messages": ASK, "tools": [{"type": "function"}]}, 422, "tools"),
+      "stream": True}, 400, "messages"),
+    ({"model": "llm", "messages": ASK, "n": 9}, 400, "n"),
+    ({"model": "llm", "messages": ASK, "temperature": "hot"}, 400, "temperature"),
+    ({"model": "llm", "messages": ASK, "stop": [1]}, 400, "stop"),
+    ({"model": "llm", "messages": ASK, "tools": [{"type": "function"}]}, 400, "tools"),
     ({"model": "llm", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
-     422, "messages[0].content[0].image_url.url"),
+     400, "messages[0].content[0].image_url.url"),
 ])
 async def test_bad_requests_are_openai_errors_naming_the_param(http, body, status, param):
     r = await http.post("/v1/chat/completions", json=body)
@@ -161,7 +161,7 @@ async def test_bad_requests_are_openai_errors_naming_the_param(http, body, statu
 
 
 async def test_client_sees_typed_errors(oai):
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         await oai.chat.completions.create(model="llm", messages=[{"role": "robot",
                                                                   "content": "hi"}])
     assert info.value.body["param"] == "messages[0].role"

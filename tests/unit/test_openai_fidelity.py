@@ -20,7 +20,7 @@ import soundfile as sf
 from fusion.config import AppConfig
 from fusion.core.gateway import Gateway
 from fusion.errors import StepFailed
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.http.audio_formats import sentences, to_srt, to_vtt
 from tests.fakes import FakeModels
 
@@ -94,7 +94,8 @@ async def client(fakes):
 def openai_err(r: httpx.Response, status: int, param: str) -> str:
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param, err
+    assert set(err) == {"message", "type", "param", "code", "request_id"}, err
+    assert err["param"] == param and err["request_id"] == r.headers["x-request-id"], err
     return err["message"]
 
 
@@ -115,7 +116,7 @@ async def test_models_in_both_shapes_and_retrieve(client):
 @pytest.mark.parametrize("ids", [[1820, 4937, 374], [[1820, 4937], [374]]])
 async def test_token_ids_are_refused_with_advice(client, ids):
     r = await client.post("/v1/embeddings", json={"model": "text", "input": ids})
-    message = openai_err(r, 422, "input")
+    message = openai_err(r, 400, "input")
     assert "token ids" in message and "tokenizer" in message
     assert "check_embedding_ctx_length=False" in message
 
@@ -188,7 +189,7 @@ async def test_speech_errors_name_the_field(client):
     r = await client.post("/v1/audio/speech", json={**base, "response_format": "aac"})
     assert "mp3" in openai_err(r, 400, "response_format")
     r = await client.post("/v1/audio/speech", json={**base, "speed": 9})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "speed"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "speed"
     r = await client.post("/v1/audio/speech", json={**base, "model": "text"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
@@ -238,7 +239,7 @@ async def test_transcription_formats_and_params(client, fakes):
 async def test_bad_transcription_params(client, data, param):
     r = await client.post("/v1/audio/transcriptions", files={"file": ("a.wav", tone("x"))},
                           data={"model": "whisper", **data})
-    openai_err(r, 422, param)
+    openai_err(r, 400, param)
 
 
 async def test_streamed_transcription_is_refused_plainly(client):

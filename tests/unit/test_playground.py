@@ -17,7 +17,7 @@ from fusion.cache import StepCache
 from fusion.config import CacheConfig
 from fusion.core.gateway import Gateway
 from fusion.core.keys import hash_key
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from tests.browser import serve_app
 from tests.fakes import FakeModels, fake_config, png
 

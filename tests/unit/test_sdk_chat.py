@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fusion_client import AsyncFusionClient, BadRequest, FusionClient, TokenEvent  # noqa: E402
 from fusion_client.cli import main  # noqa: E402
 
-from fusion.http.api import create_api  # noqa: E402
+from fusion.http.app import create_api  # noqa: E402
 from tests.fakes import png  # noqa: E402
 from tests.llm_inprocess import llm_gateway  # noqa: E402
 
@@ -46,7 +46,7 @@ def test_chat_and_stream_chat_agree(client):
 def test_chat_errors_are_typed_and_name_the_field(client):
     with pytest.raises(BadRequest) as info:
         client.chat([{"role": "robot", "content": "hi"}])
-    assert info.value.field == "messages[0].role" and info.value.status == 422
+    assert info.value.field == "messages[0].role" and info.value.status == 400  # OpenAI's
     with pytest.raises(BadRequest) as info:
         list(client.stream_chat("hi", max_tokens=0))
     assert info.value.field == "max_tokens"

@@ -14,6 +14,7 @@ import httpx
 
 from fusion_client.errors import (
     ERROR_CODES,
+    OPENAI_STATUS,
     ConnectionFailed,
     FusionError,
     ServerError,
@@ -80,6 +81,8 @@ def error_from_body(body: Any, *, status: int | None, request_id: str | None,
             cls = ERROR_CODES[code][0]  # the gateway's own code: its exact class (StepFailed)
     else:
         cls, status = error_class_for_code(code)
+        if isinstance(body, dict) and "type" in (body.get("error") or {}):  # OpenAI-shaped
+            status = OPENAI_STATUS.get(code or "", status)
     if not message:
         message = fallback_text.strip()[:500] or (f"HTTP {status}" if status else "error")
     return cls(str(message), status=status, code=code, field=field_ if field_ else None,

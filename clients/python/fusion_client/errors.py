@@ -130,6 +130,9 @@ ERROR_CODES: dict[str, tuple[type[FusionError], int]] = {
     "overloaded": (Overloaded, 503),
     "step_timeout": (Timeout, 504),
 }
+# Codes the OpenAI-compatible routes answer with another status (OpenAI's 400 for invalid
+# input); the gateway's table says the same (``ErrorCode.openai_status``).
+OPENAI_STATUS: dict[str, int] = {"bad_input": 400}
 _BY_CODE: dict[str, tuple[type[FusionError], int]] = {
     **ERROR_CODES,
     "bad_request": (BadRequest, 400),  # older gateways

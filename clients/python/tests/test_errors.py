@@ -67,6 +67,19 @@ def test_openai_style_error_body():
     assert (err.message, err.code, err.field) == ("bad model", "model_not_found", "model")
 
 
+def test_stream_errors_imply_the_status_of_their_surface():
+    """A stream's error event has no status line: the code implies it, and an OpenAI
+    route's ``bad_input`` is OpenAI's 400 where the gateway's own routes answer 422."""
+    native = error_from_body({"error": {"code": "bad_input", "message": "m", "field": "x"}},
+                             status=None, request_id="r")
+    openai = error_from_body({"error": {"code": "bad_input", "message": "m", "param": "x",
+                                        "type": "invalid_request_error"}},
+                             status=None, request_id="r")
+    assert isinstance(native, BadRequest) and isinstance(openai, BadRequest)
+    assert (native.status, openai.status) == (422, 400)
+    assert openai.field == "x"
+
+
 def test_fastapi_detail_bodies():
     err = error_from_body({"detail": [{"loc": ["body", "inputs", "seed"],
                                        "msg": "not an int"}]}, status=422, request_id=None)

@@ -1,1 +1,2 @@
-"""The OpenAI-compatible surface (``/v1/embeddings``, images, audio, chat, completions)."""
+"""The OpenAI-compatible surface: one router per module (``embeddings``, ``images``,
+``audio``, ``chat``) and what they share (``compat``); errors in OpenAI's shape."""

@@ -19,7 +19,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -41,6 +41,9 @@ from fusion.http.audio_formats import (
     to_srt,
     to_vtt,
 )
+from fusion.http.auth import require_key
+from fusion.http.context import cache_policy, gateway, request_deadline
+from fusion.http.openai.compat import OPENAI_ERRORS, name_params, pick_model
 from fusion.http.payloads import read_form
 
 log = logging.getLogger("fusion.http.openai.audio")
@@ -77,88 +80,82 @@ class SpeechRequest(BaseModel):
     stream_format: str | None = None
 
 
-def add_audio_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]], require_key,
-                     guarded: Callable[..., Awaitable[Any]],
-                     pick_model: Callable[[Gateway, str | None, str], str],
-                     request_deadline: Callable[[Request], float | None]) -> None:
-    @app.post("/v1/audio/speech", tags=["openai"], dependencies=[Depends(require_key)],
-              response_class=Response,
-              responses={200: {"content": {t: {} for t in SPEECH_FORMATS.values()}}})
-    async def speech(req: SpeechRequest, request: Request, gw: Gateway = Depends(gateway),
-                     cache_control: str | None = Header(None)):
-        async def run() -> Response:
-            deadline = request_deadline(request)
-            model = pick_model(gw, req.model, "speak")
-            fmt = check_speech_format(req.response_format)
-            if req.stream_format not in (None, "audio"):
-                raise Unsupported("stream_format 'sse' is not supported; the audio itself "
-                                  "streams (wav, pcm)", field="stream_format")
-            if req.instructions:
-                raise Unsupported("instructions are not supported by the gateway's voices",
-                                  field="instructions")
-            voice = await _voice(gw, model, req.voice if isinstance(req.voice, str)
-                                 else req.voice.id)
-            policy = CachePolicy.from_header(cache_control)
+router = APIRouter(tags=["openai"], dependencies=[Depends(require_key)])
 
-            async def speak(text: str) -> bytes:
-                out, _ = await gw.call_model(model, "speak", {
-                    "text": text, "voice": voice, "speed": req.speed}, policy,
-                    deadline=deadline)
-                return out["audio"]
 
-            media = SPEECH_FORMATS[fmt]
-            parts = sentences(req.input) if fmt in STREAMED_FORMATS else [req.input]
-            first = await speak(parts[0] if parts else req.input)
-            if len(parts) <= 1:
-                return Response(encode_speech(first, fmt), media_type=media)
-            return StreamingResponse(_stream(first, parts[1:], speak, fmt), media_type=media)
+@router.post("/v1/audio/speech", response_class=Response, responses={
+    200: {"content": {t: {} for t in SPEECH_FORMATS.values()}, "description": "the audio"},
+    **OPENAI_ERRORS}, dependencies=[Depends(name_params({"text": "input"}))])
+async def speech(req: SpeechRequest, gw: Gateway = Depends(gateway),
+                 deadline: float | None = Depends(request_deadline),
+                 policy: CachePolicy = Depends(cache_policy)) -> Response:
+    """Speak ``input`` in a voice of a ``tts`` model; ``wav`` and ``pcm`` stream by sentence."""
+    model = pick_model(gw, req.model, "speak")
+    fmt = check_speech_format(req.response_format)
+    if req.stream_format not in (None, "audio"):
+        raise Unsupported("stream_format 'sse' is not supported; the audio itself streams "
+                          "(wav, pcm)", field="stream_format")
+    if req.instructions:
+        raise Unsupported("instructions are not supported by the gateway's voices",
+                          field="instructions")
+    voice = await _voice(gw, model, req.voice if isinstance(req.voice, str) else req.voice.id)
 
-        return await guarded(run, {"text": "input"})
+    async def speak(text: str) -> bytes:
+        out, _ = await gw.call_model(model, "speak", {
+            "text": text, "voice": voice, "speed": req.speed}, policy, deadline=deadline)
+        return out["audio"]
 
-    @app.post("/v1/audio/transcriptions", tags=["openai"], dependencies=[Depends(require_key)],
-              openapi_extra=_TRANSCRIPTION_BODY)
-    async def transcriptions(request: Request, gw: Gateway = Depends(gateway)):
-        async def run():
-            deadline = request_deadline(request)
-            try:
-                form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
-            except Exception as exc:
-                raise BadInput(f"expected multipart form data ({exc})", field="file") from None
-            fields = await read_form(form, {"file": "audio"},
-                                     gw.config.limits.max_body_bytes, prefix="")
-            if not isinstance(fields.get("file"), bytes):
-                raise BadInput("file is required (multipart upload)", field="file")
-            model = pick_model(gw, fields.get("model"), "transcribe")
-            if str(fields.get("stream", "")).lower() == "true":
-                raise Unsupported("stream is not supported for transcriptions: the whole "
-                                  "transcript comes in one response", field="stream")
-            fmt = fields.get("response_format") or "json"
-            if fmt not in TRANSCRIPT_FORMATS:
-                raise BadInput(f"response_format must be one of {list(TRANSCRIPT_FORMATS)}",
-                               field="response_format")
-            grains = [*form.getlist("timestamp_granularities[]"),
-                      *form.getlist("timestamp_granularities")]
-            for grain in grains:
-                if grain not in GRANULARITIES:
-                    raise BadInput(f"timestamp_granularities: {grain!r} is not one of "
-                                   f"{list(GRANULARITIES)}", field="timestamp_granularities")
-            if grains and fmt != "verbose_json":
-                raise BadInput("timestamp_granularities needs response_format verbose_json",
-                               field="timestamp_granularities")
-            timestamps = "" if fmt in ("json", "text") else (
-                "word" if "word" in grains else "segment")
-            inputs: dict[str, Any] = {"audio": fields["file"], "timestamps": timestamps,
-                                      "temperature": _temperature(fields.get("temperature"))}
-            for name in ("language", "prompt"):
-                if fields.get(name):
-                    inputs[name] = str(fields[name])
-            out, _ = await gw.call_model(model, "transcribe", inputs,
-                                         CachePolicy.from_header(
-                                             request.headers.get("cache-control")),
-                                         deadline=deadline)
-            return _transcript(out, fmt, words="word" in grains)
+    media = SPEECH_FORMATS[fmt]
+    parts = sentences(req.input) if fmt in STREAMED_FORMATS else [req.input]
+    first = await speak(parts[0] if parts else req.input)
+    if len(parts) <= 1:
+        return Response(encode_speech(first, fmt), media_type=media)
+    return StreamingResponse(_stream(first, parts[1:], speak, fmt), media_type=media)
 
-        return await guarded(run, {"audio": "file", "timestamps": "timestamp_granularities"})
+
+@router.post("/v1/audio/transcriptions", openapi_extra=_TRANSCRIPTION_BODY, responses={
+    200: {"content": {"application/json": {"schema": {"type": "object"}}, "text/plain": {},
+                      "text/vtt": {}},
+          "description": "the transcript in response_format"}, **OPENAI_ERRORS},
+    dependencies=[Depends(name_params({"audio": "file",
+                                       "timestamps": "timestamp_granularities"}))])
+async def transcriptions(request: Request, gw: Gateway = Depends(gateway),
+                         deadline: float | None = Depends(request_deadline),
+                         policy: CachePolicy = Depends(cache_policy)) -> Any:
+    """Transcribe an uploaded audio file."""
+    try:
+        form = await request.form(max_part_size=gw.config.limits.max_body_bytes)
+    except Exception as exc:
+        raise BadInput(f"expected multipart form data ({exc})", field="file") from None
+    fields = await read_form(form, {"file": "audio"}, gw.config.limits.max_body_bytes,
+                             prefix="")
+    if not isinstance(fields.get("file"), bytes):
+        raise BadInput("file is required (multipart upload)", field="file")
+    model = pick_model(gw, fields.get("model"), "transcribe")
+    if str(fields.get("stream", "")).lower() == "true":
+        raise Unsupported("stream is not supported for transcriptions: the whole transcript "
+                          "comes in one response", field="stream")
+    fmt = fields.get("response_format") or "json"
+    if fmt not in TRANSCRIPT_FORMATS:
+        raise BadInput(f"response_format must be one of {list(TRANSCRIPT_FORMATS)}",
+                       field="response_format")
+    grains = [*form.getlist("timestamp_granularities[]"),
+              *form.getlist("timestamp_granularities")]
+    for grain in grains:
+        if grain not in GRANULARITIES:
+            raise BadInput(f"timestamp_granularities: {grain!r} is not one of "
+                           f"{list(GRANULARITIES)}", field="timestamp_granularities")
+    if grains and fmt != "verbose_json":
+        raise BadInput("timestamp_granularities needs response_format verbose_json",
+                       field="timestamp_granularities")
+    timestamps = "" if fmt in ("json", "text") else ("word" if "word" in grains else "segment")
+    inputs: dict[str, Any] = {"audio": fields["file"], "timestamps": timestamps,
+                              "temperature": _temperature(fields.get("temperature"))}
+    for name in ("language", "prompt"):
+        if fields.get(name):
+            inputs[name] = str(fields[name])
+    out, _ = await gw.call_model(model, "transcribe", inputs, policy, deadline=deadline)
+    return _transcript(out, fmt, words="word" in grains)
 
 
 async def _voice(gw: Gateway, model: str, voice: str) -> str:

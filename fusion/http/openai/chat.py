@@ -7,8 +7,9 @@ a sampled one is not. ``stream: true`` answers OpenAI's SSE chunks, ending in
 
 Why it is built this way:
 
-- The body is read by hand, not by a Pydantic model, so a bad field is named the way the
-  client wrote it (``messages[1].role``) in OpenAI's error body.
+- The bodies are Pydantic models (so the OpenAPI document describes them); the error
+  renderer names a bad field the way the client wrote it (``messages[1].role``) in OpenAI's
+  error body. Fields OpenAI defines that the gateway cannot honour are refused, not ignored.
 - A stream answers its status only once the first event is known: the replica checks the
   prompt against the context before its first token, so a prompt too long for the model is a
   400 with ``param``, never a 200 followed by an error.
@@ -27,90 +28,32 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion.chat import chat_messages
-from fusion.core.admission import TIMEOUT_HEADER, deadline_from, parse_request_timeout
 from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
-from fusion.errors import BadInput, FusionError, MalformedBody, NotFound
-from fusion.http.openai.compat import openai_error
+from fusion.errors import BadInput, FusionError
+from fusion.http.auth import require_key
+from fusion.http.context import cache_policy, gateway, request_deadline, request_id
+from fusion.http.errors import sse_error
+from fusion.http.openai.chat_body import (
+    MAX_CHOICES,
+    ChatBody,
+    CompletionBody,
+    GenerationBody,
+    generation_params,
+)
+from fusion.http.openai.compat import OPENAI_ERRORS, pick_model
 
 log = logging.getLogger("fusion.http.openai.chat")
 
-CHAT_PATHS = ("/v1/chat/completions", "/v1/completions")
-MAX_CHOICES = 8
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "logprobs", "top_logprobs", "echo",
-                "suffix", "best_of", "logit_bias")
-
-
-def _get(body: dict, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise BadInput(f"{name} must be {_kind_name(kind)}", field=name)
-    if not isinstance(value, kind):
-        raise BadInput(f"{name} must be {_kind_name(kind)}", field=name)
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "an object"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
-
-
-def generation_params(body: dict) -> dict[str, Any]:
-    """The ``llm`` task inputs an OpenAI body asks for (``max_completion_tokens`` is the new
-    name of ``max_tokens``); ranges are the replica's to check, since they need the model."""
-    for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, [], {}):
-            raise BadInput(f"{name} is not supported by this gateway", field=name)
-    params: dict[str, Any] = {}
-    max_tokens = _get(body, "max_completion_tokens", int, None)
-    max_tokens = _get(body, "max_tokens", int, max_tokens)
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    for name in ("temperature", "top_p"):
-        value = _get(body, name, (int, float))
-        if value is not None:
-            params[name] = float(value)
-    seed = _get(body, "seed", int)
-    if seed is not None:
-        params["seed"] = seed
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(
-            isinstance(s, str) for s in stop)):
-        raise BadInput("stop must be a string or a list of strings", field="stop")
-    if stop:
-        params["stop"] = stop
-    return params
-
-
-def _choices(body: dict) -> int:
-    n = _get(body, "n", int, 1)
-    if not 1 <= n <= MAX_CHOICES:
-        raise BadInput(f"n must lie between 1 and {MAX_CHOICES}", field="n")
-    return n
-
-
-def _model(gw: Gateway, body: dict, task: str) -> str:
-    name = _get(body, "model", str)
-    able = sorted(n for n, m in gw.models.items() if task in m.tasks)
-    if not name:
-        raise BadInput(f"model is required; one of {able}", field="model")
-    if name not in gw.models or task not in gw.models[name].tasks:
-        raise NotFound(f"The model '{name}' does not exist or cannot do {task}; use one of "
-                       f"{able}", field="model")
-    return name
+router = APIRouter(tags=["openai"], dependencies=[Depends(require_key)])
 
 
 def _reader(gw: Gateway, task: str) -> str | None:
@@ -179,22 +122,6 @@ async def _describe(gw: Gateway, image: bytes, where: str, policy: CachePolicy,
     return "\n".join(lines) + "]"
 
 
-async def _body(request: Request, gw: Gateway) -> dict:
-    raw = b""
-    limit = gw.config.limits.max_body_bytes
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise BadInput(f"body is over the {limit} byte limit", field="body")
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"body is not valid JSON ({exc})", field="body") from None
-    if not isinstance(body, dict):
-        raise BadInput("body must be a JSON object", field="body")
-    return body
-
-
 Call = tuple[str, dict[str, Any]]  # (task, inputs) of one choice
 
 
@@ -207,6 +134,7 @@ class Completion:
         self.policy, self.deadline, self.stream = policy, deadline, stream
         self.queue: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
         self.jobs: list[asyncio.Task] = []
+        self.request_id = "-"
 
     def start(self) -> None:
         self.jobs = [asyncio.create_task(self._one(i, task, inputs))
@@ -262,18 +190,27 @@ def _sse(data: Any) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-async def respond(gw: Gateway, request: Request, body: dict, model: str, calls: list[Call],
-                  chat: bool) -> Any:
+@dataclass
+class Context:
+    """The per-request context a completion runs with (from the route's dependencies)."""
+
+    gw: Gateway
+    policy: CachePolicy
+    deadline: float | None
+    request_id: str
+
+
+async def respond(ctx: Context, body: GenerationBody, model: str, calls: list[Call],
+                  chat: bool) -> Response:
     """Run the calls; a JSON completion, or an SSE stream of chunks ending in [DONE]."""
-    policy = CachePolicy.from_header(request.headers.get("cache-control"))
-    deadline = deadline_from(parse_request_timeout(request.headers.get(TIMEOUT_HEADER)))
-    stream = _get(body, "stream", bool, False)
-    options = _get(body, "stream_options", dict, {})
+    gw, stream = ctx.gw, body.stream
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
     kind = "chat.completion" if chat else "text_completion"
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
             "object": kind, "created": int(time.time()), "model": model,
             "system_fingerprint": (await gw.fingerprint(model))[-16:]}
-    run = Completion(gw, model, calls, policy, deadline, stream)
+    run = Completion(gw, model, calls, ctx.policy, ctx.deadline, stream)
+    run.request_id = ctx.request_id
     run.start()
     if not stream:
         outs = await run.results()
@@ -290,7 +227,7 @@ async def respond(gw: Gateway, request: Request, body: dict, model: str, calls: 
         run.cancel()
         raise first[2]
     return StreamingResponse(_chunks(run, first, {**head, "object": f"{kind}.chunk"}, chat,
-                                     bool(options.get("include_usage"))),
+                                     include_usage),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -320,11 +257,7 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
             if kind == "token":
                 yield chunk(index, value)
             elif kind == "error":
-                if not isinstance(value, FusionError):
-                    log.error("chat stream failed", exc_info=value)
-                err = value if isinstance(value, FusionError) else FusionError(
-                    "internal error")
-                yield _sse(json.loads(openai_error(err).body))
+                yield _sse(sse_error(value, run.request_id, openai=True))
                 return
             else:
                 outs[index], left = value, left - 1
@@ -339,51 +272,50 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
         run.cancel()  # the client left (or the stream ended): stop generating for it
 
 
-def add_chat_routes(app: FastAPI, gateway: Callable[[], Awaitable[Gateway]],
-                    require_key: Callable) -> None:
-    """``/v1/chat/completions`` and ``/v1/completions`` on ``app``."""
+async def context(gw: Gateway = Depends(gateway), policy: CachePolicy = Depends(cache_policy),
+                  deadline: float | None = Depends(request_deadline),
+                  rid: str = Depends(request_id)) -> Context:
+    """The route's context; the deadline counts from arrival, so reading the images of a
+    chat is charged to ``X-Request-Timeout`` too."""
+    return Context(gw, policy, deadline, rid)
 
-    async def guarded(fn: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            return await fn()
-        except FusionError as err:
-            return openai_error(err)
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(require_key)])
-    async def chat_completions(request: Request, gw: Gateway = Depends(gateway)):
-        async def run() -> Any:
-            body = await _body(request, gw)
-            model = _model(gw, body, "chat")
-            params, n = generation_params(body), _choices(body)
-            policy = CachePolicy.from_header(request.headers.get("cache-control"))
-            deadline = deadline_from(parse_request_timeout(request.headers.get(
-                TIMEOUT_HEADER)))
-            messages = await read_images(gw, body.get("messages"), policy, deadline)
-            messages = chat_messages({"messages": messages})  # 4xx before any stream
-            calls = [("chat", {"messages": messages, **_nth(params, i, n)}) for i in range(n)]
-            return await respond(gw, request, body, model, calls, chat=True)
+_ANSWERS = {200: {"content": {"application/json": {"schema": {"type": "object"}},
+                              "text/event-stream": {}},
+                  "description": "the completion; with stream, OpenAI's SSE chunks"},
+            **OPENAI_ERRORS}
 
-        return await guarded(run)
 
-    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(require_key)])
-    async def completions(request: Request, gw: Gateway = Depends(gateway)):
-        async def run() -> Any:
-            body = await _body(request, gw)
-            model = _model(gw, body, "complete")
-            params, n = generation_params(body), _choices(body)
-            prompt = body.get("prompt")
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompts, list) or not prompts or not all(
-                    isinstance(p, str) and p for p in prompts):
-                raise BadInput("prompt must be a non-empty string or list of strings",
-                               field="prompt")
-            if len(prompts) * n > MAX_CHOICES:
-                raise BadInput(f"prompts x n is over {MAX_CHOICES} choices", field="n")
-            calls = [("complete", {"prompt": p, **_nth(params, i, n)})
-                     for p in prompts for i in range(n)]
-            return await respond(gw, request, body, model, calls, chat=False)
+def _model(gw: Gateway, body: GenerationBody, task: str) -> str:
+    return pick_model(gw, body.model, task)
 
-        return await guarded(run)
+
+@router.post("/v1/chat/completions", responses=_ANSWERS)
+async def chat_completions(body: ChatBody, ctx: Context = Depends(context)) -> Response:
+    """OpenAI's chat completions over any ``chat`` model."""
+    model = _model(ctx.gw, body, "chat")
+    params = generation_params(body)
+    raw = [m.model_dump(exclude_none=True) for m in body.messages]
+    messages = await read_images(ctx.gw, raw, ctx.policy, ctx.deadline)
+    messages = chat_messages({"messages": messages})  # 4xx before any stream
+    calls = [("chat", {"messages": messages, **_nth(params, i, body.n)})
+             for i in range(body.n)]
+    return await respond(ctx, body, model, calls, chat=True)
+
+
+@router.post("/v1/completions", responses=_ANSWERS)
+async def completions(body: CompletionBody, ctx: Context = Depends(context)) -> Response:
+    """OpenAI's (legacy) text completions over any ``complete`` model."""
+    model = _model(ctx.gw, body, "complete")
+    params = generation_params(body)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts or not all(prompts):
+        raise BadInput("prompt must be a non-empty string or list of strings", field="prompt")
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise BadInput(f"prompts x n is over {MAX_CHOICES} choices", field="n")
+    calls = [("complete", {"prompt": p, **_nth(params, i, body.n)})
+             for p in prompts for i in range(body.n)]
+    return await respond(ctx, body, model, calls, chat=False)
 
 
 def _nth(params: dict[str, Any], i: int, n: int) -> dict[str, Any]:

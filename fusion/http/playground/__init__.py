@@ -13,10 +13,10 @@ import hashlib
 from functools import cache
 from importlib import resources
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from fusion.errors import ERROR_CODES
+from fusion.errors import ERROR_CODES, NotFound
 
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -40,8 +40,7 @@ def asset(name: str) -> tuple[bytes, str] | None:
 def _serve(request: Request, name: str) -> Response:
     found = asset(name)
     if found is None:
-        return JSONResponse({"error": {"code": "not_found", "message": f"no asset {name!r}",
-                                       "field": "path"}}, status_code=404)
+        raise NotFound(f"no asset {name!r}", field="path")  # rendered with the request id
     data, etag = found
     headers = {"ETag": etag, "Cache-Control": "no-cache", "Content-Security-Policy": CSP,
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -51,19 +50,23 @@ def _serve(request: Request, name: str) -> Response:
     return Response(data, media_type=media_type, headers=headers)
 
 
-def add_playground_routes(app: FastAPI) -> None:
-    """``GET /``, ``/playground`` (the page), ``/playground/static/{name}`` and the error
-    table the page reads to show a stream's error with its HTTP status (one table: ours)."""
+router = APIRouter(include_in_schema=False)
 
-    @app.get("/", include_in_schema=False)
-    @app.get("/playground", include_in_schema=False)
-    async def page(request: Request) -> Response:
-        return _serve(request, "index.html")
 
-    @app.get("/playground/static/{name}", include_in_schema=False)
-    async def static(name: str, request: Request) -> Response:
-        return _serve(request, name)
+@router.get("/")
+@router.get("/playground")
+async def page(request: Request) -> Response:
+    """The page (``GET /`` and ``/playground``)."""
+    return _serve(request, "index.html")
 
-    @app.get("/playground/error-codes.json", include_in_schema=False)
-    async def error_codes() -> dict:
-        return {e.code: {"status": e.status, "meaning": e.meaning} for e in ERROR_CODES}
+
+@router.get("/playground/static/{name}")
+async def static(name: str, request: Request) -> Response:
+    return _serve(request, name)
+
+
+@router.get("/playground/error-codes.json")
+async def error_codes() -> dict:
+    """The error table the page reads to show a stream's error with its HTTP status (one
+    table: ours)."""
+    return {e.code: {"status": e.status, "meaning": e.meaning} for e in ERROR_CODES}
