@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from fusion import __version__
 from fusion.core.executor import CachePolicy, RunResult
@@ -155,7 +155,7 @@ async def call_model(name: str, task: str, request: Request, gw: Gateway = Depen
             "model": name, "task": task, "ms": batch.ms, "cached": batch.cached,
             "request_id": rid}, headers={"X-Fusion-Cache": batch.cache})
     outputs, report = await gw.call_model(name, task, inputs, policy, deadline=deadline)
-    return JSONResponse({
+    return FastJSONResponse({
         "outputs": encode_value(outputs), "types": dict(spec.outputs), "model": name,
         "task": task, "ms": report.ms, "cached": report.cached,
         "coalesced": report.coalesced, "request_id": rid},
@@ -198,7 +198,7 @@ async def run_pipeline(name: str, request: Request, stream: bool = False,
     if "image/png" in request.headers.get("accept", "") and len(images) == 1 \
             and isinstance(result.outputs.get(images[0]), bytes):
         return Response(result.outputs[images[0]], media_type="image/png", headers=headers)
-    return JSONResponse(body(result), headers=headers)
+    return FastJSONResponse(body(result), headers=headers)
 
 
 async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,

@@ -136,7 +136,9 @@ def encode_value(value: Any) -> Any:
 
 class FastJSONResponse(JSONResponse):
     """JSON rendered by orjson: a list answer carries tens of thousands of floats (64
-    embeddings of 384), which the standard library takes ~50 ms to write and orjson ~3."""
+    embeddings of 384), which the standard library takes ~50 ms to write and orjson ~3; a
+    single answer's encoding was the largest item of a cached request's CPU (profiled with
+    py-spy on the embedded runtime), so model and pipeline answers use it too."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
