@@ -12,7 +12,8 @@ The state machine, one per collector (model, task, cache policy, TTL)::
     (a dispatched window runs in its own task; the next item opens a new window meanwhile)
 
 A dispatched window: one ``get_many`` (hits answered at once), one ``call_many`` for the
-distinct misses, each caller's future resolved with its own item, then one ``put_many``.
+distinct misses, one ``put_many``, then each caller's future resolved with its own item
+(stored first, as single calls do: a client that repeats a request it got finds it cached).
 
 - Items are checked (``check_inputs``) by the executor before they join, so a bad item fails
   only its caller. An item the *replica* refuses (``inputs[3].image``) fails its caller with
@@ -173,11 +174,13 @@ class Gatherer:
         try:
             misses = await self._lookup(model, task, items) if read else list(items)
             computed = await self._compute(model, task, misses)
-            if write and computed:
+            if write and computed:  # stored before answering: a caller's retry is a hit
                 await self.executor.cache.put_many(
                     [(i.key, r) for i, r in computed if i.key is not None],
                     ttl if ttl is not None else self.executor.default_ttl_s,
                     labels=(model, task))
+            for item, result in computed:
+                item.future.set_result((result, False))
         except asyncio.CancelledError:  # the gatherer is closing: its callers are let go
             for item in items:
                 item.future.cancel()
@@ -205,7 +208,7 @@ class Gatherer:
     async def _compute(self, model: str, task: str,
                        misses: list[_Item]) -> list[tuple[_Item, dict]]:
         """One list call for the misses; an item the replica refuses fails alone and the
-        others are sent again. Returns what was computed, for the cache write."""
+        others are sent again. Returns what was computed, answered after the cache write."""
         while misses:
             try:
                 results = await replica_many(self.executor.caller, model, task,
@@ -218,8 +221,6 @@ class Gatherer:
                 misses[index].future.set_exception(own)
                 misses = misses[:index] + misses[index + 1:]
                 continue
-            for item, result in zip(misses, results, strict=True):
-                item.future.set_result((result, False))
             return list(zip(misses, results, strict=True))
         return []
 
