@@ -11,6 +11,11 @@ The state machine, one per collector (model, task, cache policy, TTL)::
     idle --first item--> open --max_batch_size items, or router_batch_wait_ms--> dispatched
     (a dispatched window runs in its own task; the next item opens a new window meanwhile)
 
+The wait applies while a window of the collector is out (the model is busy, so company is
+likely and waiting costs little); a window opened while none is out closes at the end of
+the loop turn that opened it (with whatever arrived in that turn), so a lone caller pays no
+wait (as text-embeddings-inference's queue sends whatever is queued when the model is free).
+
 A dispatched window: one ``get_many`` (hits answered at once), one ``call_many`` for the
 distinct misses, one ``put_many``, then each caller's future resolved with its own item
 (stored first, as single calls do: a client that repeats a request it got finds it cached).
@@ -72,7 +77,7 @@ class _Window:
     opened: float
     items: list[_Item] = field(default_factory=list)
     by_key: dict[str, _Item] = field(default_factory=dict)
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.Handle | None = None
 
 
 _Collector = tuple[str, str, bool, bool, float | None]  # model, task, read, write, ttl
@@ -92,6 +97,7 @@ class Gatherer:
         self.sizes = sizes
         self.observer = observer
         self._open: dict[_Collector, _Window] = {}
+        self._running: dict[_Collector, int] = {}  # dispatched windows not yet answered
         self._flying: dict[str, _Item] = {}  # cache key → its item in a dispatched window
         self._tasks: set[asyncio.Task] = set()
         self._takes: dict[tuple[str, str], bool] = {}
@@ -138,10 +144,14 @@ class Gatherer:
     def _join(self, collector: _Collector, key: str | None,
               inputs: dict[str, Any]) -> tuple[_Item, bool]:
         window = self._open.get(collector)
-        if window is None:  # idle → open
+        if window is None:  # → open
             window = self._open[collector] = _Window(time.perf_counter())
-            window.timer = asyncio.get_running_loop().call_later(
-                self.waits[collector[0]], self._dispatch, collector, window)
+            loop = asyncio.get_running_loop()
+            if self._running.get(collector):  # a window is out: wait for company meanwhile
+                window.timer = loop.call_later(self.waits[collector[0]], self._dispatch,
+                                               collector, window)
+            else:  # none is: take what arrives in this turn of the loop and add no wait
+                window.timer = loop.call_soon(self._dispatch, collector, window)
         if key is not None and key in window.by_key:
             return window.by_key[key], True
         item = _Item(key, inputs)
@@ -159,6 +169,7 @@ class Gatherer:
         del self._open[collector]
         if window.timer is not None:
             window.timer.cancel()
+        self._running[collector] = self._running.get(collector, 0) + 1
         read, write = collector[2], collector[3]
         if read and write:
             self._flying.update(window.by_key)
@@ -190,6 +201,9 @@ class Gatherer:
                 if not item.future.done():
                     item.future.set_exception(_own(exc))
         finally:
+            left = self._running.pop(collector) - 1
+            if left:
+                self._running[collector] = left
             for item in items:
                 if item.key is not None and self._flying.get(item.key) is item:
                     del self._flying[item.key]

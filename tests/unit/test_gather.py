@@ -188,8 +188,11 @@ async def test_pipeline_steps_are_gathered_too(make):
     fake = FakeModels()
     gw = make(fake, size=4)
     images = [png((i, 0, 0)) for i in range(4)]
+    # no-cache: no whole-pipeline look-up (a Redis round trip) before the steps, so the four
+    # runs reach each step in the same turn of the loop, as concurrent requests under load do
     results = await asyncio.gather(*(gw.run_pipeline(
-        "caption_then_classify", {"image": im, "labels": ["cat", "dog"]}) for im in images))
+        "caption_then_classify", {"image": im, "labels": ["cat", "dog"]},
+        CachePolicy.from_header("no-cache")) for im in images))
     for image, result in zip(images, results, strict=True):
         caption = FakeModels.compute("caption", {"image": image})["text"]
         assert result.outputs["caption"] == caption
@@ -199,6 +202,24 @@ async def test_pipeline_steps_are_gathered_too(make):
     captions = {r.outputs["caption"] for r in results}
     assert fake.batches == [("captioner/caption", 4), ("text/zero_shot", len(captions))]
     assert not fake.calls
+    again = await gw.call_model("captioner", "caption", {"image": images[2]})
+    assert again[1].cached  # the window stored what it computed
+
+
+async def test_a_lone_caller_waits_for_no_window_and_a_busy_model_gathers(make):
+    rec = MemoryRecorder()
+    fake = GatedModels()
+    gw = make(fake, observer=Observer(rec))
+    first = asyncio.ensure_future(embed(gw, "g1"))
+    await fake.arrived.wait()  # sent alone, at once: nothing else was out
+    (waited, _), = rec.observed("fusion_router_batch_wait_seconds")
+    assert waited < WAIT_MS / 1000
+    later = [asyncio.ensure_future(embed(gw, t)) for t in ("g2", "g3")]
+    fake.gate.set()
+    assert [o for o, _ in await asyncio.gather(first, *later)] == [
+        FakeModels.compute("embed", {"text": t}) for t in ("g1", "g2", "g3")]
+    # g2 and g3 came while g1 was out: their window waited for company
+    assert fake.batches == [("text/embed", 1), ("text/embed", 2)]
 
 
 async def test_cache_policies_form_their_own_windows(make):
