@@ -25,7 +25,8 @@ from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, Overloaded, StepTimeout
 from fusion.http.api import create_api
 from fusion.observe import MemoryRecorder, Observer
-from tests.fakes import FAKE_MODELS, FakeModels, fake_config, png
+from fusion.serve.served import ServedModel
+from tests.fakes import FAKE_MODELS, FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url
 
 WAIT_MS = 50
@@ -290,3 +291,52 @@ def test_router_batch_wait_ms_is_bounded(wait):
         ModelConfig.model_validate({"name": "t", "family": "text", "source": "tiny:x",
                                     "router_batch_wait_ms": wait})
     assert "router_batch_wait_ms" in str(err.value)
+
+
+# -- through the real replica class (``ServedModel.call_many``, without Ray) ------------------
+
+class _Picky(WeightlessBackend):
+    family = "text"
+    runs: list[int] = []
+
+    def prepare(self, task, inputs):
+        item = super().prepare(task, inputs)
+        if item["text"].startswith("bad"):
+            raise BadInput("text is not usable", field="text")
+        return item
+
+    def run(self, task, items, progress=None):
+        self.runs.append(len(items))
+        return [{"embedding": [float(len(it["text"]))]} for it in items]
+
+
+class _PickyDeployment(ServedModel):
+    backend_cls = _Picky
+
+
+class ServedClient:
+    """The gateway's model client straight onto one replica object (what a handle reaches)."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    async def info(self, model):
+        return self.served.info()
+
+    async def call_many(self, model, task, items):
+        return await self.served.call_many(task, items)
+
+
+async def test_the_replicas_own_item_error_reaches_only_its_caller(make):
+    _Picky.runs = []
+    cfg = ModelConfig.model_validate({"name": "text", "family": "text", "source": "tiny:x"})
+    gw = make(ServedClient(_PickyDeployment(cfg.model_dump(mode="json"))))
+    texts = ["ok", "bad one", "fine", "bad two", "good"]
+    got = await asyncio.gather(*(embed(gw, t) for t in texts))
+    for text, answer in zip(texts, got, strict=True):
+        if text.startswith("bad"):
+            assert isinstance(answer, BadInput), answer
+            assert (answer.field, answer.message) == ("inputs.text", "text is not usable")
+        else:
+            assert answer[0] == {"embedding": [float(len(text))]}
+    assert _Picky.runs == [3]  # the replica refused before running; the rest ran once
