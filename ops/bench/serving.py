@@ -25,6 +25,11 @@ haproxy``), so the modes are compared side by side in one run.
     python ops/bench/serving.py --quick --models text --modes default,throughput,haproxy
     python ops/bench/serving.py --quick --sweep                # in-process threads × batch
 
+Mode ``gather`` (or ``gather:<ms>``) runs the gateway with router-side batching on
+(``router_batch_wait_ms``, 2 ms unless given; ``fusion.core.gather``) for the measured models:
+
+    python ops/bench/serving.py --quick --models text --modes default,gather,gather:5
+
 ``--peer infinity`` (``text`` only) also runs Infinity 0.0.78 (``infinity_emb v2 --engine
 torch --device cpu --batch-size 32``, 2 OpenMP threads) on the same packaged MiniLM folder,
 in a venv of its own (``ops/bench/infinity_peer.py``), and measures it with the same client
@@ -78,6 +83,16 @@ QUICK = {"text": (20, 80, 160, 3, 64, 96), "clip": (4, 12, 24, 1, 16, 16),
          "whisper": (3, 6, 8, 1, 4, 4), "noop": (60, 150, 300, 0, 0, 0)}
 MODE_ENV = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
             "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+GATHER_ENV = "FUSION_BENCH_ROUTER_BATCH_WAIT_MS"  # mode gather[:ms]: the models' knob
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    """A mode's environment; ``gather`` / ``gather:<ms>`` turns on router-side batching
+    (``router_batch_wait_ms``, default 2) for the measured models."""
+    name, _, ms = mode.partition(":")
+    if name == "gather":
+        return {GATHER_ENV: ms or "2"}
+    return MODE_ENV[mode]
 
 
 def model_dir() -> Path:
@@ -110,6 +125,8 @@ def build_clip_b32() -> Path:
 def model_config(name: str, clip: Path) -> dict[str, Any]:
     spec = {k: v for k, v in MODELS[name].items() if k != "task"}
     spec["source"] = spec["source"].format(clip=clip)
+    if os.environ.get(GATHER_ENV):
+        spec["router_batch_wait_ms"] = float(os.environ[GATHER_ENV])
     return {"name": name, "num_cpus": 0.1, **spec}
 
 
@@ -307,7 +324,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     if args.quick:
         cmd.append("--quick")
     cmd += ["--scale", str(args.scale)]
-    env = {**os.environ, **MODE_ENV[mode]}
+    env = {**os.environ, **mode_env(mode)}
     subprocess.run(cmd, env=env, check=True)
     return json.loads(Path(out).read_text())
 
