@@ -134,11 +134,11 @@ class Gatherer:
             key = cache.step_key(await self.executor.fingerprint(model), task, inputs)
             flying = self._flying.get(key) if policy.read and policy.write else None
             if flying is not None:
-                result, cached = await asyncio.shield(flying.future)
+                result, cached = await _answer(flying)
                 return result, Gathered(cached, coalesced=True)
         collector = (model, task, policy.read and use_cache, policy.write and use_cache, ttl_s)
         item, shared = self._join(collector, key, inputs)
-        result, cached = await asyncio.shield(item.future)
+        result, cached = await _answer(item)
         return result, Gathered(cached, coalesced=shared)
 
     def _join(self, collector: _Collector, key: str | None,
@@ -199,7 +199,7 @@ class Gatherer:
         except Exception as exc:  # the whole window's error: every caller still waiting
             for item in items:
                 if not item.future.done():
-                    item.future.set_exception(_own(exc))
+                    item.future.set_exception(exc)
         finally:
             left = self._running.pop(collector) - 1
             if left:
@@ -252,6 +252,15 @@ class Gatherer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def _answer(item: _Item) -> tuple[dict[str, Any], bool]:
+    """An item's ``(result, cached)`` for one of its callers. Shielded: the caller's deadline
+    or cancellation ends its own wait, not the window. An error is the caller's own copy."""
+    try:
+        return await asyncio.shield(item.future)
+    except FusionError as err:
+        raise _own(err) from None
+
+
 def _item_error(err: FusionError, n: int) -> tuple[int, FusionError] | None:
     """The index of the item the replica refused and the error a single call of it would have
     raised (``image``, not ``inputs[3].image``), or None when the error is the whole call's."""
@@ -266,8 +275,8 @@ def _item_error(err: FusionError, n: int) -> tuple[int, FusionError] | None:
 
 
 def _own(exc: BaseException) -> BaseException:
-    """A copy of a window's error for each caller: the executor qualifies a caller's error in
-    place (its field, its step), which must not leak into another caller's."""
+    """A copy of a shared error for each caller: the executor qualifies a caller's error in
+    place (its field), which must not leak into another caller's (a pipeline step's)."""
     err = unwrap(exc)
     if not isinstance(err, FusionError):
         return err

@@ -115,7 +115,7 @@ async def test_mixed_callers_each_get_their_own_answer_with_one_model_call(make)
 async def test_an_item_the_replica_refuses_fails_alone_and_the_rest_is_sent_again(make):
     fake = FakeModels()
     gw = make(fake)
-    images = [png((1, 1, 1)), b"not a png", png((2, 2, 2)), png((1, 1, 1))]
+    images = [png((1, 1, 1)), b"not a png", png((2, 2, 2)), png((1, 1, 1)), b"not a png"]
 
     async def caption(image):
         try:
@@ -124,7 +124,8 @@ async def test_an_item_the_replica_refuses_fails_alone_and_the_rest_is_sent_agai
             return exc
 
     got = await asyncio.gather(*(caption(i) for i in images))
-    assert isinstance(got[1], BadInput)
+    assert isinstance(got[1], BadInput) and isinstance(got[4], BadInput)
+    assert got[1] is not got[4] and got[4].field == "inputs.image"  # each caller's own
     assert got[1].field == "inputs.image" and got[1].message == \
         "image is not a decodable image"  # as a single call says it, no list index
     for i in (0, 2, 3):
