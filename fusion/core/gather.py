@@ -138,10 +138,13 @@ class Gatherer:
             key = cache.step_key(await self.executor.fingerprint(model), task, inputs)
             flying = self._flying.get(key) if policy.read and policy.write else None
             if flying is not None:
+                cache.count_coalesced((model, task))
                 result, cached = await _answer(flying)
                 return result, Gathered(cached, coalesced=True)
         collector = (model, task, policy.read and use_cache, policy.write and use_cache, ttl_s)
         item, shared = self._join(collector, key, inputs)
+        if shared:
+            cache.count_coalesced((model, task))
         result, cached = await _answer(item)
         return result, Gathered(cached, coalesced=shared)
 

@@ -108,6 +108,8 @@ async def test_mixed_callers_each_get_their_own_answer_with_one_model_call(make)
     reports = [a[1] for a in got if isinstance(a, tuple)]
     assert [r.coalesced for r in reports] == [False, False, True, False, False, False, True]
     assert fake.batches == [("text/embed", 3)] and not fake.calls  # c, d, e: one call
+    counts = gw.cache.stats()["by_label"]["text/embed"]
+    assert (counts["hits"], counts["coalesced"]) == (2, 2)  # a, b; the two extra c's
     again = await asyncio.gather(*(embed(gw, t) for t in "cde"))
     assert all(report.cached for _, report in again) and len(fake.batches) == 1
 
