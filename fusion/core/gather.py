@@ -145,7 +145,11 @@ class Gatherer:
         item, shared = self._join(collector, key, inputs)
         if shared:
             cache.count_coalesced((model, task))
-        result, cached = await _answer(item)
+        # one span per caller, from joining to its answer (the window's model call carries
+        # the trace of the caller that opened it)
+        with self.observer.span(f"window {model}/{task}", {"fusion.model": model,
+                                                          "fusion.task": task}):
+            result, cached = await _answer(item)
         return result, Gathered(cached, coalesced=shared)
 
     def _join(self, collector: _Collector, key: str | None,

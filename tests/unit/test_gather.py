@@ -16,6 +16,9 @@ import uuid
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import ValidationError
 
 from fusion.cache import StepCache
@@ -26,6 +29,7 @@ from fusion.errors import BadInput, Overloaded, StepTimeout
 from fusion.http.api import create_api
 from fusion.observe import MemoryRecorder, Observer
 from fusion.serve.served import ServedModel
+from fusion.tracing import Tracing
 from tests.fakes import FAKE_MODELS, FakeModels, WeightlessBackend, fake_config, png
 from tests.redis_server import redis_url
 
@@ -257,15 +261,21 @@ async def test_single_http_calls_are_gathered_and_report_their_cache(make):
         assert hit.headers["x-fusion-cache"] == "hit" and len(fake.batches) == 1
 
 
-async def test_router_batch_size_and_wait_are_measured(make):
+async def test_router_batch_size_wait_and_spans_are_measured(make):
     rec = MemoryRecorder()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
     fake = FakeModels()
-    gw = make(fake, observer=Observer(rec), size=3)
+    gw = make(fake, observer=Observer(rec, tracing), size=3)
     await asyncio.gather(*(embed(gw, t) for t in ("m1", "m2", "m3")))
     tags = {"model": "text", "task": "embed"}
     assert rec.observed("fusion_router_batch_size") == [(3, tags)]
     (waited, _), = rec.observed("fusion_router_batch_wait_seconds")
     assert 0 <= waited < WAIT_MS / 1000  # closed by size, before its timer
+    windows = [s for s in exporter.get_finished_spans() if s.name == "window text/embed"]
+    assert len(windows) == 3  # one per caller
 
 
 async def test_knob_off_is_the_old_path(make):
