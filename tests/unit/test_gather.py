@@ -142,7 +142,7 @@ async def test_an_item_the_replica_refuses_fails_alone_and_the_rest_is_sent_agai
 async def test_a_callers_deadline_does_not_hold_the_window_nor_end_it(make):
     fake = GatedModels()
     gw = make(fake)
-    late = asyncio.ensure_future(embed(gw, "slow", deadline=time.monotonic() + 0.2))
+    late = asyncio.ensure_future(embed(gw, "slow", deadline=time.monotonic() + 1.0))
     patient = asyncio.ensure_future(embed(gw, "patient"))
     await fake.arrived.wait()  # the window was sent with both
     err = await late  # its deadline passes while the model works: its own 504
@@ -217,17 +217,26 @@ async def test_pipeline_steps_are_gathered_too(make):
 async def test_a_lone_caller_waits_for_no_window_and_a_busy_model_gathers(make):
     rec = MemoryRecorder()
     fake = GatedModels()
-    gw = make(fake, observer=Observer(rec))
+    gw = make(fake, observer=Observer(rec), size=2)
+    gather = gw.executor.gather
+    gather.waits["text"] = 60.0  # longer than the test: a window that waits closes by size
     first = asyncio.ensure_future(embed(gw, "g1"))
-    await fake.arrived.wait()  # sent alone, at once: nothing else was out
+    # sent alone, without waiting for its 60 s timer: nothing else was out
+    await asyncio.wait_for(fake.arrived.wait(), 30)
     (waited, _), = rec.observed("fusion_router_batch_wait_seconds")
-    assert waited < WAIT_MS / 1000
-    later = [asyncio.ensure_future(embed(gw, t)) for t in ("g2", "g3")]
+    assert waited < 30
+    second = asyncio.ensure_future(embed(gw, "g2"))  # g1 is out: g2's window waits ...
+    for _ in range(100):
+        if gather._open:
+            break
+        await asyncio.sleep(0)  # a turn of the loop, not a timed wait
+    assert gather._open
+    third = asyncio.ensure_future(embed(gw, "g3"))  # ... for g3, from a later turn
     fake.gate.set()
-    assert [o for o, _ in await asyncio.gather(first, *later)] == [
+    assert [o for o, _ in await asyncio.gather(first, second, third)] == [
         FakeModels.compute("embed", {"text": t}) for t in ("g1", "g2", "g3")]
-    # g2 and g3 came while g1 was out: their window waited for company
     assert fake.batches == [("text/embed", 1), ("text/embed", 2)]
+    assert [n for n, _ in rec.observed("fusion_router_batch_size")] == [1, 2]
 
 
 async def test_cache_policies_form_their_own_windows(make):
@@ -269,11 +278,12 @@ async def test_router_batch_size_wait_and_spans_are_measured(make):
     tracing = Tracing(provider)
     fake = FakeModels()
     gw = make(fake, observer=Observer(rec, tracing), size=3)
+    gw.executor.gather.waits["text"] = 60.0  # longer than the test: closed by size or turn
     await asyncio.gather(*(embed(gw, t) for t in ("m1", "m2", "m3")))
     tags = {"model": "text", "task": "embed"}
     assert rec.observed("fusion_router_batch_size") == [(3, tags)]
     (waited, _), = rec.observed("fusion_router_batch_wait_seconds")
-    assert 0 <= waited < WAIT_MS / 1000  # closed by size, before its timer
+    assert 0 <= waited < 30  # closed by size, long before its timer
     windows = [s for s in exporter.get_finished_spans() if s.name == "window text/embed"]
     assert len(windows) == 3  # one per caller
 
