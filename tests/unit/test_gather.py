@@ -239,6 +239,37 @@ async def test_a_lone_caller_waits_for_no_window_and_a_busy_model_gathers(make):
     assert [n for n, _ in rec.observed("fusion_router_batch_size")] == [1, 2]
 
 
+async def test_a_window_keeps_gathering_while_its_model_has_all_it_can_take(make):
+    """One replica takes two windows (one computing, one on its way); a third window whose
+    wait is over goes only when one comes back, with whatever gathered meanwhile."""
+    fake = GatedModels()
+    gw = make(fake)
+    gather = gw.executor.gather
+    assert gather.outs["text"] == 2
+    gather.waits["text"] = 0.001
+    out = [asyncio.ensure_future(embed(gw, "k1"))]
+    await fake.arrived.wait()  # k1: sent at once (nothing out)
+
+    async def until(condition) -> None:
+        for _ in range(10_000):
+            if condition():
+                return
+            await asyncio.sleep(0.001)  # polls a state change; bounded
+        raise AssertionError("the gatherer never got there")
+
+    out.append(asyncio.ensure_future(embed(gw, "k2")))  # k2: waits 1 ms, then goes (2 out)
+    await until(lambda: sum(gather._running.values()) == 2)
+    out.append(asyncio.ensure_future(embed(gw, "k3")))  # k3: waits 1 ms, then must stay
+    await until(lambda: any(w.waited for w in gather._open.values()))
+    out.append(asyncio.ensure_future(embed(gw, "k4")))  # joins k3's window, still open
+    await until(lambda: any(len(w.items) == 2 for w in gather._open.values()))
+    assert sum(gather._running.values()) == 2
+    fake.gate.set()
+    assert [o for o, _ in await asyncio.gather(*out)] == [
+        FakeModels.compute("embed", {"text": t}) for t in ("k1", "k2", "k3", "k4")]
+    assert fake.batches == [("text/embed", 1), ("text/embed", 1), ("text/embed", 2)]
+
+
 async def test_cache_policies_form_their_own_windows(make):
     fake = FakeModels()
     gw = make(fake)
