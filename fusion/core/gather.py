@@ -24,9 +24,9 @@ distinct misses, one ``put_many``, then each caller's future resolved with its o
 (stored first, as single calls do: a client that repeats a request it got finds it cached).
 
 - Cache hits are answered by the window's one ``MGET``, not by a ``GET`` per caller before
-  it joins: at 32 callers on Redis that costs the router 52-63 µs of CPU per cached call
-  against 167-201 µs for a ``GET`` per call (``ops/bench/router_gather.py``, knob off
-  against on, noisy 2-core machine), and a lone caller does not wait for company (above).
+  it joins: at 32 callers on Redis that costs the router 37 µs of CPU per cached call
+  against 126 µs for a ``GET`` per call (``ops/bench/router_gather.py``, knob on against
+  off, 2-core machine), and a lone caller does not wait for company (above).
 - Items are checked (``check_inputs``) by the executor before they join, so a bad item fails
   only its caller. An item the *replica* refuses (``inputs[3].image``) fails its caller with
   the error a single call would have had; the rest of the window is sent again without it.
