@@ -149,6 +149,11 @@ class ModelConfig(BaseModel):
     threads: int = Field(1, ge=1, description="torch intra-op threads per replica")
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    router_batch_wait_ms: float = Field(
+        0, ge=0, le=50, description="gather concurrent single calls of this model in the "
+        "router and send them as one list call (fusion.core.gather): while the model is "
+        "busy, a window waits this long for company (or until max_batch_size items); a "
+        "lone call goes at once. 0: off, each call is sent on its own")
     max_ongoing_requests: int | None = Field(
         None, ge=1, description="requests one replica works on at once (Serve's); default "
         "2 x max_batch_size (one batch computing, one filling), at least 2")

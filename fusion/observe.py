@@ -69,6 +69,11 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
               "carried the call", ("model", "task"), LATENCY_BUCKETS_S),
     MetricDef("fusion_batch_size", "histogram", "items per forward pass", ("model", "task"),
               BATCH_BUCKETS),
+    MetricDef("fusion_router_batch_size", "histogram", "distinct items of the single calls "
+              "the router gathered into one window (router_batch_wait_ms)", ("model", "task"),
+              BATCH_BUCKETS),
+    MetricDef("fusion_router_batch_wait_seconds", "histogram", "how long a router window "
+              "stayed open before it was sent", ("model", "task"), LATENCY_BUCKETS_S),
     MetricDef("fusion_model_in_flight", "gauge", "calls inside this model replica (queued "
               "or computing)", ("model",)),
     MetricDef("fusion_replica_up", "gauge", "1 per live replica (model, or 'router')",

@@ -147,6 +147,7 @@ class StepCache:
         List requests use this instead of ``get_or_compute``: they look up every item at once
         and compute only the misses, as one batch; they do not join in-flight computations.
         """
+        self._maybe_flush_stats()  # router windows may be all a replica's traffic
         call = CallState((str(labels[0]), str(labels[1])))
         raws = (await self._store.guarded(call, self.backend.get_many(keys))
                 if self.enabled else None)
@@ -163,6 +164,7 @@ class StepCache:
         """Store every ``(key, value)`` in one round trip; returns how many were stored."""
         if not self.enabled or not items:
             return 0
+        self._maybe_flush_stats()
         call = CallState((str(labels[0]), str(labels[1])))
         encoded = [(k, data) for k, v in items
                    if (data := self._store.encode(k, v, call)) is not None]
@@ -174,6 +176,12 @@ class StepCache:
         self._stats.add("stores", call.labels, len(encoded))
         self._stats.add("bytes_written", call.labels, sum(len(d) for _, d in encoded))
         return len(encoded)
+
+    def count_coalesced(self, labels: tuple[str, str], n: int = 1) -> None:
+        """Count callers that shared another's look-up or computation without touching the
+        cache (router windows, ``fusion.core.gather``), as single-flight's are counted."""
+        if self.enabled:
+            self._stats.add("coalesced", (str(labels[0]), str(labels[1])), n)
 
     async def delete(self, key: str) -> None:
         await self._store.guarded(CallState(PIPELINE_LABELS), self.backend.delete(key))

