@@ -26,7 +26,7 @@ from fusion.config import CacheConfig, ModelConfig
 from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
 from fusion.errors import BadInput, Overloaded, StepTimeout
-from fusion.http.api import create_api
+from fusion.http.app import create_api
 from fusion.observe import MemoryRecorder, Observer
 from fusion.serve.served import ServedModel
 from fusion.tracing import Tracing
