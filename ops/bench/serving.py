@@ -30,6 +30,8 @@ haproxy``), so the modes are compared side by side in one run.
 backend (``noop_backend.py``) behind the same router and route:
 
     python ops/bench/serving.py --quick --models text --modes default,embedded --peer infinity
+    python ops/bench/serving.py --quick --models text --modes default,embedded --peer infinity \
+        --threads 2          # the model with 2 torch threads, as Infinity runs
 
 Mode ``gather:<ms>`` runs the gateway with router-side batching (``router_batch_wait_ms``;
 ``fusion.core.gather``) set to ``<ms>`` for every measured model (``gather`` is 2 ms;
@@ -364,6 +366,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict:
     if args.quick:
         cmd.append("--quick")
     cmd += ["--scale", str(args.scale)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = {**os.environ, **mode_env(mode)}
     subprocess.run(cmd, env=env, check=True)
     return json.loads(Path(out).read_text())
@@ -419,9 +423,15 @@ def main() -> None:
     parser.add_argument("--peer", choices=["infinity"], default=None)
     parser.add_argument("--sweep", action="store_true",
                         help="only the in-process threads x batch size sweep")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of every measured model, in-process and served "
+                             "(default: the replica settings above, 1; Infinity runs 2)")
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
+    if args.threads:
+        for m in args.models:
+            MODELS[m]["threads"] = args.threads
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child_out:
         gateway_child(args)
