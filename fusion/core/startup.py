@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from fusion.cache import StepCache
 from fusion.config import AppConfig
-from fusion.core.gateway import admission_for, served_tasks
+from fusion.core.gateway import Gateway, admission_for, install, served_tasks
 from fusion.errors import SpecError
 from fusion.observe import Observer, Recorder
 from fusion.pipeline.spec import PipelineSpec, load_pipelines
@@ -68,3 +68,18 @@ def make_observer(config: AppConfig, recorder: Recorder | None) -> Observer:
     obs = config.observability
     return Observer(recorder if obs.metrics else None,
                     tracing_from(obs.otlp_endpoint, obs.service_name), obs.access_log)
+
+
+def start_gateway(config: AppConfig, caller: Any, recorder: Recorder | None) -> Gateway:
+    """The gateway of this process over ``caller`` (the runtime's ``ModelCaller``), installed
+    and exporting its series: both runtimes assemble it here. The caller gets the gateway's
+    admission (one place for every refusal and its hooks) and observer (trace context)."""
+    observer = make_observer(config, recorder)
+    cache = make_cache(config, observer.recorder)
+    gateway = Gateway(config, caller, cache, observer=observer)
+    caller.admission = gateway.admission
+    caller.observer = observer
+    observer.start(gateway.pipelines, gateway.models,
+                   cache.backend.healthy if cache is not None else None)
+    install(gateway)
+    return gateway

@@ -18,7 +18,7 @@ from fusion.config import AppConfig, ModelConfig
 from fusion.core.admission import Admission
 from fusion.embedded.batcher import BatchQueue
 from fusion.errors import FusionError, NotFound, StepFailed, unwrap
-from fusion.observe import Recorder
+from fusion.observe import NULL_OBSERVER, Recorder
 from fusion.replica.bundle import ModelBundle
 from fusion.replica.model import Replica, Timing
 
@@ -62,6 +62,7 @@ class LocalModels:
         self.limits = {m.name: self._limit(m) for m in config.models}
         self.in_flight = {m.name: 0 for m in config.models}
         self.admission = Admission(1 << 30)  # the gateway's own, once it exists
+        self.observer = NULL_OBSERVER  # the gateway's (calls stay in this process's trace)
 
     @staticmethod
     def _limit(m: ModelConfig) -> int | None:

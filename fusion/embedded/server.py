@@ -21,8 +21,8 @@ import yaml
 from fastapi import FastAPI
 
 from fusion.config import AppConfig
-from fusion.core.gateway import Gateway, current_gateway, install
-from fusion.core.startup import check_app, load_config, make_cache, make_observer
+from fusion.core.gateway import Gateway, current_gateway
+from fusion.core.startup import check_app, load_config, start_gateway
 from fusion.embedded.metrics import PrometheusRecorder
 from fusion.embedded.models import LocalModels
 from fusion.http.app import create_api
@@ -44,13 +44,7 @@ def build(args: dict[str, Any] | AppConfig,
     check_app(config)
     started = time.perf_counter()
     models = LocalModels(config, recorder)
-    observer = make_observer(config, recorder)
-    cache = make_cache(config, observer.recorder)
-    gateway = Gateway(config, models, cache, observer=observer)
-    models.admission = gateway.admission  # one place for every refusal and its hooks
-    observer.start(gateway.pipelines, gateway.models,
-                   cache.backend.healthy if cache is not None else None)
-    install(gateway)
+    gateway = start_gateway(config, models, recorder)
     log.info("embedded gateway ready in %.1f s: %d models, pipelines %s",
              time.perf_counter() - started, len(config.models), sorted(gateway.pipelines))
     return create_api(current_gateway), gateway

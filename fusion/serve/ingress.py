@@ -17,8 +17,8 @@ from ray.serve.handle import DeploymentHandle
 
 from fusion.config import AppConfig
 from fusion.core.admission import Admission
-from fusion.core.gateway import Gateway, current_gateway, install
-from fusion.core.startup import make_cache, make_observer
+from fusion.core.gateway import current_gateway
+from fusion.core.startup import start_gateway
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
 from fusion.http.app import create_api
 from fusion.observe import NULL_OBSERVER, Observer
@@ -112,14 +112,7 @@ class Router:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
-        observer = make_observer(cfg, ray_recorder())
-        client = HandleClient(handles, observer=observer,
-                              bundled={m.name for m in cfg.models if m.bundle})
-        cache = make_cache(cfg, observer.recorder)
-        gateway = Gateway(cfg, client, cache, observer=observer)
-        client.admission = gateway.admission  # one place for every refusal and its hooks
-        observer.start(gateway.pipelines, gateway.models,
-                       cache.backend.healthy if cache is not None else None)
-        install(gateway)
+        client = HandleClient(handles, bundled={m.name for m in cfg.models if m.bundle})
+        gateway = start_gateway(cfg, client, ray_recorder())
         log.info("router ready: %d models, pipelines %s", len(handles),
                  sorted(gateway.pipelines))
