@@ -74,7 +74,3 @@ class BatchQueue(Generic[R, T]):
         for (_, fut), result in zip(live, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
-
-    def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
