@@ -257,6 +257,17 @@ class AuthConfig(BaseModel):
     admin_key_hashes: list[str] = Field(default_factory=list)
 
 
+class DatabaseConfig(BaseModel):
+    """Where durable data lives (feedback, fusion profiles, keys, usage): fusion.store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default_factory=lambda: os.environ.get("FUSION_DATABASE_URL") or None,
+        description="SQLAlchemy URL (postgresql://... or sqlite:///path); default a SQLite "
+        "file under $FUSION_DATA_DIR (~/.local/share/fusion)")
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -328,6 +339,7 @@ class AppConfig(BaseModel):
     pipelines: list[dict[str, Any]] = Field(default_factory=list)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)

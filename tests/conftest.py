@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import leftovers, redis_server
+from tests import leftovers, postgres_server, redis_server
 
 SESSION = leftovers.mark_session()
 
@@ -26,6 +26,7 @@ RESOURCE_FIXTURES = {
     "embedded_url": "models",  # the embedded runtime: every model in one process
     "gateway_config": "redis",  # ... whose cache is the shared Redis
     "llm": "models",  # the real tiny LLM, loaded in-process
+    "postgres_url": "postgres",  # a fresh database on a real PostgreSQL (tests/postgres_server.py)
 }
 # A Serve app of this gateway always loads its models (tiny or packaged).
 IMPLIED = {"serve": ("models",)}
@@ -38,9 +39,10 @@ def resources_of(item: pytest.Item) -> set[str]:
     found = {RESOURCE_FIXTURES[f] for f in getattr(item, "fixturenames", ())
              if f in RESOURCE_FIXTURES}
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and any(isinstance(v, str) and v == "redis"
-                                    for v in callspec.params.values()):
-        found.add("redis")
+    if callspec is not None:
+        for value in callspec.params.values():
+            if isinstance(value, str) and value in ("redis", "postgres"):
+                found.add(value)
     found |= {m.name for m in item.iter_markers() if m.name in IMPLIED}
     for resource in list(found):
         found.update(IMPLIED.get(resource, ()))
@@ -60,6 +62,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     them, so the next session does not meet them). The private Redis tests/redis_server.py
     started for the session is stopped first: it lives as long as the session, by design."""
     redis_server.stop_all()
+    postgres_server.stop_all()
     left = leftovers.survivors(SESSION)
     if not left:
         return
@@ -73,6 +76,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     leftovers.kill(left)
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty database on a real PostgreSQL, dropped after the test."""
+    url = postgres_server.fresh_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path):
+    """Each durable-store test runs on both stores: a SQLite file and a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fusion.db'}"
+        return
+    url = postgres_server.fresh_database()
+    yield url
+    postgres_server.drop_database(url)
 
 
 @pytest.fixture(scope="session")
