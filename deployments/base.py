@@ -133,6 +133,17 @@ class ModelBackend(ABC):
             backend.load_weights()
         return backend
 
+    def on_compute_thread(self) -> None:
+        """Runs first on the one thread that runs this model's batches (the replica's).
+
+        torch's intra-op thread count is per thread under OpenMP, and a new thread takes the
+        process's last ``set_num_threads``: with several models in one process (the embedded
+        runtime, bundles) that is the ``threads`` of whichever model loaded last. Measured: a
+        MiniLM with ``threads: 2`` computed on 1 thread beside a model loaded after it."""
+        import torch
+
+        torch.set_num_threads(self.config.threads)
+
     @property
     def fingerprint(self) -> str:
         """The weights' fingerprint, plus the compression applied to them: an int8 model
