@@ -145,6 +145,7 @@ async def call_model(name: str, task: str, request: Request, gw: Gateway = Depen
                      rid: str = Depends(request_id)) -> Response:
     """One task of one model, cached; a list of inputs runs as one batch."""
     spec = gw.executor.task_spec(name, task)
+    gw.admission.check(f"model:{name}")  # a refusal reads and decodes no body
     types = {k: p.type for k, p in spec.inputs.items()}
     inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes,
                                allow_list=True)
@@ -179,6 +180,7 @@ async def run_pipeline(name: str, request: Request, stream: bool = False,
                        rid: str = Depends(request_id)) -> Response:
     """Run a pipeline; ``stream`` (or ``Accept: text/event-stream``) sends its step events."""
     spec = gw.pipeline(name)
+    gw.admission.check(name)  # a refusal reads and decodes no body (images, audio)
     types = {k: i.type for k, i in spec.inputs.items()}
     inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
 
