@@ -10,9 +10,16 @@ so itself with ``pytestmark``.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from tests import leftovers, postgres_server, redis_server
+
+# Durable data of the gateways tests build (issued keys, usage of keyed requests) lands in a
+# folder of this session, never in the developer's ~/.local/share/fusion.
+os.environ.setdefault("FUSION_DATA_DIR", tempfile.mkdtemp(prefix="fusion-test-data-"))
 
 SESSION = leftovers.mark_session()
 

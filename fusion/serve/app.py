@@ -12,7 +12,7 @@ from ray.serve import Application
 
 from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
-from fusion.core.startup import check_app, load_config
+from fusion.core.startup import check_app, check_exposure, load_config
 from fusion.registry import deployment_path, import_object
 
 
@@ -62,6 +62,7 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
 
     config = load_config(args)
     check_app(config)  # refuse early, before any replica: a bad config stops serve run
+    check_exposure(config, serve_http_host())
     observability = config.observability.model_dump(mode="json")
     handles = {m.name: model_deployment(m, config.model_dir, observability)
                for m in config.models if not m.bundle}
@@ -74,3 +75,18 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
                           {"num_cpus": router.num_cpus}, router.resources),
         max_ongoing_requests=config.router.max_ongoing_requests,
     ).bind(config.model_dump(mode="json"), handles)
+
+
+def serve_http_host() -> str | None:
+    """The address Serve's HTTP proxies listen on (``http_options.host``), asked of the
+    controller; None when it cannot tell (no controller reachable from here)."""
+    try:
+        import ray
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return None
+        return ray.get(client._controller.get_http_config.remote(), timeout=10).host
+    except Exception:  # an internal API: a Ray upgrade may move it; the caller warns
+        return None
