@@ -138,7 +138,7 @@ def _columns(change: KeyChange, fields: set[str]) -> dict[str, Any]:
 
 
 @admin.post("/v1/admin/keys", status_code=201, response_model=KeyCreated,
-            responses=responses((*COMMON, 422)))
+            responses=responses((*COMMON, 400, 422)))
 async def create_key(body: KeyCreate, gw: Gateway = Depends(gateway)) -> dict:
     """Issue a key; the answer carries its secret (``key``), the only time it is shown."""
     fields = body.model_fields_set - {"name", "scopes"}
@@ -173,7 +173,7 @@ async def get_key(key_id: str, gw: Gateway = Depends(gateway)) -> dict:
 
 
 @admin.patch("/v1/admin/keys/{key_id}", response_model=KeyInfo,
-             responses=responses((*COMMON, 404, 422)))
+             responses=responses((*COMMON, 400, 404, 422)))
 async def update_key(key_id: str, body: KeyChange, gw: Gateway = Depends(gateway)) -> dict:
     """Change limits, allow-lists, owner, name or expiry (fields sent; ``null`` clears)."""
     return await _one(gw, key_id, "update", **_columns(body, body.model_fields_set))
