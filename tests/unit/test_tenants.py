@@ -9,12 +9,17 @@ import base64
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from fusion.cache import MemoryBackend, StepCache
 from fusion.core.gateway import Gateway
+from fusion.core.startup import announce_auth, check_exposure, load_config
+from fusion.embedded.server import main as embedded_main
+from fusion.embedded.server import read_serve_config
+from fusion.errors import SpecError
 from fusion.core.keys import hash_key
 from fusion.http.app import create_api
 from fusion.observe import MemoryRecorder
@@ -372,3 +377,42 @@ async def test_usage_batch_kept_while_the_database_is_down(replicas, tmp_path):
     assert recorder.pending == []
     rows = UsageStore(gw.tenants.database()).query([key["id"]])
     assert rows[0]["requests"] == 1
+
+
+# ---- secure by default ----------------------------------------------------------------------
+
+def test_beyond_loopback_without_a_key_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("FUSION_API_KEYS", raising=False)
+    monkeypatch.delenv("FUSION_ADMIN_KEYS", raising=False)
+    cfg = fake_config()
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        check_exposure(cfg, host)  # a laptop stays keyless
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gpu-box.internal"):
+        with pytest.raises(SpecError, match=r"auth: \{anonymous: true\}"):
+            check_exposure(cfg, host)
+    check_exposure(fake_config(auth={"anonymous": True}), "0.0.0.0")  # chosen explicitly
+    check_exposure(fake_config(auth={"key_hashes": [hash_key("k")]}), "0.0.0.0")
+    monkeypatch.setenv("FUSION_ADMIN_KEYS", "root")
+    check_exposure(cfg, "0.0.0.0")
+    assert not any("admin routes" in line for line in announce_auth(cfg))
+    monkeypatch.delenv("FUSION_ADMIN_KEYS")
+    lines = announce_auth(cfg)  # said at start-up, in both runtimes (start_gateway)
+    assert any("admin routes" in line and "disabled" in line for line in lines)
+    assert any("anonymous access is on" in line for line in lines)
+
+
+def test_shipped_profiles_beyond_loopback_need_a_key(monkeypatch):
+    """hub.yaml binds 0.0.0.0: with no key it refuses (the embedded runtime too); the
+    loopback profiles start keyless."""
+    monkeypatch.delenv("FUSION_API_KEYS", raising=False)
+    monkeypatch.delenv("FUSION_ADMIN_KEYS", raising=False)
+    exposed = []
+    for path in sorted(Path("ops/serve").glob("*.yaml")):
+        args, http = read_serve_config(str(path))
+        try:
+            check_exposure(load_config(args), http.get("host", "127.0.0.1"))
+        except SpecError:
+            exposed.append(path.name)
+    assert exposed == ["hub.yaml"]
+    with pytest.raises(SpecError, match="FUSION_API_KEYS"):
+        embedded_main(["ops/serve/hub.yaml", "--metrics-port", "0"])
