@@ -16,11 +16,11 @@ import pytest
 
 from fusion.cache import MemoryBackend, StepCache
 from fusion.core.gateway import Gateway
+from fusion.core.keys import hash_key
 from fusion.core.startup import announce_auth, check_exposure, load_config
 from fusion.embedded.server import main as embedded_main
 from fusion.embedded.server import read_serve_config
 from fusion.errors import SpecError
-from fusion.core.keys import hash_key
 from fusion.http.app import create_api
 from fusion.observe import MemoryRecorder
 from fusion.store.database import Database
@@ -416,3 +416,52 @@ def test_shipped_profiles_beyond_loopback_need_a_key(monkeypatch):
     assert exposed == ["hub.yaml"]
     with pytest.raises(SpecError, match="FUSION_API_KEYS"):
         embedded_main(["ops/serve/hub.yaml", "--metrics-port", "0"])
+
+
+# ---- SDK and CLI ----------------------------------------------------------------------------
+
+async def test_cli_keys_and_usage_over_the_sdk(replicas, monkeypatch):
+    """``fusion keys create|list|revoke`` and ``fusion usage`` against the in-process app (the
+    CLI's sync client over a thread, as a terminal would drive it)."""
+    import io
+
+    from fusion_client.cli import main
+
+    gw = replicas()
+    app = create_api(lambda: gw)
+    loop = asyncio.get_running_loop()
+
+    class Bridge(httpx.BaseTransport):  # the sync CLI in a thread → the app on this loop
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            async def send() -> httpx.Response:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                             base_url="http://gw") as c:
+                    r = await c.send(httpx.Request(request.method, request.url,
+                                                   headers=request.headers,
+                                                   content=request.read()))
+                    return httpx.Response(r.status_code, headers=r.headers, content=r.content)
+            return asyncio.run_coroutine_threadsafe(send(), loop).result()
+
+    def cli(*argv: str, key: str = "root-key") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--url", "http://gw", "--api-key", key, *argv], transport=Bridge(),
+                    stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, err = await asyncio.to_thread(cli, "keys", "create", "ci", "--models", "text",
+                                             "--rpm", "10", "--owner", "team-b")
+    assert code == 0 and "shown this once" in err, err
+    token = out.split("key: ")[1].strip()
+    key_id = out.split("id:  ")[1].split()[0]
+    code, out, _ = await asyncio.to_thread(cli, "keys", "list")
+    assert code == 0 and key_id in out and "team-b" in out and "rpm=10" in out
+    assert token not in out
+    async with client_for(gw) as c:
+        assert (await c.post("/v1/models/text/embed", headers=bearer(token),
+                             json=embed())).status_code == 200
+    code, out, _ = await asyncio.to_thread(cli, "usage", "--csv", key=token)
+    assert code == 0 and out.splitlines()[1].startswith(f"{key_id},ci,text,,")
+    code, out, _ = await asyncio.to_thread(cli, "keys", "revoke", key_id, "--json")
+    assert code == 0 and '"active": false' in out
+    code, _, err = await asyncio.to_thread(cli, "keys", "list", key=token)
+    assert code != 0 and "401" in err  # revoked: refused on the replica that revoked it
