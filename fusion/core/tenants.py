@@ -345,8 +345,11 @@ class Guard:
             return
         if self.counts is not None:
             self.tenants.usage.add(p.key_id, self.kind, self.name, **self.counts)
+            self.tenants._metric("fusion_key_requests_total", {"key": p.name, "outcome": "ok"})
         elif exc_type is not None and not issubclass(exc_type, asyncio.CancelledError):
             self.tenants.usage.add(p.key_id, self.kind, self.name, errors=1)
+            self.tenants._metric("fusion_key_requests_total",
+                                 {"key": p.name, "outcome": "error"})
 
     def headers(self) -> dict[str, str]:
         if self.principal is None or self.principal.limits is None or self.decision is None:
