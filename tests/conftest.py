@@ -32,6 +32,7 @@ RESOURCE_FIXTURES = {
     "serve_url": "serve",
     "embedded_url": "models",  # the embedded runtime: every model in one process
     "gateway_config": "redis",  # ... whose cache is the shared Redis
+    "tenants_database": "postgres",  # ... whose keys and usage are on PostgreSQL
     "llm": "models",  # the real tiny LLM, loaded in-process
     "postgres_url": "postgres",  # a fresh database on a real PostgreSQL (tests/postgres_server.py)
 }
