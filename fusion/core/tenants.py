@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import logging
 import threading
 import time
@@ -29,9 +30,9 @@ from typing import Any
 from fusion.config import AppConfig
 from fusion.core.keys import KeyRing, hash_key
 from fusion.core.limits import Decision, KeyLimits, LocalLimits, RedisLimits
-from fusion.core.usage import UsageRecorder
+from fusion.core.usage import RedisUsage, UsageRecorder
 from fusion.errors import Forbidden, Overloaded, QuotaExceeded, RateLimited, Unauthorized
-from fusion.store.database import Database
+from fusion.store.database import Database, resolve_url
 from fusion.store.keys import KeyRecord, KeyStore, parse_token
 from fusion.store.usage import UsageStore
 
@@ -108,7 +109,12 @@ class Tenants:
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         self.limits = RedisLimits(auth.rate_limit_redis_url) if auth.rate_limit_redis_url \
             else LocalLimits()
-        self.usage = UsageRecorder(self.usage_store, auth.usage_flush_s)
+        # usage shared in Redis under a name of this database: replicas of one gateway
+        # adopt each other's batches, never another gateway's
+        redis_usage = RedisUsage(auth.rate_limit_redis_url, "fusion:usage:" + hashlib.sha256(
+            resolve_url(self._db_url).encode()).hexdigest()[:12]) \
+            if auth.rate_limit_redis_url else None
+        self.usage = UsageRecorder(self.usage_store, auth.usage_flush_s, redis_usage)
 
     # ---- the durable store, opened on first need (a keyless laptop never touches it) ----
     @staticmethod
@@ -252,7 +258,7 @@ class Tenants:
         self._metric("fusion_key_rejections_total", {"key": principal.name,
                                                      "reason": decision.reason})
         if principal.counted:
-            self.usage.add(principal.key_id, kind, name, rejected=1)
+            await self.usage.commit(principal.key_id, kind, name, rejected=1)
         headers = rate_headers(limits, decision)
         if decision.reason.startswith("quota"):
             what = decision.reason.removeprefix("quota_")
@@ -344,10 +350,10 @@ class Guard:
         if not p.counted:
             return
         if self.counts is not None:
-            self.tenants.usage.add(p.key_id, self.kind, self.name, **self.counts)
+            await self.tenants.usage.commit(p.key_id, self.kind, self.name, **self.counts)
             self.tenants._metric("fusion_key_requests_total", {"key": p.name, "outcome": "ok"})
         elif exc_type is not None and not issubclass(exc_type, asyncio.CancelledError):
-            self.tenants.usage.add(p.key_id, self.kind, self.name, errors=1)
+            await self.tenants.usage.commit(p.key_id, self.kind, self.name, errors=1)
             self.tenants._metric("fusion_key_requests_total",
                                  {"key": p.name, "outcome": "error"})
 

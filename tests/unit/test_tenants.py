@@ -465,3 +465,29 @@ async def test_cli_keys_and_usage_over_the_sdk(replicas, monkeypatch):
     assert code == 0 and '"active": false' in out
     code, _, err = await asyncio.to_thread(cli, "keys", "list", key=token)
     assert code != 0 and "401" in err  # revoked: refused on the replica that revoked it
+
+
+async def test_usage_survives_a_killed_replica(limited):
+    """With Redis, a request is counted there before its answer leaves: a replica killed
+    (no shutdown, no flush), even one killed halfway through a flush, loses nothing; the
+    surviving replica writes its counts, once."""
+    a, b = limited(usage_flush_s=300), limited(usage_flush_s=300)
+    async with client_for(a) as ca, client_for(b) as cb:
+        key = await issue(ca)
+        sent = 0
+        for i in range(12):
+            r = await (ca, cb)[i % 3 == 0].post("/v1/models/text/embed",
+                                                 headers=bearer(key["key"]), json=embed(str(i)))
+            assert r.status_code == 200
+            sent += 1
+        await b.tenants.usage.redis.seal()  # b starts a flush: its counts sealed in a batch
+        for i in range(5):  # more answered after the seal, by both
+            assert (await (ca, cb)[i % 2].post("/v1/models/text/embed", headers=bearer(key["key"]),
+                                               json=embed("x"))).status_code == 200
+            sent += 1
+        # b is killed now: no flush, no shutdown; its memory holds nothing that matters
+        assert b.tenants.usage.counts == {} and a.tenants.usage.counts == {}
+        await a.tenants.usage.flush()
+        await a.tenants.usage.flush()  # again: nothing is written twice
+        [row] = UsageStore(a.tenants.database()).query([key["id"]])
+        assert row["requests"] == sent == 17
