@@ -20,7 +20,7 @@ from fusion.core.keys import hash_key
 from fusion.core.startup import announce_auth, check_exposure, load_config
 from fusion.embedded.server import main as embedded_main
 from fusion.embedded.server import read_serve_config
-from fusion.errors import SpecError
+from fusion.errors import SpecError, StepFailed
 from fusion.http.app import create_api
 from fusion.observe import MemoryRecorder
 from fusion.store.database import Database
@@ -491,3 +491,52 @@ async def test_usage_survives_a_killed_replica(limited):
         await a.tenants.usage.flush()  # again: nothing is written twice
         [row] = UsageStore(a.tenants.database()).query([key["id"]])
         assert row["requests"] == sent == 17
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_tokens_per_minute_charge_real_tokens(backend, shared_redis_url):
+    """tpm: refused while the key is over; each answer charges its prompt + completion tokens
+    (an LLM answer's ``usage``, streamed or not)."""
+    from fusion.core.limits import KeyLimits, LocalLimits, RedisLimits
+
+    limits = LocalLimits() if backend == "local" else RedisLimits(shared_redis_url)
+    if backend == "redis":
+        limits.ns = f"fusion:limits:{uuid.uuid4().hex[:8]}"
+    key = KeyLimits("k-tpm", tpm=100, quota_tokens=150, quota_period="day")
+    try:
+        first = await limits.admit(key, 1)
+        assert first.allowed and first.remaining_tokens == 100
+        await limits.charge(key, 110, 0.0)  # one answer used more than the minute's tokens
+        refused = await limits.admit(key, 1)
+        assert not refused.allowed and refused.reason == "tpm"
+        assert 0 < refused.retry_after_s <= 60
+        other = KeyLimits("k-quota", quota_tokens=150, quota_period="day")
+        assert (await limits.admit(other, 1)).allowed
+        await limits.charge(other, 150, 0.0)
+        spent = await limits.admit(other, 1)
+        assert not spent.allowed and spent.reason == "quota_tokens"
+    finally:
+        await limits.aclose()
+
+
+class Talkative(FakeModels):
+    """Answers carry an LLM's ``usage`` (what the llm family's replicas report)."""
+
+    async def call(self, model, task, inputs):
+        out = await super().call(model, task, inputs)
+        return {**out, "usage": {"prompt_tokens": 7, "completion_tokens": 5}}
+
+
+async def test_usage_records_tokens_and_errors(replicas):
+    gw = replicas(Talkative(fail={"zero_shot": StepFailed("text/zero_shot crashed")}))
+    async with client_for(gw) as c:
+        key = await issue(c)
+        for text in ("a", "b"):
+            assert (await c.post("/v1/models/text/embed", headers=bearer(key["key"]),
+                                 json=embed(text))).status_code == 200
+        r = await c.post("/v1/models/text/zero_shot", headers=bearer(key["key"]),
+                         json={"inputs": {"text": "x", "labels": ["a", "b"]}})
+        assert r.status_code >= 500
+        [row] = (await c.get("/v1/usage?model=text", headers=bearer(key["key"]))).json()["data"]
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (2, 14, 10)
+    assert row["errors"] == 1 and row["compute_s"] >= 0
