@@ -78,11 +78,14 @@ def _allowed(globs: tuple[str, ...] | None, name: str) -> bool:
 
 ANONYMOUS = Principal("anonymous", "anonymous", counted=False)
 _current: ContextVar[Principal | None] = ContextVar("fusion_principal", default=None)
+_headers: ContextVar[dict[str, str] | None] = ContextVar("fusion_rate_headers", default=None)
 
 
-def bind(principal: Principal | None) -> None:
-    """Make ``principal`` the caller of the running request (set by ``fusion.http.auth``)."""
+def bind(principal: Principal | None, headers: dict[str, str] | None = None) -> None:
+    """Make ``principal`` the caller of the running request (set by ``fusion.http.auth``);
+    ``headers`` receives the ``x-ratelimit-*`` headers of its limit checks."""
     _current.set(principal)
+    _headers.set(headers)
 
 
 def current() -> Principal | None:
@@ -325,6 +328,9 @@ class Guard:
         else:
             Tenants.check_model(self.name, self.task)
         self.decision = await self.tenants.admit(p, self.kind, self.name, self.cost)
+        sink = _headers.get()
+        if sink is not None and self.decision is not None:
+            sink.update(self.headers())
         return self
 
     def done(self, items: int = 1, cache_hits: int = 0, compute_s: float = 0.0,

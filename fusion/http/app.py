@@ -17,7 +17,12 @@ from fusion import __version__
 from fusion.core.gateway import Gateway
 from fusion.errors import FusionError
 from fusion.http import admin, docs, errors, native, playground, tenants
-from fusion.http.middleware import BodyLimitMiddleware, ConfiguredCORS, RequestIdMiddleware
+from fusion.http.middleware import (
+    BodyLimitMiddleware,
+    ConfiguredCORS,
+    RateLimitHeaders,
+    RequestIdMiddleware,
+)
 from fusion.http.openai import audio, chat, embeddings, images
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 
@@ -47,6 +52,7 @@ def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool =
     # the one middleware stack, innermost first (Starlette wraps each added one around the
     # last): the body limit; observation (sees 413s and the id); CORS (answers preflights,
     # adds its headers to errors too); the request id outermost, so every answer carries it
+    app.add_middleware(RateLimitHeaders)  # a limited key's x-ratelimit-* on its answers
     app.add_middleware(BodyLimitMiddleware, get_gateway=get_gateway)
     app.add_middleware(ObserveMiddleware, get_observer=observer)
     app.add_middleware(ConfiguredCORS, get_gateway=get_gateway)

@@ -20,7 +20,7 @@ async def principal(request: Request) -> Principal:
         found = await tenants.authenticate(request.headers.get("authorization"))
         request.state.principal = found
         request.state.key_id = found.key_id
-    bind(found)
+    bind(found, getattr(request.state, "rate_headers", None))
     return found
 
 

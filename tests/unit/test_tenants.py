@@ -221,6 +221,7 @@ async def test_sixth_request_in_a_minute_is_429_on_whichever_replica(limited):
             r = await (ca if i % 2 else cb).post("/v1/models/text/embed", headers=user,
                                                  json=embed(f"t{i}"))
             assert r.status_code == 200, r.text
+            assert r.headers["x-ratelimit-remaining-requests"] == str(4 - i)  # on answers too
         for c in (ca, cb):
             r = await c.post("/v1/models/text/embed", headers=user, json=embed("six"))
             assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
