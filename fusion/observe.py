@@ -79,7 +79,7 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
     MetricDef("fusion_replica_up", "gauge", "1 per live replica (model, or 'router')",
               ("model",)),
     MetricDef("fusion_key_requests_total", "counter", "model calls and pipeline runs by key "
-              "name (issued keys, and 'static'/'admin') and outcome (ok, error)",
+              "name (issued keys; 'static'/'admin'; 'anonymous') and outcome (ok, error)",
               ("key", "outcome")),
     MetricDef("fusion_key_rejections_total", "counter", "requests a key's rate limit, "
               "concurrency or quota refused (429), by key name and reason", ("key", "reason")),

@@ -118,6 +118,12 @@ class Tenants:
             resolve_url(self._db_url).encode()).hexdigest()[:12]) \
             if auth.rate_limit_redis_url else None
         self.usage = UsageRecorder(self.usage_store, auth.usage_flush_s, redis_usage)
+        # the series the dashboard plots exist from the start at 0 (a panel of rare refusals
+        # reads 0, not "No data", on a healthy gateway)
+        for name, tags in (("fusion_limiter_errors_total", {}),
+                           ("fusion_key_rejections_total", {"key": "anonymous",
+                                                            "reason": "none"})):
+            self._metric(name, tags, 0)
 
     # ---- the durable store, opened on first need (a keyless laptop never touches it) ----
     @staticmethod
@@ -280,10 +286,10 @@ class Tenants:
                           field="authorization", retry_after_s=decision.retry_after_s,
                           headers=headers)
 
-    def _metric(self, name: str, tags: dict[str, str]) -> None:
+    def _metric(self, name: str, tags: dict[str, str], value: float = 1.0) -> None:
         if self.recorder is not None:
             try:
-                self.recorder.inc(name, tags)
+                self.recorder.inc(name, tags, value)
             except Exception:  # a metric never fails a request
                 log.debug("metric %s not recorded", name, exc_info=True)
 
@@ -353,15 +359,16 @@ class Guard:
                                     self.counts["completion_tokens"]), self.counts["compute_s"])
             except Exception as err:  # the lease expires on its own (LEASE_S)
                 log.warning("rate limiter release failed: %s", err)
+        failed = exc_type is not None and not issubclass(exc_type, asyncio.CancelledError)
+        if self.counts is not None or failed:
+            self.tenants._metric("fusion_key_requests_total", {
+                "key": p.name, "outcome": "ok" if self.counts is not None else "error"})
         if not p.counted:
             return
         if self.counts is not None:
             await self.tenants.usage.commit(p.key_id, self.kind, self.name, **self.counts)
-            self.tenants._metric("fusion_key_requests_total", {"key": p.name, "outcome": "ok"})
-        elif exc_type is not None and not issubclass(exc_type, asyncio.CancelledError):
+        elif failed:
             await self.tenants.usage.commit(p.key_id, self.kind, self.name, errors=1)
-            self.tenants._metric("fusion_key_requests_total",
-                                 {"key": p.name, "outcome": "error"})
 
     def headers(self) -> dict[str, str]:
         if self.principal is None or self.principal.limits is None or self.decision is None:
