@@ -58,7 +58,7 @@ def bundle_deployment(name: str, members: list[ModelConfig], model_dir: str | No
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
     """The application: one deployment per model or bundle, and the router in front."""
-    from fusion.serve.ingress import Router
+    from fusion.serve.ingress import Router, serve_http_host
 
     config = load_config(args)
     check_app(config)  # refuse early, before any replica: a bad config stops serve run
@@ -76,17 +76,3 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
         max_ongoing_requests=config.router.max_ongoing_requests,
     ).bind(config.model_dump(mode="json"), handles)
 
-
-def serve_http_host() -> str | None:
-    """The address Serve's HTTP proxies listen on (``http_options.host``), asked of the
-    controller; None when it cannot tell (no controller reachable from here)."""
-    try:
-        import ray
-        from ray.serve.context import _get_global_client
-
-        client = _get_global_client(raise_if_no_controller_running=False)
-        if client is None:
-            return None
-        return ray.get(client._controller.get_http_config.remote(), timeout=10).host
-    except Exception:  # an internal API: a Ray upgrade may move it; the caller warns
-        return None

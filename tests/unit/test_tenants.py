@@ -541,3 +541,17 @@ async def test_usage_records_tokens_and_errors(replicas):
         [row] = (await c.get("/v1/usage?model=text", headers=bearer(key["key"]))).json()["data"]
     assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (2, 14, 10)
     assert row["errors"] == 1 and row["compute_s"] >= 0
+
+
+def test_serve_host_is_not_asked_without_ray(monkeypatch):
+    """Building the app in a process without Ray must not start one just to ask Serve's
+    host: the check warns instead (the router replica, inside Ray, asks and refuses)."""
+    import ray
+
+    from fusion.serve.ingress import serve_http_host
+
+    monkeypatch.delenv("FUSION_API_KEYS", raising=False)
+    monkeypatch.delenv("FUSION_ADMIN_KEYS", raising=False)
+    assert not ray.is_initialized()
+    assert serve_http_host() is None and not ray.is_initialized()
+    check_exposure(fake_config(), None)  # unknown: a warning, not a refusal
