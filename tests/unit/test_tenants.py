@@ -555,3 +555,22 @@ def test_serve_host_is_not_asked_without_ray(monkeypatch):
     assert not ray.is_initialized()
     assert serve_http_host() is None and not ray.is_initialized()
     check_exposure(fake_config(), None)  # unknown: a warning, not a refusal
+
+
+async def test_streaming_counts_against_the_limit(limited):
+    """A streamed pipeline run takes its cost like any run: the stream that would pass the
+    limit ends in a ``rate_limited`` error event instead of a result."""
+    from tests.sse import sse_events
+
+    a = limited()
+    async with client_for(a) as c:
+        key = await issue(c, rpm=2)  # embed: two model steps (one skipped by its `when`)
+        user = bearer(key["key"])
+        r = await c.post("/v1/pipelines/embed", headers=user,
+                         params={"stream": "true"}, json=embed("first"))
+        kinds = [kind for kind, _ in sse_events(r.text)]
+        assert r.status_code == 200 and kinds[-1] == "result", r.text
+        r = await c.post("/v1/pipelines/embed", headers=user, params={"stream": "true"},
+                         json=embed("second"))
+        kind, data = sse_events(r.text)[-1]
+        assert kind == "error" and data["error"]["code"] == "rate_limited"
