@@ -574,3 +574,38 @@ async def test_streaming_counts_against_the_limit(limited):
                          json=embed("second"))
         kind, data = sse_events(r.text)[-1]
         assert kind == "error" and data["error"]["code"] == "rate_limited"
+
+
+async def test_issued_key_is_logged_and_traced_by_its_id_only(replicas, caplog):
+    """The access log names an issued key by its id (the one /v1/usage shows); neither the
+    log, nor any record logged while it was used, nor the spans carry the secret."""
+    import json as jsonlib
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from fusion.observe import Observer
+    from fusion.tracing import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    gw = replicas()
+    gw.observer = Observer(None, Tracing(provider), access_log="json")
+    async with client_for(gw) as c:
+        key = await issue(c)
+        with caplog.at_level(logging.DEBUG):
+            r = await c.post("/v1/models/text/embed", headers=bearer(key["key"]), json=embed())
+            assert r.status_code == 200
+            r = await c.post("/v1/models/text/embed", headers=bearer(key["key"] + "x"),
+                             json=embed())
+            assert r.status_code == 401
+    secret = key["key"].split("_", 2)[2]
+    lines = [rec.getMessage() for rec in caplog.records]
+    access = [jsonlib.loads(m) for m in lines if m.startswith("{") and "text/embed" in m]
+    assert len(access) == 2 and {e["key_id"] for e in access} == {key["id"]}
+    assert not any(secret in m for m in lines)
+    spans = exporter.get_finished_spans()
+    assert spans and not any(secret in str(dict(s.attributes or {})) for s in spans)
