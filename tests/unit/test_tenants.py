@@ -594,6 +594,14 @@ async def test_issued_key_is_logged_and_traced_by_its_id_only(replicas, caplog):
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     gw = replicas()
     gw.observer = Observer(None, Tracing(provider), access_log="json")
+    access_log: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            access_log.append(record.getMessage())
+
+    collect = Collect()
+    logging.getLogger("fusion.access").addHandler(collect)  # it does not propagate
     async with client_for(gw) as c:
         key = await issue(c)
         with caplog.at_level(logging.DEBUG):
@@ -602,8 +610,9 @@ async def test_issued_key_is_logged_and_traced_by_its_id_only(replicas, caplog):
             r = await c.post("/v1/models/text/embed", headers=bearer(key["key"] + "x"),
                              json=embed())
             assert r.status_code == 401
+    logging.getLogger("fusion.access").removeHandler(collect)
     secret = key["key"].split("_", 2)[2]
-    lines = [rec.getMessage() for rec in caplog.records]
+    lines = [rec.getMessage() for rec in caplog.records] + access_log
     access = [jsonlib.loads(m) for m in lines if m.startswith("{") and "text/embed" in m]
     assert len(access) == 2 and {e["key_id"] for e in access} == {key["id"]}
     assert not any(secret in m for m in lines)
