@@ -176,13 +176,13 @@ class Limits(Protocol):
 class RedisLimits:
     """The limits over Redis: every router replica sees the same counters."""
 
-    def __init__(self, url: str, namespace: str = "fusion:limits", timeout_s: float = 0.5
-                 ) -> None:
+    def __init__(self, url: str, namespace: str = "fusion:limits", timeout_s: float = 0.5,
+                 client: Any = None) -> None:
         import redis.asyncio as aioredis
 
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
-                                              socket_connect_timeout=timeout_s,
-                                              client_name="fusion-limits")
+        self.client = client if client is not None else aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            client_name="fusion-limits")
         self.ns = namespace
         self._admit = self.client.register_script(ADMIT_LUA)
         self._charge = self.client.register_script(CHARGE_LUA)
@@ -212,17 +212,33 @@ class RedisLimits:
                         reset_s=int(out[4]) / 1000, lease=lease)
 
     async def release(self, limits: KeyLimits, lease: str | None) -> None:
-        if lease:
-            await self.client.zrem(self._keys(limits)[2], lease)
+        pipe = self.client.pipeline(transaction=False)
+        if self.queue_end(pipe, limits, lease, 0, 0.0):
+            await pipe.execute()
 
     async def charge(self, limits: KeyLimits, tokens: int, compute_s: float) -> None:
-        if not (limits.tpm or limits.has_quota) or (tokens <= 0 and compute_s <= 0):
-            return
+        pipe = self.client.pipeline(transaction=False)
+        if self.queue_end(pipe, limits, None, tokens, compute_s):
+            await pipe.execute()
+
+    def queue_end(self, pipe: Any, limits: KeyLimits, lease: str | None, tokens: int,
+                  compute_s: float) -> bool:
+        """Queue on ``pipe`` what the end of a request does (give the concurrency lease back,
+        charge its tokens and compute seconds), so the caller sends it in the same round trip
+        as the usage counts; whether anything was queued."""
         keys = self._keys(limits)
-        _, ttl_s = period_bounds(limits.quota_period, time.time())
-        ttl = int(ttl_s * 1000) if limits.has_quota else 0
-        await self._charge(keys=[keys[1], keys[4], keys[5]],
-                           args=[limits.tpm or 0, tokens, ttl, int(compute_s * 1000)])
+        queued = False
+        if lease:
+            pipe.zrem(keys[2], lease)
+            queued = True
+        if (limits.tpm or limits.has_quota) and (tokens > 0 or compute_s > 0):
+            _, ttl_s = period_bounds(limits.quota_period, time.time())
+            ttl = int(ttl_s * 1000) if limits.has_quota else 0
+            # EVAL, not EVALSHA: a pipeline would check the script cache in a round trip first
+            pipe.eval(CHARGE_LUA, 3, keys[1], keys[4], keys[5], limits.tpm or 0, tokens, ttl,
+                      int(compute_s * 1000))
+            queued = True
+        return queued
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -110,13 +110,16 @@ class Tenants:
         self._usage: UsageStore | None = None
         self._open_lock = threading.RLock()
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
-        self.limits = RedisLimits(auth.rate_limit_redis_url) if auth.rate_limit_redis_url \
+        # one Redis client for limits and usage: the end of a request is one round trip
+        self.redis = _redis_client(auth.rate_limit_redis_url) if auth.rate_limit_redis_url \
+            else None
+        self.limits = RedisLimits("", client=self.redis) if self.redis is not None \
             else LocalLimits()
         # usage shared in Redis under a name of this database: replicas of one gateway
         # adopt each other's batches, never another gateway's
-        redis_usage = RedisUsage(auth.rate_limit_redis_url, "fusion:usage:" + hashlib.sha256(
-            resolve_url(self._db_url).encode()).hexdigest()[:12]) \
-            if auth.rate_limit_redis_url else None
+        redis_usage = RedisUsage("", "fusion:usage:" + hashlib.sha256(
+            resolve_url(self._db_url).encode()).hexdigest()[:12], client=self.redis) \
+            if self.redis is not None else None
         self.usage = UsageRecorder(self.usage_store, auth.usage_flush_s, redis_usage)
         # the series the dashboard plots exist from the start at 0 (a panel of rare refusals
         # reads 0, not "No data", on a healthy gateway)
@@ -300,6 +303,13 @@ class Tenants:
             self._db.close()
 
 
+def _redis_client(url: str) -> Any:
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                   client_name="fusion-tenants")
+
+
 def rate_headers(limits: KeyLimits, decision: Decision) -> dict[str, str]:
     """The ``x-ratelimit-*`` headers OpenAI's clients read."""
     headers: dict[str, str] = {}
@@ -349,26 +359,32 @@ class Guard:
         p = self.principal
         if p is None:
             return
-        limits = p.limits
-        if limits is not None and self.decision is not None:
-            try:
-                await self.tenants.limits.release(limits, self.decision.lease)
-                if self.counts is not None:
-                    await self.tenants.limits.charge(
-                        limits, int(self.counts["prompt_tokens"] +
-                                    self.counts["completion_tokens"]), self.counts["compute_s"])
-            except Exception as err:  # the lease expires on its own (LEASE_S)
-                log.warning("rate limiter release failed: %s", err)
         failed = exc_type is not None and not issubclass(exc_type, asyncio.CancelledError)
         if self.counts is not None or failed:
             self.tenants._metric("fusion_key_requests_total", {
                 "key": p.name, "outcome": "ok" if self.counts is not None else "error"})
-        if not p.counted:
+        limits, decision, counts = p.limits, self.decision, self.counts
+        tokens = int(counts["prompt_tokens"] + counts["completion_tokens"]) if counts else 0
+        compute_s = counts["compute_s"] if counts else 0.0
+        usage = counts if counts is not None else {"errors": 1} if failed else None
+        limiter = self.tenants.limits
+        ends = limits is not None and decision is not None
+        if isinstance(limiter, RedisLimits) and p.counted and usage is not None:
+            # one round trip: the usage counts and the limits' end of the request together
+            def also(pipe: Any) -> bool:
+                return ends and limiter.queue_end(pipe, limits, decision.lease, tokens,
+                                                  compute_s)
+
+            await self.tenants.usage.commit(p.key_id, self.kind, self.name, also=also, **usage)
             return
-        if self.counts is not None:
-            await self.tenants.usage.commit(p.key_id, self.kind, self.name, **self.counts)
-        elif failed:
-            await self.tenants.usage.commit(p.key_id, self.kind, self.name, errors=1)
+        if ends:
+            try:
+                await limiter.release(limits, decision.lease)
+                await limiter.charge(limits, tokens, compute_s)
+            except Exception as err:  # the lease expires on its own (LEASE_S)
+                log.warning("rate limiter release failed: %s", err)
+        if p.counted and usage is not None:
+            await self.tenants.usage.commit(p.key_id, self.kind, self.name, **usage)
 
     def headers(self) -> dict[str, str]:
         if self.principal is None or self.principal.limits is None or self.decision is None:

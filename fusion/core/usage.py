@@ -49,12 +49,18 @@ class UsageRecorder:
         self.failures = 0
         self.written_batches = 0
 
-    async def commit(self, key_id: str, kind: str, name: str, **counts: float) -> None:
+    async def commit(self, key_id: str, kind: str, name: str,
+                     also: Callable[[Any], bool] | None = None, **counts: float) -> None:
         """Count one answered (or refused) request before its answer leaves: in Redis when
-        configured (survives this process), else in memory (:meth:`add`)."""
+        configured (survives this process), else in memory (:meth:`add`). ``also(pipe)``
+        queues more commands for the same round trip (the limits' end of the request)."""
         if self.redis is not None:
             try:
-                await self.redis.count(UsageKey(key_id, kind, name, today()), counts)
+                pipe = self.redis.client.pipeline(transaction=False)
+                self.redis.queue_count(pipe, UsageKey(key_id, kind, name, today()), counts)
+                if also is not None:
+                    also(pipe)
+                await pipe.execute()
                 self._start()
                 return
             except Exception as exc:  # Redis down: count here, written by this replica
@@ -150,22 +156,34 @@ class UsageRecorder:
 
 
 _SEP = "\x1f"  # between the parts of a hash field: key id, kind, name, day, count
+# KEYS: live hash, set of batches, the new batch
+_SEAL_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[3])
+redis.call('SADD', KEYS[2], KEYS[3])
+return 1
+"""
 
 
 class RedisUsage:
     """The counts shared in Redis: ``count`` on the request path, ``drain`` in the flusher."""
 
-    def __init__(self, url: str, namespace: str = "fusion:usage", timeout_s: float = 0.5
-                 ) -> None:
+    def __init__(self, url: str, namespace: str = "fusion:usage", timeout_s: float = 0.5,
+                 client: Any = None) -> None:
         import redis.asyncio as aioredis
 
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s,
-                                              socket_connect_timeout=timeout_s,
-                                              client_name="fusion-usage")
+        self.client = client if client is not None else aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            client_name="fusion-usage")
         self.ns = namespace
 
     async def count(self, key: UsageKey, counts: dict[str, float]) -> None:
         pipe = self.client.pipeline(transaction=False)
+        self.queue_count(pipe, key, counts)
+        await pipe.execute()
+
+    def queue_count(self, pipe: Any, key: UsageKey, counts: dict[str, float]) -> None:
+        """Queue the counts of one request on ``pipe`` (sent by the caller)."""
         live = f"{self.ns}:live"
         for name, value in counts.items():
             if not value:
@@ -175,20 +193,18 @@ class RedisUsage:
                 pipe.hincrbyfloat(live, field, value)
             else:
                 pipe.hincrby(live, field, int(value))
-        await pipe.execute()
 
     async def seal(self) -> None:
-        """Move the live counts to a batch of their own (nothing when there are none)."""
-        import redis.exceptions
-
-        with contextlib.suppress(redis.exceptions.ResponseError):  # no key: nothing counted
-            await self.client.rename(f"{self.ns}:live", f"{self.ns}:batch:{uuid.uuid4().hex}")
+        """Move the live counts to a batch of their own, listed in the set of batches, in one
+        atomic step (nothing when none were counted)."""
+        await self.client.eval(_SEAL_LUA, 3, f"{self.ns}:live", f"{self.ns}:batches",
+                               f"{self.ns}:batch:{uuid.uuid4().hex}")
 
     async def batches(self) -> list[str]:
-        """Every sealed batch, this replica's and any a dead replica left behind."""
-        found = [k.decode() if isinstance(k, bytes) else k
-                 async for k in self.client.scan_iter(match=f"{self.ns}:batch:*", count=100)]
-        return sorted(found)
+        """Every sealed batch, this replica's and any a dead replica left behind (a set, not
+        a SCAN: the same Redis may hold millions of cache entries)."""
+        found = await self.client.smembers(f"{self.ns}:batches")
+        return sorted(k.decode() if isinstance(k, bytes) else k for k in found)
 
     async def read(self, batch: str) -> dict[UsageKey, dict[str, float]]:
         rows: dict[UsageKey, dict[str, float]] = {}
@@ -201,7 +217,10 @@ class RedisUsage:
         return rows
 
     async def delete(self, batch: str) -> None:
-        await self.client.delete(batch)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(batch)
+        pipe.srem(f"{self.ns}:batches", batch)
+        await pipe.execute()
 
     async def aclose(self) -> None:
         await self.client.aclose()
