@@ -177,8 +177,9 @@ async def measure(base_url: str, requests: int, observe: bool = False) -> None:
                       f"   throughput {o.throughput / r.throughput:6.3f} x\n")
 
 
-def deploy_tenants(db_url: str, redis: str) -> str:
-    """The two cached routers of ``--tenants``; the issued key's token."""
+def deploy_tenants(db_url: str, redis: str) -> tuple[str, str]:
+    """The two cached routers of ``--tenants``; the tokens of a limited key and of a key
+    with no limits (usage only)."""
     from fusion.store.database import Database
     from fusion.store.keys import KeyStore
 
@@ -188,20 +189,23 @@ def deploy_tenants(db_url: str, redis: str) -> str:
                   auth={"anonymous": False, "rate_limit_redis_url": redis})
     db = Database(db_url)
     try:
-        _, token = KeyStore(db).create("bench", models=["*"], pipelines=["three_*"],
-                                       rpm=10_000_000, max_concurrency=10_000,
-                                       quota_requests=1_000_000_000, quota_period="day")
+        store = KeyStore(db)
+        _, limited = store.create("bench", models=["*"], pipelines=["three_*"],
+                                  rpm=10_000_000, max_concurrency=10_000,
+                                  quota_requests=1_000_000_000, quota_period="day")
+        _, counted = store.create("bench-usage-only")
     finally:
         db.close()
-    return token
+    return limited, counted
 
 
-async def measure_tenants(base_url: str, requests: int, token: str) -> None:
+async def measure_tenants(base_url: str, requests: int, tokens: tuple[str, str]) -> None:
     from tests.fakes import png
 
     body = {"inputs": {"image": base64.b64encode(png((10, 20, 30), 32)).decode(),
                        "labels": ["cat", "dog", "car"]}}
-    keyed_headers = {"Authorization": f"Bearer {token}"}
+    keyed_headers = {"Authorization": f"Bearer {tokens[0]}"}
+    usage_headers = {"Authorization": f"Bearer {tokens[1]}"}
 
     async def anon(client):
         r = await client.post("/anon/v1/pipelines/three_steps", json=body)
@@ -214,7 +218,13 @@ async def measure_tenants(base_url: str, requests: int, token: str) -> None:
         assert r.status_code == 200, r.text
         return r
 
-    paths = (anon, keyed)
+    async def usage_only(client):
+        r = await client.post("/keyed/v1/pipelines/three_steps", json=body,
+                              headers=usage_headers)
+        assert r.status_code == 200, r.text
+        return r
+
+    paths = (anon, keyed, usage_only)
     for send in paths:  # warm, and fill each router's pipeline cache
         await closed_loop(send, 50, 4, base_url)
     import httpx
@@ -231,11 +241,14 @@ async def measure_tenants(base_url: str, requests: int, token: str) -> None:
         for i in range(rounds):
             for send in paths if i % 2 == 0 else paths[::-1]:
                 totals[send] += await closed_loop(send, n // rounds, concurrency, base_url)
-        a, k = totals[anon], totals[keyed]
-        print(row(f"anonymous       concurrency {concurrency:>2}", a))
-        print(row(f"key+limits+usage concurrency {concurrency:>2}", k))
-        print(f"{'ratio keyed / anonymous':<44} median {k.median / a.median:8.3f} x   "
-              f"throughput {k.throughput / a.throughput:6.3f} x\n")
+        a = totals[anon]
+        print(row(f"anonymous        concurrency {concurrency:>2}", a))
+        for label, send in (("key, usage only", usage_only), ("key+limits+usage", keyed)):
+            k = totals[send]
+            print(row(f"{label:<16} concurrency {concurrency:>2}", k))
+            print(f"{'ratio ' + label + ' / anonymous':<44} median {k.median / a.median:8.3f} x"
+                  f"   throughput {k.throughput / a.throughput:6.3f} x")
+        print()
 
 
 def main() -> None:
@@ -255,8 +268,8 @@ def main() -> None:
         db_url = f"sqlite:///{tempfile.mkdtemp(prefix='fusion-bench-')}/fusion.db"
         base_url = start_serve()
         try:
-            token = deploy_tenants(db_url, redis)
-            asyncio.run(measure_tenants(base_url, args.requests, token))
+            tokens = deploy_tenants(db_url, redis)
+            asyncio.run(measure_tenants(base_url, args.requests, tokens))
         finally:
             stop_serve()
         return
