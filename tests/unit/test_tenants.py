@@ -516,6 +516,12 @@ async def test_tokens_per_minute_charge_real_tokens(backend, shared_redis_url):
         await limits.charge(other, 150, 0.0)
         spent = await limits.admit(other, 1)
         assert not spent.allowed and spent.reason == "quota_tokens"
+        busy = KeyLimits("k-compute", quota_compute_s=1.0, quota_period="month")
+        assert (await limits.admit(busy, 1)).allowed
+        await limits.charge(busy, 0, 1.5)  # compute seconds of the answers, as timed
+        spent = await limits.admit(busy, 1)
+        assert not spent.allowed and spent.reason == "quota_compute_s"
+        assert 0 < spent.retry_after_s <= 31 * 86400  # until the month resets
     finally:
         await limits.aclose()
 
