@@ -42,6 +42,7 @@ from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, hub_kwargs, optimise
 from fusion.chat import chat_messages
 from fusion.errors import BadInput, SpecError
+from fusion.registry import Family
 from fusion.structured import (
     ResponseFormat,
     Tools,
@@ -49,7 +50,6 @@ from fusion.structured import (
     check_tools,
     parse_tool_calls,
 )
-from fusion.registry import Family
 from fusion.tasks import Param, TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.llm")
@@ -298,7 +298,8 @@ class LlmModel(ModelBackend):
         cut = min((i for i in (text.find(s) for s in item.stop) if i >= 0), default=-1)
         if cut >= 0:
             text, reason = text[:cut], "stop"
-        elif cancelled and len(tokens) < item.max_tokens and ended is None:
+        elif cancelled and len(tokens) < item.max_tokens and (
+                ended is None or new[ended] not in self.eos_ids):  # padded after the cancel
             reason = "cancelled"
         prompt = len(item.ids)
         return {"text": text, "finish_reason": reason,

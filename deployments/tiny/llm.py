@@ -78,6 +78,12 @@ the weather is good today and the meeting starts at nine. draw a small house by 
 a boat, a tree and a blue sky. please expand this prompt into a detailed description.
 user assistant system question answer caption transcript prompt image audio text words
 one two three four five six seven eight nine ten hello world yes no maybe thanks
+# Tools <tools> </tools> Call a function as <tool_call> </tool_call> <tool_response>
+{"type": "function", "function": {"name": "get_weather", "description": "the forecast",
+"parameters": {"type": "object", "additionalProperties": false, "required": ["city"],
+"properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer",
+"minimum": 1, "maximum": 7}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}}}}}}
+{"name": <function-name>, "arguments": <args-json-object>} {"name":"noop","arguments":{}}
 """
 
 
@@ -89,7 +95,7 @@ def build_tiny_tokenizer(folder: Path) -> int:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=SPECIAL, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     lines = [line.strip() for line in _CORPUS.strip().splitlines()]
     tok.train_from_iterator(lines * 4, trainer=trainer)

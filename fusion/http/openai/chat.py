@@ -131,6 +131,10 @@ async def _describe(gw: Gateway, image: bytes, where: str, policy: CachePolicy,
 Call = tuple[str, dict[str, Any]]  # (task, inputs) of one choice
 
 
+class ClientGone(Exception):
+    """The client disconnected before its non-streamed answer was ready."""
+
+
 class Completion:
     """The n calls of one request, run together; events land on one queue in order."""
 
@@ -189,7 +193,7 @@ class Completion:
                     getter.cancel()
                     log.info("%s: the client left; its generation is cancelled",
                              self.request_id)
-                    raise asyncio.CancelledError("client disconnected")
+                    raise ClientGone()
             kind, index, value = await getter
             if kind == "error":
                 self.cancel()
@@ -256,7 +260,10 @@ async def respond(ctx: Context, body: GenerationBody, model: str, calls: list[Ca
     run.request_id = ctx.request_id
     run.start()
     if not stream:
-        outs = await run.results(request)
+        try:
+            outs = await run.results(request)
+        except ClientGone:  # nobody reads an answer now: nginx's "client closed request"
+            return Response(status_code=499)
         choices = [{"index": i, "finish_reason": out["finish_reason"], "logprobs": None,
                     **({"message": _message(out)} if chat else {"text": out["text"]})}
                    for i, out in enumerate(outs)]
