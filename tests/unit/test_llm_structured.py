@@ -263,3 +263,42 @@ def test_a_cancelled_row_stops_and_its_batch_mates_finish(llm):
     assert kept == alone
     items[1].cancel.set()  # every row gone: nothing generates at all
     assert all(r["usage"]["completion_tokens"] == 0 for r in llm.run("chat", items))
+
+
+def _json_pipeline(step_extra: dict) -> dict:
+    return {"name": "profile", "inputs": {"q": "text"},
+            "steps": {"answer": {"model": "llm", "task": "chat",
+                                 "with": {"prompt": "$inputs.q", "max_tokens": 120,
+                                          "temperature": 0}, **step_extra}},
+            "outputs": {"profile": "$steps.answer.json", "raw": "$steps.answer.text"}}
+
+
+async def test_a_pipeline_step_with_response_format_outputs_json(models):
+    from fusion.cache import StepCache
+    from fusion.config import CacheConfig
+    from fusion.core.gateway import Gateway
+    from tests.llm_inprocess import llm_config
+
+    config = llm_config(pipelines=[_json_pipeline({"response_format": FORMAT})])
+    gw = Gateway(config, models, StepCache.from_config(CacheConfig(redis_url=None)))
+    spec = gw.pipelines["profile"]
+    assert spec.output_types["profile"] == "json"
+    result = await gw.run_pipeline("profile", {"q": "who is in the photo?"})
+    jsonschema.validate(result.outputs["profile"], PERSON)
+    assert json.loads(result.outputs["raw"]) == result.outputs["profile"]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"response_format": FORMAT, "with": {"prompt": "$inputs.q", "response_format": FORMAT}},
+     "once"),
+])
+def test_a_bad_step_response_format_fails_at_start(extra, problem):
+    from fusion.core.gateway import served_tasks
+    from fusion.errors import SpecError
+    from fusion.pipeline.spec import load_spec
+    from tests.llm_inprocess import llm_config
+
+    with pytest.raises(SpecError) as info:
+        load_spec(_json_pipeline(extra), "test.yaml", served_tasks(llm_config()))
+    assert "step 'answer'" in str(info.value) and problem in str(info.value)
