@@ -62,6 +62,11 @@ def json_grammar(schema: dict[str, Any]) -> str:
                        field="response_format") from None
 
 
+def _arguments(function: dict[str, Any]) -> Any:
+    params = function.get("parameters") or ANY_JSON_OBJECT
+    return strict_schema(params) if function.get("strict") else params
+
+
 def tool_call_grammar(functions: list[dict[str, Any]], parallel: bool) -> str:
     """Hermes/Qwen2.5 tool calls (``<tool_call>\\n{"name":…,"arguments":…}\\n</tool_call>``),
     each naming one of ``functions`` with arguments valid against its ``parameters``."""
@@ -70,7 +75,7 @@ def tool_call_grammar(functions: list[dict[str, Any]], parallel: bool) -> str:
     calls = [{"type": "object", "additionalProperties": False,
               "required": ["name", "arguments"],
               "properties": {"name": {"const": f["name"]},
-                             "arguments": f.get("parameters") or ANY_JSON_OBJECT}}
+                             "arguments": _arguments(f)}}
              for f in functions]
     schema = {"anyOf": calls} if len(calls) > 1 else calls[0]
     schema = {**schema, "x-guidance": JSON_OPTIONS}
