@@ -94,44 +94,73 @@ def check_grammar(info: Any, grammar: str, field: str) -> None:
         raise BadInput(f"{field}: the schema cannot be enforced: {error}", field=field)
 
 
+_EXECUTOR: Any = None
+
+
+def _executor() -> Any:
+    """One llguidance thread pool per process (computes a batch's masks in parallel)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        import llguidance
+
+        _EXECUTOR = llguidance.LLExecutor()
+    return _EXECUTOR
+
+
 class GrammarLogits:
-    """Masks each constrained row's logits to what its grammar allows next."""
+    """Masks each constrained row's logits to what its grammar allows next.
+
+    Per step, for the whole batch at once: the rows' last tokens are read in one transfer,
+    every live matcher's mask is computed into one buffer (llguidance's thread pool), and
+    the masks are unpacked and applied in one tensor operation."""
 
     def __init__(self, info: Any, grammars: list[str | None], start: int,
                  eos_ids: list[int]) -> None:
         import llguidance
+        import numpy as np
 
         self.matchers = [llguidance.LLMatcher(info, g) if g is not None else None
                          for g in grammars]
         self.start, self.eos_ids = start, set(eos_ids)
         self.done = [m is None for m in self.matchers]
-        self.words = (info.vocab_size + 31) // 32
+        words = (info.vocab_size + 31) // 32
+        self.masks = np.zeros((len(grammars), words), dtype=np.int32)
+        self.eos = np.zeros(words * 32, dtype=bool)
+        self.eos[[t for t in eos_ids if t < words * 32]] = True
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import numpy as np
         import torch
 
-        generated = input_ids.shape[1] - self.start
-        vocab = scores.shape[1]
+        last = input_ids[:, -1].tolist() if input_ids.shape[1] > self.start else None
+        rows: list[int] = []
         for row, matcher in enumerate(self.matchers):
-            if matcher is None or self.done[row]:
+            if self.done[row]:
                 continue
-            if generated > 0:
-                token = int(input_ids[row, -1])
-                if token in self.eos_ids or matcher.is_stopped():
+            if last is not None:
+                if last[row] in self.eos_ids or matcher.is_stopped():
                     self.done[row] = True  # ended: its row only pads from now on
                     continue
-                if not matcher.consume_token(token):
-                    log.warning("grammar refused token %d: %s", token, matcher.get_error())
+                if not matcher.consume_token(last[row]):
+                    log.warning("grammar refused token %d: %s", last[row], matcher.get_error())
                     self.done[row] = True
                     continue
-            if matcher.is_stopped():  # complete and nothing may follow: end here
-                allowed = torch.zeros(vocab, dtype=torch.bool)
-                allowed[list(self.eos_ids)] = True
-            else:
-                bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
-                                     bitorder="little")[:vocab]
-                allowed = torch.zeros(vocab, dtype=torch.bool)
-                allowed[:len(bits)] = torch.from_numpy(bits.astype(bool))
-            scores[row] = scores[row].masked_fill(~allowed.to(scores.device), float("-inf"))
+            rows.append(row)
+        if not rows:
+            return scores
+        _executor().unsafe_compute_mask_ptr([(self.matchers[r], i) for i, r in enumerate(rows)],
+                                            self.masks.ctypes.data, self.masks.shape[1] * 4,
+                                            len(self.masks))
+        bits = np.unpackbits(self.masks[:len(rows)].view(np.uint8), axis=1,
+                             bitorder="little").astype(bool)
+        for i, row in enumerate(rows):
+            if self.matchers[row].is_stopped():  # complete, nothing may follow: end here
+                bits[i] = self.eos
+        vocab = scores.shape[1]
+        allowed = np.zeros((len(rows), vocab), dtype=bool)
+        width = min(vocab, bits.shape[1])
+        allowed[:, :width] = bits[:, :width]
+        index = torch.tensor(rows, device=scores.device)
+        forbid = torch.from_numpy(~allowed).to(scores.device)
+        scores[index] = scores[index].masked_fill(forbid, float("-inf"))
         return scores

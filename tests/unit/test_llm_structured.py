@@ -302,3 +302,15 @@ def test_a_bad_step_response_format_fails_at_start(extra, problem):
     with pytest.raises(SpecError) as info:
         load_spec(_json_pipeline(extra), "test.yaml", served_tasks(llm_config()))
     assert "step 'answer'" in str(info.value) and problem in str(info.value)
+
+
+def test_the_docs_list_every_audited_field_as_the_code_treats_it():
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs/how-to/structured-outputs.md"
+    rows = {}
+    for line in page.read_text().split("## Every request field", 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    assert rows == {name: status for name, (status, _) in FIELDS.items()}
