@@ -52,12 +52,19 @@ def strict_schema(schema: Any) -> Any:
     return schema
 
 
+def _reraise_control(exc: BaseException) -> None:
+    """Only errors of the schema become a 400; an interrupt or exit stays what it is."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        raise exc
+
+
 def json_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
-    except (ValueError, TypeError) as exc:
+    except BaseException as exc:  # noqa: BLE001 (a Rust panic is a BaseException too)
+        _reraise_control(exc)
         raise BadInput(f"response_format: the JSON schema cannot be compiled: {exc}",
                        field="response_format") from None
 
@@ -89,7 +96,11 @@ def check_grammar(info: Any, grammar: str, field: str) -> None:
     """A grammar the library cannot compile is the client's error, naming ``field``."""
     import llguidance
 
-    error = llguidance.LLMatcher.validate_grammar(grammar, info)
+    try:
+        error = llguidance.LLMatcher.validate_grammar(grammar, info)
+    except BaseException as exc:  # noqa: BLE001 (a grammar the library cannot even read)
+        _reraise_control(exc)
+        error = str(exc) or type(exc).__name__
     if error and not error.startswith("WARNING"):
         raise BadInput(f"{field}: the schema cannot be enforced: {error}", field=field)
 

@@ -14,8 +14,9 @@ Why it is shaped this way:
 - Unary calls batch (``@serve.batch``): greedy requests (temperature 0) share one left-padded
   ``generate``; sampled ones run one by one, so a seed gives the same answer whatever else
   is in the batch.
-- A streamed call runs alone and yields text deltas as tokens come (``_DeltaStreamer``); the
-  final text is cut by the same code as the unary one, so a stream and a call agree. Text
+- A streamed call runs alone and yields text deltas as tokens come
+  (``deployments.llm_streaming``); the final text is cut by the same code as the unary
+  one, so a stream and a call agree. Text
   that could still turn into a ``stop`` string, or an unfinished UTF-8 character, is held
   back until it is known. When the caller goes away, Ray cancels the stream and a stopping
   criterion ends ``generate`` at the next token.
@@ -40,6 +41,7 @@ from typing import Any
 from deployments import grammar
 from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, hub_kwargs, optimise
+from deployments.llm_streaming import DeltaStreamer, StopCriteria
 from fusion.chat import chat_messages
 from fusion.errors import BadInput, SpecError
 from fusion.registry import Family
@@ -103,7 +105,8 @@ class LlmModel(ModelBackend):
         self.eos_ids = sorted({*eos, *([tok.eos_token_id] if tok.eos_token_id is not None
                                        else [])})
         self.pad_id = tok.pad_token_id
-        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0}
+        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0,
+                       "running": 0}  # running: rows generating now
         self.chat_template = bool(getattr(tok, "chat_template", None))
         # a template that mentions tools renders them (Qwen2.5's, Llama 3.1's, ...)
         self.tool_template = "tools" in str(getattr(tok, "chat_template", "") or "")
@@ -216,7 +219,7 @@ class LlmModel(ModelBackend):
         """One ``generate`` over ``items`` (left-padded; all greedy, or one sampled item).
         ``on_text`` (one item only) receives text deltas as tokens come."""
         torch = self._torch
-        from transformers import LogitsProcessorList, StoppingCriteriaList
+        from transformers import LogitsProcessorList
 
         if cancel is not None and cancel.is_set() or all(it.cancel.is_set() for it in items):
             results = [self._result(it, [], cancelled=True) for it in items]
@@ -234,20 +237,20 @@ class LlmModel(ModelBackend):
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
             if first.seed is not None:
                 torch.manual_seed(first.seed)  # under the replica's forward-pass lock
-        streamer = _DeltaStreamer(self, first.stop) if on_text is not None else None
+        streamer = DeltaStreamer(self, first.stop) if on_text is not None else None
         if streamer is not None:
             streamer.on_text = on_text
-        criteria = _StopCriteria(self, [it.stop for it in items], width, cancel, streamer,
+        criteria = StopCriteria(self, [it.stop for it in items], width, cancel, streamer,
                                  [it.cancel for it in items])
         if any(it.grammar for it in items):
             kwargs["logits_processor"] = LogitsProcessorList([grammar.GrammarLogits(
                 self.grammar_info, [it.grammar for it in items], width, self.eos_ids)])
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=torch.tensor(ids, device=self.device),
-                attention_mask=torch.tensor(mask, device=self.device),
-                stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer,
-                **kwargs)
+        self.counts["running"] += len(items)
+        try:
+            with torch.inference_mode():
+                out = self._generate(torch, ids, mask, criteria, streamer, kwargs)
+        finally:
+            self.counts["running"] -= len(items)
         everyone = cancel is not None and cancel.is_set()
         results = [self._result(it, out[row, width:].tolist(), everyone or it.cancel.is_set())
                    for row, it in enumerate(items)]
@@ -256,6 +259,15 @@ class LlmModel(ModelBackend):
         if streamer is not None:
             streamer.finish(results[0]["text"])
         return [self._structure(it, res) for it, res in zip(items, results, strict=True)]
+
+    def _generate(self, torch: Any, ids: list[list[int]], mask: list[list[int]],
+                  criteria: Any, streamer: Any, kwargs: dict[str, Any]) -> Any:
+        from transformers import StoppingCriteriaList
+
+        return self.model.generate(
+            input_ids=torch.tensor(ids, device=self.device),
+            attention_mask=torch.tensor(mask, device=self.device),
+            stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer, **kwargs)
 
     def _structure(self, item: Prepared, result: dict) -> dict:
         """The JSON value of a ``response_format`` answer; tool calls parsed out of the text."""
@@ -305,87 +317,6 @@ class LlmModel(ModelBackend):
         return {"text": text, "finish_reason": reason,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": len(tokens),
                           "total_tokens": prompt + len(tokens)}}
-
-
-class _StopCriteria:
-    """Ends a row at one of its own stop strings (decoding only its last tokens), or every
-    row on cancel. Per row: a batch-mate's stop string must not cut another's answer."""
-
-    def __init__(self, model: LlmModel, stops: list[tuple[str, ...]], start: int,
-                 cancel: threading.Event | None, streamer: _DeltaStreamer | None,
-                 cancels: list[threading.Event] | None = None) -> None:
-        self.model, self.stops, self.start = model, stops, start
-        self.cancel, self.streamer = cancel, streamer
-        self.cancels = cancels or []  # per row: its caller went away
-        # a character is at most 4 byte-level tokens: this many tokens hold any stop string
-        self.window = 4 * max((len(s) for row in stops for s in row), default=0) + 4
-
-    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-        torch = self.model._torch
-        rows = input_ids.shape[0]
-        if self.cancel is not None and self.cancel.is_set():
-            return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-        if self.streamer is not None and self.streamer.stopped:
-            done[:] = True
-        elif any(self.stops):
-            lo = max(self.start, input_ids.shape[1] - self.window)
-            for row, stops in enumerate(self.stops):
-                if stops:
-                    tail = self.model.decode(input_ids[row, lo:].tolist())
-                    done[row] = any(s in tail for s in stops)
-        for row, gone in enumerate(self.cancels):
-            if gone.is_set():
-                done[row] = True
-        return done
-
-
-class _DeltaStreamer:
-    """transformers' streamer protocol (``put``/``end``): decodes the new tokens so far and
-    passes on text that can no longer change (held back: an unfinished UTF-8 character, or
-    a tail that may grow into a stop string)."""
-
-    def __init__(self, model: LlmModel, stops: tuple[str, ...]) -> None:
-        self.model, self.stops = model, stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.stopped = False
-        self.prompt_seen = False
-        self.on_text: Callable[[str], None] = lambda _text: None
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first puts the prompt
-            self.prompt_seen = True
-            return
-        ids = [int(t) for t in value.reshape(-1).tolist()]
-        ended = [t in self.model.eos_ids or t == self.model.pad_id for t in ids]
-        self.tokens += [t for t, e in zip(ids, ended, strict=True) if not e]
-        if any(ended) or self.stopped:
-            return
-        text = self.model.decode(self.tokens)
-        if text.endswith("\ufffd"):
-            return
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True  # the stopping criterion ends generate at this token
-            return
-        self._send(text[:max(len(self.sent), len(text) - self.hold)])
-
-    def end(self) -> None:
-        return None
-
-    def finish(self, final: str) -> None:
-        """After ``generate``: the rest of the final text (what the unary call returns)."""
-        if final.startswith(self.sent):
-            self._send(final)
-        else:  # cannot happen for byte-level decoders; never send a contradiction
-            log.warning("streamed text is not a prefix of the final text; rest not sent")
-
-    def _send(self, upto: str) -> None:
-        if len(upto) > len(self.sent):
-            delta, self.sent = upto[len(self.sent):], upto
-            self.on_text(delta)
 
 
 def _sampled(inputs: dict[str, Any]) -> str | None:
