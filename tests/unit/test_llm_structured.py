@@ -314,3 +314,14 @@ def test_the_docs_list_every_audited_field_as_the_code_treats_it():
         if len(cells) == 3 and cells[0].startswith("`"):
             rows[cells[0].strip("`")] = cells[1]
     assert rows == {name: status for name, (status, _) in FIELDS.items()}
+
+
+async def test_auto_tools_stream_the_same_text_as_unary(oai):
+    kw = {"model": "llm", "messages": ASK, "tools": TOOLS, "temperature": 0,
+          "max_tokens": 24}
+    whole = (await oai.chat.completions.create(**kw)).choices[0]
+    stream = await oai.chat.completions.create(**kw, stream=True)
+    chunks = [c async for c in stream if c.choices]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == (whole.message.content or "")
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
