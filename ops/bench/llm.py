@@ -112,13 +112,30 @@ def _stream_load(url: str, tokens: int, requests: int) -> tuple[float, float]:
 
 def constrained(args) -> None:
     """Tokens/s with and without a JSON schema, in-process, side by side in rounds."""
+    from deployments import grammar
+
     model = load_model(args.source, args.threads)
     rows: dict[str, list[float]] = {}
+    spent = [0.0]  # seconds inside the grammar's logits processor
+    masked = grammar.GrammarLogits.__call__
+
+    def timed(self, input_ids, scores):
+        started = time.perf_counter()
+        try:
+            return masked(self, input_ids, scores)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    grammar.GrammarLogits.__call__ = timed
     for _ in range(args.rounds):
         for name, fmt in (("free", None), ("JSON schema", schema(args.tokens))):
+            spent[0], started = 0.0, time.perf_counter()
             for label, value in in_process(args.source, args.tokens, args.requests,
                                            args.batch, fmt, model).items():
                 rows.setdefault(f"{name} {label}", []).append(value)
+            if fmt is not None:  # the share of the constrained run spent masking
+                rows.setdefault("grammar share of time, %", []).append(
+                    100 * spent[0] / (time.perf_counter() - started))
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\n{args.source}, greedy, max_tokens {args.tokens}, {args.rounds} rounds, "
           f"{args.threads} torch thread(s), device {model.device} "
