@@ -130,7 +130,15 @@ class Replica:
         with self._observed(task, trace) as probe:
             item = self.model.prepare(task, inputs)
             if self.model.task_spec(task).batched:
-                result, probe.timing = await self._run_batch((task, item))
+                try:
+                    result, probe.timing = await self._run_batch((task, item))
+                except asyncio.CancelledError:
+                    # the caller went away (a client disconnected): an item that carries a
+                    # cancel event (a generation) stops at its next step, freeing its slot
+                    gone = getattr(item, "cancel", None)
+                    if isinstance(gone, threading.Event):
+                        gone.set()
+                    raise
                 return result
             outputs, probe.timing = await self._compute(self._run_timed, task, [item], None)
             self._observe_batch(task, probe.timing)

@@ -174,7 +174,8 @@ class AsyncFusionClient(_BaseClient):
         req = chat_request(messages, model=model, prompt=prompt, system=system,
                            cache_control=cache_control, timeout_s=timeout_s, **params)
         resp = await self._send(req)
-        return parse_chat(resp.body, resp.request_id)
+        return parse_chat(resp.body, resp.request_id,
+                          params.get("response_format") is not None)
 
     async def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
                           prompt: str | None = None, system: str | None = None,

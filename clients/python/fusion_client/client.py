@@ -231,12 +231,15 @@ class FusionClient(_BaseClient):
              **params: Any) -> ChatResult:
         """Ask a language model: ``client.chat("hello")`` or ``client.chat([{"role": "user",
         "content": "hello"}], max_tokens=64, temperature=0)``. ``params``: ``max_tokens``,
-        ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` (``/v1/chat/completions``).
+        ``temperature``, ``top_p``, ``stop``, ``seed``, ``n``, ``response_format`` (the
+        answer parsed into ``.parsed``), ``tools``, ``tool_choice``, ``parallel_tool_calls``
+        (calls in ``.tool_calls``) (``/v1/chat/completions``).
         Temperature 0 or a seed makes the answer deterministic, and cached."""
         req = chat_request(messages, model=model, prompt=prompt, system=system,
                            cache_control=cache_control, timeout_s=timeout_s, **params)
         resp = self._send(req)
-        return parse_chat(resp.body, resp.request_id)
+        return parse_chat(resp.body, resp.request_id,
+                          params.get("response_format") is not None)
 
     def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
                     prompt: str | None = None, system: str | None = None,

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, help="makes sampling reproducible (and cached)")
     chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
     chat.add_argument("--no-stream", action="store_true", help="print the answer at once")
+    chat.add_argument("--json-schema", metavar="FILE",
+                      help="answer JSON valid against the JSON schema in FILE (constrained "
+                           "decoding on the gateway)")
     cache = chat.add_mutually_exclusive_group()
     cache.add_argument("--no-cache", dest="cache_control", action="store_const",
                        const="no-cache", help="recompute, then store")
