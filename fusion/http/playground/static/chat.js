@@ -1,0 +1,525 @@
+// The chat view: a conversation with a language model (`#chat/<model>`) over
+// /v1/chat/completions with stream=true, or with an LLM pipeline (`#chat-pipeline/<name>`,
+// ask_image, ask_audio) over its SSE stream, one run per turn. Its own module (and chat.css)
+// so the rest of the page stays as it was; app.js only routes here.
+//
+// An image goes into the turn as an OpenAI `image_url` part (a data URL): the gateway reads
+// it with its captioner and OCR models, as ask_image does. A recording goes through
+// /v1/audio/transcriptions (Whisper), as ask_audio does: beside a question it is attached as
+// its transcript; alone, the transcript is the question (dictation).
+
+import { api, httpError, sse } from "./http.js";
+import { commands as pipelineCommands, formatMs } from "./render.js";
+import { el, makeField } from "./widgets.js";
+import { chatCommands, FILE } from "./chat_commands.js";
+
+const $ = (id) => document.getElementById(id);
+const chat = { target: null, env: null, history: [], running: null, image: null, audio: null,
+               turns: 0 };
+
+const tasksOf = (model) => (model.tasks?.length ? model.tasks : Object.keys(model.inputs || {}));
+
+/** Whether a model gets the chat view (it serves `chat`). */
+export const chatsWith = (model) => tasksOf(model).includes("chat");
+
+/** Whether a pipeline gets the chat view: one of its steps is a model's `chat` and it takes a
+ * text input to ask with. */
+export function isChatPipeline(spec) {
+  return Object.values(spec.steps || {}).some((s) => s.task === "chat")
+    && !!questionInput(spec);
+}
+
+function questionInput(spec) {
+  const texts = Object.entries(spec.inputs || {}).filter(([, d]) => d.type === "text")
+    .map(([name]) => name);
+  return ["question", "prompt", "text"].find((n) => texts.includes(n)) || texts[0] || null;
+}
+
+const inputOf = (spec, type) => Object.entries(spec.inputs || {})
+  .find(([, d]) => d.type === type)?.[0] || null;
+
+/* ---------- the view ---------- */
+
+function number(id, label, attrs) {
+  return el("label", { class: "chat-setting", for: id }, label,
+    el("input", { id, type: "number", ...attrs }));
+}
+
+function build() {
+  const section = el("section", { id: "chat", hidden: true, "aria-labelledby": "chat-name" },
+    el("h2", { id: "chat-name" }),
+    el("p", { id: "chat-about", class: "hint" }),
+    el("details", { id: "chat-settings" }, el("summary", { text: "Settings" }),
+      el("div", { class: "chat-model-only" },
+        el("label", { for: "chat-system", class: "chat-label", text: "System prompt" }),
+        el("textarea", { id: "chat-system", rows: 2, placeholder: "You are a helpful assistant." })),
+      el("div", { class: "chat-settings-row" },
+        number("chat-max-tokens", "max tokens", { min: "1", step: "1", value: "128" }),
+        number("chat-temperature", "temperature", { min: "0", max: "2", step: "0.1", value: "0" }),
+        number("chat-seed", "seed", { step: "1", placeholder: "none" })),
+      el("div", { class: "chat-model-only" },
+        el("label", { for: "chat-format", class: "chat-label", text: "Response format" }),
+        el("select", { id: "chat-format" },
+          el("option", { value: "", text: "text" }),
+          el("option", { value: "json_object", text: "JSON object" }),
+          el("option", { value: "json_schema", text: "JSON schema" })),
+        el("textarea", { id: "chat-schema", rows: 4, spellcheck: "false", hidden: true,
+                         "aria-label": "JSON schema",
+                         placeholder: '{"type": "object", "properties": {...}}' }),
+        el("label", { for: "chat-tools", class: "chat-label", text: "Tools (OpenAI's JSON list)" }),
+        el("textarea", { id: "chat-tools", rows: 3, spellcheck: "false",
+                         placeholder: '[{"type": "function", "function": {"name": ..., "parameters": {...}}}]' }),
+        el("label", { for: "chat-tool-choice", class: "chat-label", text: "Tool choice" }),
+        el("input", { id: "chat-tool-choice", type: "text", placeholder: "auto, none, required or a function name" }))),
+    el("div", { id: "chat-log", class: "chat-log", role: "log", "aria-live": "polite",
+                "aria-label": "Conversation" }),
+    el("p", { id: "chat-status", class: "status", role: "status" }),
+    el("div", { id: "chat-error", class: "banner error", role: "alert", hidden: true }),
+    el("form", { id: "chat-form", class: "chat-form", novalidate: true },
+      el("div", { id: "chat-attach", class: "chat-attach" }),
+      el("label", { for: "chat-input", class: "chat-label", text: "Message" }),
+      el("textarea", { id: "chat-input", rows: 3,
+                       placeholder: "Ask something (Enter sends, Shift+Enter a new line)" }),
+      el("div", { class: "actions" },
+        el("button", { type: "submit", id: "chat-send", class: "primary", text: "Send" }),
+        el("button", { type: "button", id: "chat-stop", disabled: true, text: "Stop" }),
+        el("button", { type: "button", id: "chat-new", text: "New chat" }))),
+    el("details", { id: "chat-commands" },
+      el("summary", { text: "Copy as curl / SDK / CLI" }),
+      ...["curl", "sdk", "cli"].map((kind) => el("div", { class: "command", "data-kind": kind },
+        el("h3", { text: { curl: "curl", sdk: "Python SDK", cli: "fusion CLI" }[kind] }),
+        el("pre", { id: `chat-cmd-${kind}` }),
+        el("button", { type: "button", class: "copy", "data-copy": `chat-cmd-${kind}`,
+                       text: `Copy ${kind === "sdk" ? "SDK" : kind === "cli" ? "CLI" : kind}` })))));
+  $("workspace").append(section);
+  $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("chat-input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  $("chat-stop").addEventListener("click", () => chat.running?.abort());
+  $("chat-new").addEventListener("click", reset);
+  $("chat-format").addEventListener("change", () => {
+    $("chat-schema").hidden = $("chat-format").value !== "json_schema";
+  });
+  section.addEventListener("input", updateCommands);
+  section.addEventListener("change", updateCommands);
+  $("chat-commands").addEventListener("click", copy);
+  document.addEventListener("paste", onPaste);
+}
+
+/** Open the view for `target` ({kind: "model"|"pipeline", name, model|spec}); `env` is the
+ * page's: {headers(extra), describeError(err), models}. */
+export function openChat(target, env) {
+  if (!$("chat")) build();
+  const same = chat.target && chat.target.kind === target.kind && chat.target.name === target.name;
+  chat.env = env;
+  chat.target = target;
+  $("chat").hidden = false;
+  if (same) return;
+  const isModel = target.kind === "model";
+  $("chat-name").textContent = `${target.name} · chat`;
+  $("chat-about").textContent = isModel
+    ? "A conversation with the model: every turn sends the whole history to "
+      + "/v1/chat/completions and streams the answer. Attach an image (read by the captioner "
+      + "and OCR) or a recording (transcribed by Whisper) to a turn."
+    : `Each turn is one run of the pipeline ${target.name} (earlier turns are not sent), `
+      + "its answer streamed as it is generated. " + (target.spec.description || "");
+  for (const node of document.querySelectorAll("#chat .chat-model-only")) node.hidden = !isModel;
+  reset();
+}
+
+export function closeChat() {
+  chat.running?.abort();
+  if ($("chat")) $("chat").hidden = true;
+  chat.target = null;
+}
+
+function reset() {
+  chat.running?.abort();
+  chat.history = [];
+  chat.turns = 0;
+  $("chat-log").replaceChildren();
+  $("chat-status").textContent = "";
+  $("chat-error").hidden = true;
+  makeAttachments();
+  updateCommands();
+}
+
+/** The attachment fields (the form's own widgets: file, drop, paste, camera, microphone),
+ * made afresh for every turn. A pipeline takes what its inputs declare. */
+function makeAttachments() {
+  const t = chat.target;
+  const wantsImage = t.kind === "model" || inputOf(t.spec, "image");
+  const wantsAudio = t.kind === "model" || inputOf(t.spec, "audio");
+  chat.image = wantsImage ? makeField("chat-image", { type: "image",
+    description: "attach an image to the next message" }) : null;
+  chat.audio = wantsAudio ? makeField("chat-audio", { type: "audio",
+    description: "attach a recording to the next message" }) : null;
+  for (const [field, label] of [[chat.image, "Image"], [chat.audio, "Recording"]]) {
+    if (field) field.node.querySelector("label").firstChild.textContent = label;
+  }
+  $("chat-attach").replaceChildren(...[chat.image, chat.audio].filter(Boolean).map((f) => f.node));
+}
+
+function onPaste(e) {
+  if (!chat.target || $("chat").hidden || !chat.image?.acceptFile) return;
+  const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+  if (!file) return;
+  e.preventDefault();
+  chat.image.acceptFile(file);
+}
+
+/* ---------- messages ---------- */
+
+function imageMime(b64) {
+  if (b64.startsWith("/9j/")) return "image/jpeg";
+  if (b64.startsWith("R0lG")) return "image/gif";
+  if (b64.startsWith("UklGR")) return "image/webp";
+  return "image/png";
+}
+
+function addMessage(role, who) {
+  const body = el("div", { class: "msg-body" });
+  const node = el("article", { class: "msg", "data-role": role },
+    el("div", { class: "msg-who", text: who }), body, el("div", { class: "msg-meta" }));
+  $("chat-log").append(node);
+  node.scrollIntoView({ block: "end" });
+  return node;
+}
+
+function userMessage(text, image, audioNote) {
+  const node = addMessage("user", "You");
+  const body = node.querySelector(".msg-body");
+  if (text) body.append(el("p", { class: "msg-text", text }));
+  if (image) {
+    body.append(el("img", { class: "msg-image", alt: `attached ${image.name}`,
+                            src: `data:${imageMime(image.b64)};base64,${image.b64}` }));
+  }
+  if (audioNote) body.append(el("p", { class: "msg-attachment", text: audioNote }));
+  return node;
+}
+
+/** Pretty JSON when the whole answer is a JSON object or array (JSON mode, a schema),
+ * else null. */
+function asJson(text) {
+  const t = (text || "").trim();
+  if (!/^[[{]/.test(t)) return null;
+  try { return JSON.parse(t); } catch { return null; }
+}
+
+function renderToolCalls(calls) {
+  return el("div", { class: "tool-calls", "aria-label": "Tool calls" }, calls.map((c) => {
+    const fn = c.function || {};
+    const args = asJson(fn.arguments);
+    return el("div", { class: "tool-call", "data-name": fn.name || "" },
+      el("div", { class: "tool-call-head" }, el("span", { class: "badge", text: "tool call" }),
+        el("strong", { text: fn.name || "(unnamed)" }),
+        c.id ? el("code", { class: "tool-call-id", text: c.id }) : null),
+      el("pre", { class: "json", text: args !== null ? JSON.stringify(args, null, 2)
+        : fn.arguments || "" }),
+      args === null && fn.arguments ? el("p", { class: "hint", text: "arguments are not valid JSON" })
+        : null);
+  }));
+}
+
+/** The assistant's message as it stands: text (as JSON when it parses), then tool calls. */
+function renderAssistant(node, content, toolCalls, final) {
+  const body = node.querySelector(".msg-body");
+  const json = final ? asJson(content) : null;
+  const parts = [];
+  if (json !== null) {
+    parts.push(el("div", { class: "msg-json" }, el("span", { class: "badge", text: "JSON" }),
+      el("pre", { class: "json", text: JSON.stringify(json, null, 2) })));
+  } else if (content) parts.push(el("p", { class: "msg-text", text: content }));
+  if (toolCalls.length) parts.push(renderToolCalls(toolCalls));
+  body.replaceChildren(...parts);
+}
+
+/* ---------- a turn ---------- */
+
+async function send() {
+  const t = chat.target;
+  if (!t || chat.running) return;
+  const text = $("chat-input").value.trim();
+  const imageB64 = chat.image ? await chat.image.read() : undefined;
+  const imageName = chat.image?.describe()?.file;
+  const audioB64 = chat.audio ? await chat.audio.read() : undefined;
+  const audioName = chat.audio?.describe()?.file;
+  if (!text && !imageB64 && !audioB64) { $("chat-input").focus(); return; }
+  $("chat-error").hidden = true;
+  const controller = new AbortController();
+  chat.running = controller;
+  $("chat-send").disabled = true;
+  $("chat-stop").disabled = false;
+  $("chat-input").value = "";
+  const image = imageB64 ? { b64: imageB64, name: imageName || "image.png" } : null;
+  let assistant = null;
+  const started = performance.now();
+  try {
+    if (t.kind === "model") {
+      let transcript = null;
+      if (audioB64) {
+        $("chat-status").textContent = "Transcribing the recording…";
+        transcript = await transcribe(audioB64, audioName, controller);
+      }
+      const question = text || transcript || "";
+      const note = transcript !== null && text
+        ? `recording ${audioName || ""} · transcript: ${transcript}`
+        : transcript !== null ? `(dictated: ${audioName || "recording"})` : null;
+      userMessage(question, image, note);
+      const parts = [];
+      if (image) {
+        parts.push({ type: "image_url",
+                     image_url: { url: `data:${imageMime(image.b64)};base64,${image.b64}` } });
+      }
+      if (transcript !== null && text) {
+        parts.push({ type: "text", text: `[A recording. Transcript: ${transcript}]` });
+      }
+      const content = parts.length ? [...parts, ...(question ? [{ type: "text", text: question }] : [])]
+        : question;
+      chat.history.push({ role: "user", content, files: image ? { image: image.name } : null });
+      makeAttachments();
+      assistant = addMessage("assistant", t.name);
+      await streamModel(t, assistant, controller, started);
+    } else {
+      userMessage(text, image, audioB64 ? `recording ${audioName || ""}` : null);
+      chat.history.push({ role: "user", content: text,
+                          files: { image: image?.name, audio: audioB64 ? audioName : undefined } });
+      makeAttachments();
+      assistant = addMessage("assistant", t.name);
+      await streamPipeline(t, text, imageB64, audioB64, assistant, controller, started);
+    }
+  } catch (err) {
+    if (controller.signal.aborted) {
+      if (assistant) {
+        assistant.dataset.state = "stopped";
+        assistant.querySelector(".msg-meta").textContent = "stopped";
+      }
+      $("chat-status").textContent = "Stopped.";
+    } else {
+      if (assistant) assistant.dataset.state = "error";
+      const e = err instanceof Error ? { message: `${err.name}: ${err.message}` } : err;
+      const banner = $("chat-error");
+      banner.textContent = chat.env.describeError(e) + (e.field ? ` (field: ${e.field})` : "")
+        + (e.requestId ? ` · request ${e.requestId}` : "");
+      banner.hidden = false;
+      $("chat-status").textContent = "Failed.";
+    }
+  } finally {
+    if (chat.running === controller) chat.running = null;
+    $("chat-send").disabled = false;
+    $("chat-stop").disabled = true;
+    chat.turns += 1;
+    updateCommands();
+    if (!$("chat").hidden) $("chat-input").focus();
+  }
+}
+
+async function transcribe(b64, name, controller) {
+  const whisper = chat.env.models.find((m) => tasksOf(m).includes("transcribe"));
+  if (!whisper) throw { message: "this gateway serves no speech-to-text model for a recording" };
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const form = new FormData();
+  form.append("file", new Blob([bytes], { type: "audio/wav" }), name || "recording.wav");
+  form.append("model", whisper.name);
+  form.append("response_format", "json");
+  const r = await fetch(api("v1/audio/transcriptions"), {
+    method: "POST", body: form, signal: controller.signal, headers: chat.env.headers() });
+  if (!r.ok) throw await httpError(r);
+  return ((await r.json()).text || "").trim();
+}
+
+function settings() {
+  const num = (id) => ($(id).value.trim() === "" ? undefined : Number($(id).value));
+  return { max_tokens: num("chat-max-tokens"), temperature: num("chat-temperature"),
+           seed: num("chat-seed") };
+}
+
+/** What /v1/chat/completions gets, from the history (and `draft`, a message not yet sent).
+ * A JSON field that does not parse goes as its text: the gateway names it in a 400. With
+ * `forCopy`, each image is a placeholder naming its file (a copy never carries the bytes). */
+function requestBody(draft = null, forCopy = false) {
+  const body = { model: chat.target.name, messages: [] };
+  const system = $("chat-system").value.trim();
+  if (system) body.messages.push({ role: "system", content: system });
+  for (const m of [...chat.history, ...(draft ? [draft] : [])]) {
+    const { files, ...message } = m;
+    if (forCopy && Array.isArray(message.content)) {
+      const name = String(files?.image || "image.png").replace(/[^\w.-]/g, "_");
+      message.content = message.content.map((part) => (part.type === "image_url"
+        ? { ...part, image_url: { url: FILE + name } } : part));
+    }
+    body.messages.push(message);
+  }
+  for (const [k, v] of Object.entries(settings())) if (v !== undefined) body[k] = v;
+  const parse = (text) => { try { return JSON.parse(text); } catch { return text; } };
+  const format = $("chat-format").value;
+  if (format === "json_object") body.response_format = { type: "json_object" };
+  if (format === "json_schema") {
+    body.response_format = { type: "json_schema", json_schema: {
+      name: "answer", schema: parse($("chat-schema").value.trim() || "{}"), strict: true } };
+  }
+  const tools = $("chat-tools").value.trim();
+  if (tools) body.tools = parse(tools);
+  const choice = $("chat-tool-choice").value.trim();
+  if (choice) {
+    body.tool_choice = ["auto", "none", "required"].includes(choice) ? choice
+      : { type: "function", function: { name: choice } };
+  }
+  return body;
+}
+
+async function streamModel(t, node, controller, started) {
+  node.dataset.state = "streaming";
+  $("chat-status").textContent = "Generating…";
+  const body = { ...requestBody(), stream: true, stream_options: { include_usage: true } };
+  const r = await fetch(api("v1/chat/completions"), {
+    method: "POST", body: JSON.stringify(body), signal: controller.signal,
+    headers: chat.env.headers({ "Content-Type": "application/json",
+                                Accept: "text/event-stream" }) });
+  if (!r.ok) throw await httpError(r);
+  let content = "";
+  const calls = [];
+  let finish = null;
+  let usage = null;
+  let first = null;
+  const message = { role: "assistant", content: "" };
+  chat.history.push(message); // kept (partial) if the answer is stopped
+  for await (const { data } of sse(r)) {
+    if (data === "[DONE]") break;
+    if (data?.error) {
+      const e = data.error;
+      throw { code: e.code, message: e.message, field: e.param || e.field,
+              requestId: e.request_id };
+    }
+    if (data?.usage) usage = data.usage;
+    const choice = data?.choices?.[0];
+    if (!choice) continue;
+    const delta = choice.delta || {};
+    if (typeof delta.content === "string" && delta.content) {
+      first ??= performance.now();
+      content += delta.content;
+      node.dataset.chunks = String(Number(node.dataset.chunks || 0) + 1); // as they came
+    }
+    for (const tc of delta.tool_calls || []) { // OpenAI's deltas: by index, arguments in pieces
+      first ??= performance.now();
+      const at = tc.index ?? calls.length;
+      calls[at] ??= { id: "", type: "function", function: { name: "", arguments: "" } };
+      if (tc.id) calls[at].id = tc.id;
+      if (tc.function?.name) calls[at].function.name += tc.function.name;
+      if (tc.function?.arguments) calls[at].function.arguments += tc.function.arguments;
+    }
+    if (choice.finish_reason) finish = choice.finish_reason;
+    message.content = content;
+    if (calls.length) message.tool_calls = calls;
+    renderAssistant(node, content, calls, false);
+  }
+  renderAssistant(node, content, calls, true);
+  node.dataset.state = "done";
+  if (finish) node.dataset.finish = finish;
+  const ms = performance.now() - started;
+  const tokens = usage?.completion_tokens;
+  const rate = tokens && first ? ` · ${(tokens / ((performance.now() - first) / 1000)).toFixed(1)} tokens/s`
+    : "";
+  node.querySelector(".msg-meta").textContent = [finish && `finish: ${finish}`,
+    tokens !== undefined && `${tokens} tokens`, formatMs(ms)].filter(Boolean).join(" · ") + rate;
+  $("chat-status").textContent = `Done in ${formatMs(ms)}.`;
+}
+
+async function streamPipeline(t, text, imageB64, audioB64, node, controller, started) {
+  node.dataset.state = "streaming";
+  $("chat-status").textContent = "Running…";
+  const r = await fetch(api(`v1/pipelines/${encodeURIComponent(t.name)}?stream=true`), {
+    method: "POST", body: JSON.stringify({ inputs: pipelineInputs(t, text, imageB64, audioB64) }),
+    signal: controller.signal,
+    headers: chat.env.headers({ "Content-Type": "application/json", Accept: "text/event-stream" }) });
+  if (!r.ok) throw await httpError(r);
+  let content = "";
+  const message = { role: "assistant", content: "" };
+  chat.history.push(message);
+  for await (const { event, data } of sse(r)) {
+    if (event === "token" && typeof data?.text === "string") {
+      content += data.text;
+      node.dataset.chunks = String(Number(node.dataset.chunks || 0) + 1);
+      message.content = content;
+      renderAssistant(node, content, [], false);
+    } else if (event === "result") {
+      const outputs = data.outputs || {};
+      const answer = typeof outputs.answer === "string" ? outputs.answer : content;
+      message.content = answer;
+      renderAssistant(node, answer, [], true);
+      const extra = Object.entries(outputs).filter(([k, v]) => k !== "answer"
+        && (typeof v === "string" || typeof v === "number"));
+      if (extra.length) {
+        node.querySelector(".msg-body").append(el("dl", { class: "meta msg-outputs" },
+          extra.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })])));
+      }
+      node.dataset.state = "done";
+      const ms = performance.now() - started;
+      node.querySelector(".msg-meta").textContent = `${formatMs(ms)} · cache ${data.cache}`;
+      $("chat-status").textContent = `Done in ${formatMs(ms)} · request ${data.request_id}`;
+      return;
+    } else if (event === "error") {
+      const e = data.error || {};
+      throw { code: e.code, message: e.message, field: e.field, requestId: e.request_id };
+    }
+  }
+  throw { message: "the stream ended without a result" };
+}
+
+function pipelineInputs(t, text, imageB64, audioB64) {
+  const spec = t.spec;
+  const inputs = {};
+  const q = questionInput(spec);
+  if (text) inputs[q] = text;
+  const image = inputOf(spec, "image");
+  const audio = inputOf(spec, "audio");
+  if (image && imageB64) inputs[image] = imageB64;
+  if (audio && audioB64) inputs[audio] = audioB64;
+  for (const [k, v] of Object.entries(settings())) {
+    if (v !== undefined && spec.inputs?.[k]) inputs[k] = v;
+  }
+  return inputs;
+}
+
+/* ---------- copy as curl / SDK / CLI ---------- */
+
+function updateCommands() {
+  const t = chat.target;
+  if (!t || !$("chat")) return;
+  const base = api(".").replace(/\/$/, "");
+  const withKey = !!chat.env.headers().Authorization;
+  let c;
+  if (t.kind === "model") {
+    const draft = $("chat-input").value.trim();
+    c = chatCommands(base, requestBody(draft ? { role: "user", content: draft } : null, true),
+                     withKey);
+  }
+  else {
+    const inputs = pipelineInputs(t, $("chat-input").value.trim(), undefined, undefined);
+    const image = inputOf(t.spec, "image");
+    const audio = inputOf(t.spec, "audio");
+    if (image && chat.image?.describe()) inputs[image] = chat.image.describe();
+    if (audio && chat.audio?.describe()) inputs[audio] = chat.audio.describe();
+    c = pipelineCommands(base, { kind: "pipeline", name: t.name }, inputs, false, withKey);
+  }
+  $("chat-cmd-curl").textContent = c.curl;
+  $("chat-cmd-sdk").textContent = c.sdk;
+  $("chat-cmd-cli").textContent = c.cli;
+}
+
+function copy(e) {
+  const button = e.target.closest("button.copy");
+  if (!button) return;
+  const text = $(button.dataset.copy).textContent;
+  const label = button.textContent;
+  const done = (ok) => {
+    button.textContent = ok ? "Copied" : "Select and copy";
+    setTimeout(() => { button.textContent = label; }, 1500);
+  };
+  if (navigator.clipboard?.writeText) navigator.clipboard.writeText(text).then(() => done(true), () => done(false));
+  else {
+    getSelection().selectAllChildren($(button.dataset.copy));
+    done(document.execCommand?.("copy"));
+  }
+}
