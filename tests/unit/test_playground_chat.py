@@ -247,7 +247,8 @@ def sse(*chunks: dict) -> str:
 
 async def test_json_and_tool_call_answers_render_readably(page, url):
     """A JSON-mode answer is shown as indented JSON; tool calls (OpenAI's deltas: id and name
-    first, arguments in pieces) as cards with their arguments; the settings go in the body."""
+    first, arguments in pieces) as cards with their arguments, and a tool's result typed
+    under its call goes back as a ``tool`` message; the settings go in the body."""
     sent = chat_requests(page)
     streams = [
         sse({"index": 0, "delta": {"role": "assistant", "content": ""}},
@@ -261,7 +262,9 @@ async def test_json_and_tool_call_answers_render_readably(page, url):
                 {"index": 0, "function": {"arguments": '{"city": '}}]}},
             {"index": 0, "delta": {"tool_calls": [
                 {"index": 0, "function": {"arguments": '"Paris"}'}}]}},
-            {"index": 0, "delta": {}, "finish_reason": "tool_calls"})]
+            {"index": 0, "delta": {}, "finish_reason": "tool_calls"}),
+        sse({"index": 0, "delta": {"role": "assistant", "content": "It is 21 degrees."}},
+            {"index": 0, "delta": {}, "finish_reason": "stop"})]
 
     async def fulfil(route):
         await route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
@@ -297,6 +300,20 @@ async def test_json_and_tool_call_answers_render_readably(page, url):
     sdk = await page.text_content("#chat-cmd-sdk")
     assert "fusion.chat(messages, " in sdk and "model_dump_json" in sdk
     assert 'tool_choice={"type": "function", "function": {"name": "get_weather"}}' in sdk
+
+    await page.fill("#chat-tool-choice", "")  # the tool's result goes back as a tool message
+    await call.locator(".tool-reply textarea").fill('{"temperature": 21}')
+    await call.locator(".tool-reply button").click()
+    msg = await answer(page, 3)
+    assert await msg.locator(".msg-text").inner_text() == "It is 21 degrees."
+    assert await call.locator(".tool-reply").count() == 0
+    roles = await page.locator("#chat-log .msg").evaluate_all(
+        "els => els.map(e => e.dataset.role)")
+    assert roles == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert sent[2]["messages"][-2]["tool_calls"][0]["function"] == {
+        "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert sent[2]["messages"][-1] == {"role": "tool", "tool_call_id": "call_1",
+                                       "content": '{"temperature": 21}'}
 
 
 async def test_usable_at_360_px(page, url):

@@ -10,12 +10,13 @@
 
 import { api, httpError, sse } from "./http.js";
 import { commands as pipelineCommands, formatMs } from "./render.js";
-import { el, makeField } from "./widgets.js";
 import { chatCommands, FILE } from "./chat_commands.js";
+import { addMessage, chatSection, copy, imageMime, renderAssistant, userMessage }
+  from "./chat_render.js";
+import { el, makeField } from "./widgets.js";
 
 const $ = (id) => document.getElementById(id);
-const chat = { target: null, env: null, history: [], running: null, image: null, audio: null,
-               turns: 0 };
+const chat = { target: null, env: null, history: [], running: null, image: null, audio: null };
 
 const tasksOf = (model) => (model.tasks?.length ? model.tasks : Object.keys(model.inputs || {}));
 
@@ -40,57 +41,8 @@ const inputOf = (spec, type) => Object.entries(spec.inputs || {})
 
 /* ---------- the view ---------- */
 
-function number(id, label, attrs) {
-  return el("label", { class: "chat-setting", for: id }, label,
-    el("input", { id, type: "number", ...attrs }));
-}
-
 function build() {
-  const section = el("section", { id: "chat", hidden: true, "aria-labelledby": "chat-name" },
-    el("h2", { id: "chat-name" }),
-    el("p", { id: "chat-about", class: "hint" }),
-    el("details", { id: "chat-settings" }, el("summary", { text: "Settings" }),
-      el("div", { class: "chat-model-only" },
-        el("label", { for: "chat-system", class: "chat-label", text: "System prompt" }),
-        el("textarea", { id: "chat-system", rows: 2, placeholder: "You are a helpful assistant." })),
-      el("div", { class: "chat-settings-row" },
-        number("chat-max-tokens", "max tokens", { min: "1", step: "1", value: "128" }),
-        number("chat-temperature", "temperature", { min: "0", max: "2", step: "0.1", value: "0" }),
-        number("chat-seed", "seed", { step: "1", placeholder: "none" })),
-      el("div", { class: "chat-model-only" },
-        el("label", { for: "chat-format", class: "chat-label", text: "Response format" }),
-        el("select", { id: "chat-format" },
-          el("option", { value: "", text: "text" }),
-          el("option", { value: "json_object", text: "JSON object" }),
-          el("option", { value: "json_schema", text: "JSON schema" })),
-        el("textarea", { id: "chat-schema", rows: 4, spellcheck: "false", hidden: true,
-                         "aria-label": "JSON schema",
-                         placeholder: '{"type": "object", "properties": {...}}' }),
-        el("label", { for: "chat-tools", class: "chat-label", text: "Tools (OpenAI's JSON list)" }),
-        el("textarea", { id: "chat-tools", rows: 3, spellcheck: "false",
-                         placeholder: '[{"type": "function", "function": {"name": ..., "parameters": {...}}}]' }),
-        el("label", { for: "chat-tool-choice", class: "chat-label", text: "Tool choice" }),
-        el("input", { id: "chat-tool-choice", type: "text", placeholder: "auto, none, required or a function name" }))),
-    el("div", { id: "chat-log", class: "chat-log", role: "log", "aria-live": "polite",
-                "aria-label": "Conversation" }),
-    el("p", { id: "chat-status", class: "status", role: "status" }),
-    el("div", { id: "chat-error", class: "banner error", role: "alert", hidden: true }),
-    el("form", { id: "chat-form", class: "chat-form", novalidate: true },
-      el("div", { id: "chat-attach", class: "chat-attach" }),
-      el("label", { for: "chat-input", class: "chat-label", text: "Message" }),
-      el("textarea", { id: "chat-input", rows: 3,
-                       placeholder: "Ask something (Enter sends, Shift+Enter a new line)" }),
-      el("div", { class: "actions" },
-        el("button", { type: "submit", id: "chat-send", class: "primary", text: "Send" }),
-        el("button", { type: "button", id: "chat-stop", disabled: true, text: "Stop" }),
-        el("button", { type: "button", id: "chat-new", text: "New chat" }))),
-    el("details", { id: "chat-commands" },
-      el("summary", { text: "Copy as curl / SDK / CLI" }),
-      ...["curl", "sdk", "cli"].map((kind) => el("div", { class: "command", "data-kind": kind },
-        el("h3", { text: { curl: "curl", sdk: "Python SDK", cli: "fusion CLI" }[kind] }),
-        el("pre", { id: `chat-cmd-${kind}` }),
-        el("button", { type: "button", class: "copy", "data-copy": `chat-cmd-${kind}`,
-                       text: `Copy ${kind === "sdk" ? "SDK" : kind === "cli" ? "CLI" : kind}` })))));
+  const section = chatSection();
   $("workspace").append(section);
   $("chat-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("chat-input").addEventListener("keydown", (e) => {
@@ -137,7 +89,6 @@ export function closeChat() {
 function reset() {
   chat.running?.abort();
   chat.history = [];
-  chat.turns = 0;
   $("chat-log").replaceChildren();
   $("chat-status").textContent = "";
   $("chat-error").hidden = true;
@@ -169,72 +120,6 @@ function onPaste(e) {
   chat.image.acceptFile(file);
 }
 
-/* ---------- messages ---------- */
-
-function imageMime(b64) {
-  if (b64.startsWith("/9j/")) return "image/jpeg";
-  if (b64.startsWith("R0lG")) return "image/gif";
-  if (b64.startsWith("UklGR")) return "image/webp";
-  return "image/png";
-}
-
-function addMessage(role, who) {
-  const body = el("div", { class: "msg-body" });
-  const node = el("article", { class: "msg", "data-role": role },
-    el("div", { class: "msg-who", text: who }), body, el("div", { class: "msg-meta" }));
-  $("chat-log").append(node);
-  node.scrollIntoView({ block: "end" });
-  return node;
-}
-
-function userMessage(text, image, audioNote) {
-  const node = addMessage("user", "You");
-  const body = node.querySelector(".msg-body");
-  if (text) body.append(el("p", { class: "msg-text", text }));
-  if (image) {
-    body.append(el("img", { class: "msg-image", alt: `attached ${image.name}`,
-                            src: `data:${imageMime(image.b64)};base64,${image.b64}` }));
-  }
-  if (audioNote) body.append(el("p", { class: "msg-attachment", text: audioNote }));
-  return node;
-}
-
-/** Pretty JSON when the whole answer is a JSON object or array (JSON mode, a schema),
- * else null. */
-function asJson(text) {
-  const t = (text || "").trim();
-  if (!/^[[{]/.test(t)) return null;
-  try { return JSON.parse(t); } catch { return null; }
-}
-
-function renderToolCalls(calls) {
-  return el("div", { class: "tool-calls", "aria-label": "Tool calls" }, calls.map((c) => {
-    const fn = c.function || {};
-    const args = asJson(fn.arguments);
-    return el("div", { class: "tool-call", "data-name": fn.name || "" },
-      el("div", { class: "tool-call-head" }, el("span", { class: "badge", text: "tool call" }),
-        el("strong", { text: fn.name || "(unnamed)" }),
-        c.id ? el("code", { class: "tool-call-id", text: c.id }) : null),
-      el("pre", { class: "json", text: args !== null ? JSON.stringify(args, null, 2)
-        : fn.arguments || "" }),
-      args === null && fn.arguments ? el("p", { class: "hint", text: "arguments are not valid JSON" })
-        : null);
-  }));
-}
-
-/** The assistant's message as it stands: text (as JSON when it parses), then tool calls. */
-function renderAssistant(node, content, toolCalls, final) {
-  const body = node.querySelector(".msg-body");
-  const json = final ? asJson(content) : null;
-  const parts = [];
-  if (json !== null) {
-    parts.push(el("div", { class: "msg-json" }, el("span", { class: "badge", text: "JSON" }),
-      el("pre", { class: "json", text: JSON.stringify(json, null, 2) })));
-  } else if (content) parts.push(el("p", { class: "msg-text", text: content }));
-  if (toolCalls.length) parts.push(renderToolCalls(toolCalls));
-  body.replaceChildren(...parts);
-}
-
 /* ---------- a turn ---------- */
 
 async function send() {
@@ -246,58 +131,80 @@ async function send() {
   const audioB64 = chat.audio ? await chat.audio.read() : undefined;
   const audioName = chat.audio?.describe()?.file;
   if (!text && !imageB64 && !audioB64) { $("chat-input").focus(); return; }
+  $("chat-input").value = "";
+  const image = imageB64 ? { b64: imageB64, name: imageName || "image.png" } : null;
+  await turn(async (controller, started) => {
+    if (t.kind !== "model") {
+      userMessage(text, image, audioB64 ? `recording ${audioName || ""}` : null);
+      chat.history.push({ role: "user", content: text,
+                          files: { image: image?.name, audio: audioB64 ? audioName : undefined } });
+      makeAttachments();
+      const node = addMessage("assistant", t.name);
+      await streamPipeline(t, text, imageB64, audioB64, node, controller, started);
+      return;
+    }
+    let transcript = null;
+    if (audioB64) {
+      $("chat-status").textContent = "Transcribing the recording…";
+      transcript = await transcribe(audioB64, audioName, controller);
+    }
+    const question = text || transcript || "";
+    const note = transcript !== null && text
+      ? `recording ${audioName || ""} · transcript: ${transcript}`
+      : transcript !== null ? `(dictated: ${audioName || "recording"})` : null;
+    userMessage(question, image, note);
+    const parts = [];
+    if (image) {
+      parts.push({ type: "image_url",
+                   image_url: { url: `data:${imageMime(image.b64)};base64,${image.b64}` } });
+    }
+    if (transcript !== null && text) {
+      parts.push({ type: "text", text: `[A recording. Transcript: ${transcript}]` });
+    }
+    const content = parts.length
+      ? [...parts, ...(question ? [{ type: "text", text: question }] : [])] : question;
+    chat.history.push({ role: "user", content, files: image ? { image: image.name } : null });
+    makeAttachments();
+    await streamModel(addMessage("assistant", t.name), controller, started);
+  });
+}
+
+/** A tool's result (typed under its call) goes back as a `tool` message, and the model
+ * answers it. Refused (false) while another answer is streaming. */
+function replyToTool(call, result) {
+  if (chat.running) return false;
+  const node = addMessage("tool", `tool · ${call.function?.name || ""}`);
+  node.querySelector(".msg-body").append(Object.assign(document.createElement("pre"),
+    { className: "json", textContent: result }));
+  chat.history.push({ role: "tool", tool_call_id: call.id, content: result });
+  turn((controller, started) => streamModel(addMessage("assistant", chat.target.name),
+                                            controller, started));
+  return true;
+}
+
+/** One exchange: Send off and Stop on while `work` runs; a stop or an error is shown on the
+ * answer being written (an answer that never began is taken out of the transcript). */
+async function turn(work) {
   $("chat-error").hidden = true;
   const controller = new AbortController();
   chat.running = controller;
   $("chat-send").disabled = true;
   $("chat-stop").disabled = false;
-  $("chat-input").value = "";
-  const image = imageB64 ? { b64: imageB64, name: imageName || "image.png" } : null;
-  let assistant = null;
   const started = performance.now();
   try {
-    if (t.kind === "model") {
-      let transcript = null;
-      if (audioB64) {
-        $("chat-status").textContent = "Transcribing the recording…";
-        transcript = await transcribe(audioB64, audioName, controller);
-      }
-      const question = text || transcript || "";
-      const note = transcript !== null && text
-        ? `recording ${audioName || ""} · transcript: ${transcript}`
-        : transcript !== null ? `(dictated: ${audioName || "recording"})` : null;
-      userMessage(question, image, note);
-      const parts = [];
-      if (image) {
-        parts.push({ type: "image_url",
-                     image_url: { url: `data:${imageMime(image.b64)};base64,${image.b64}` } });
-      }
-      if (transcript !== null && text) {
-        parts.push({ type: "text", text: `[A recording. Transcript: ${transcript}]` });
-      }
-      const content = parts.length ? [...parts, ...(question ? [{ type: "text", text: question }] : [])]
-        : question;
-      chat.history.push({ role: "user", content, files: image ? { image: image.name } : null });
-      makeAttachments();
-      assistant = addMessage("assistant", t.name);
-      await streamModel(t, assistant, controller, started);
-    } else {
-      userMessage(text, image, audioB64 ? `recording ${audioName || ""}` : null);
-      chat.history.push({ role: "user", content: text,
-                          files: { image: image?.name, audio: audioB64 ? audioName : undefined } });
-      makeAttachments();
-      assistant = addMessage("assistant", t.name);
-      await streamPipeline(t, text, imageB64, audioB64, assistant, controller, started);
-    }
+    await work(controller, started);
   } catch (err) {
+    const node = [...document.querySelectorAll('#chat-log [data-role="assistant"]')].pop();
+    const live = node?.dataset.state === "streaming" ? node : null;
     if (controller.signal.aborted) {
-      if (assistant) {
-        assistant.dataset.state = "stopped";
-        assistant.querySelector(".msg-meta").textContent = "stopped";
+      if (live) {
+        live.dataset.state = "stopped";
+        live.querySelector(".msg-meta").textContent = "stopped";
       }
       $("chat-status").textContent = "Stopped.";
     } else {
-      if (assistant) assistant.dataset.state = "error";
+      if (live && !live.dataset.chunks) live.remove();
+      else if (live) live.dataset.state = "error";
       const e = err instanceof Error ? { message: `${err.name}: ${err.message}` } : err;
       const banner = $("chat-error");
       banner.textContent = chat.env.describeError(e) + (e.field ? ` (field: ${e.field})` : "")
@@ -309,7 +216,6 @@ async function send() {
     if (chat.running === controller) chat.running = null;
     $("chat-send").disabled = false;
     $("chat-stop").disabled = true;
-    chat.turns += 1;
     updateCommands();
     if (!$("chat").hidden) $("chat-input").focus();
   }
@@ -369,7 +275,7 @@ function requestBody(draft = null, forCopy = false) {
   return body;
 }
 
-async function streamModel(t, node, controller, started) {
+async function streamModel(node, controller, started) {
   node.dataset.state = "streaming";
   $("chat-status").textContent = "Generating…";
   const body = { ...requestBody(), stream: true, stream_options: { include_usage: true } };
@@ -414,7 +320,7 @@ async function streamModel(t, node, controller, started) {
     if (calls.length) message.tool_calls = calls;
     renderAssistant(node, content, calls, false);
   }
-  renderAssistant(node, content, calls, true);
+  renderAssistant(node, content, calls, true, replyToTool);
   node.dataset.state = "done";
   if (finish) node.dataset.finish = finish;
   const ms = performance.now() - started;
@@ -506,20 +412,4 @@ function updateCommands() {
   $("chat-cmd-curl").textContent = c.curl;
   $("chat-cmd-sdk").textContent = c.sdk;
   $("chat-cmd-cli").textContent = c.cli;
-}
-
-function copy(e) {
-  const button = e.target.closest("button.copy");
-  if (!button) return;
-  const text = $(button.dataset.copy).textContent;
-  const label = button.textContent;
-  const done = (ok) => {
-    button.textContent = ok ? "Copied" : "Select and copy";
-    setTimeout(() => { button.textContent = label; }, 1500);
-  };
-  if (navigator.clipboard?.writeText) navigator.clipboard.writeText(text).then(() => done(true), () => done(false));
-  else {
-    getSelection().selectAllChildren($(button.dataset.copy));
-    done(document.execCommand?.("copy"));
-  }
 }
