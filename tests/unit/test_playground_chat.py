@@ -207,6 +207,9 @@ async def test_an_llm_pipeline_as_a_chat(page, url):
     """ask_image in the chat view: each turn one run, the image into its input, the answer's
     tokens streamed from the pipeline's ``token`` events, its other outputs beside it."""
     await page.goto(url)
+    await page.locator('#pipeline-list button[data-pipeline="describe_then_draw"]').wait_for()
+    assert await page.locator("[data-chat-pipeline]").evaluate_all(  # words out, not images
+        "els => els.map(e => e.dataset.chatPipeline)") == ["ask_audio", "ask_image"]
     await page.click('#pipeline-list button[data-chat-pipeline="ask_image"]')
     await page.locator("#chat").wait_for()
     assert page.url.endswith("#chat-pipeline/ask_image")

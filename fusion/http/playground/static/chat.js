@@ -23,11 +23,13 @@ const tasksOf = (model) => (model.tasks?.length ? model.tasks : Object.keys(mode
 /** Whether a model gets the chat view (it serves `chat`). */
 export const chatsWith = (model) => tasksOf(model).includes("chat");
 
-/** Whether a pipeline gets the chat view: one of its steps is a model's `chat` and it takes a
- * text input to ask with. */
+/** Whether a pipeline gets the chat view: one of its steps is a model's `chat`, it takes a
+ * text input to ask with, and it answers in words (an image or audio output belongs on the
+ * form, where outputs are drawn by type). */
 export function isChatPipeline(spec) {
   return Object.values(spec.steps || {}).some((s) => s.task === "chat")
-    && !!questionInput(spec);
+    && !!questionInput(spec)
+    && !Object.values(spec.outputs || {}).some((t) => /image|audio/.test(String(t)));
 }
 
 function questionInput(spec) {
