@@ -169,8 +169,11 @@ class Tenants:
         if KeyRing._matches(digest, self.ring.users):
             admin = KeyRing._matches(digest, self.ring.admins)
             return Principal(f"static-{digest[:12]}", "admin" if admin else "static", admin)
-        if self.anonymous_allowed and not self.ring.enabled:
-            return ANONYMOUS  # auth off: a key is not asked for, so any key is not checked
+        if self.anonymous_allowed and set(self.ring.users) <= set(self.ring.admins):
+            # user auth off (no user key configured; admin keys guard admin routes only): a
+            # key is not asked for, so an unknown one is not checked — OpenAI clients must
+            # send some key, and "unused" is what people send to a keyless server
+            return ANONYMOUS
         raise Unauthorized("invalid API key", field="authorization")
 
     async def _issued(self, key_id: str, secret: str) -> Principal:

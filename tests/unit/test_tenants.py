@@ -197,6 +197,18 @@ async def test_admin_routes_refuse_everyone_when_no_admin_key(monkeypatch):
             assert "FUSION_ADMIN_KEYS" in r.json()["error"]["message"]
 
 
+async def test_with_only_admin_keys_any_user_key_is_anonymous_but_admin_is_checked(replicas):
+    """Admin keys alone guard admin routes only: OpenAI clients must send some key, and the
+    "unused" they send a keyless server is not checked — but it is no admin key."""
+    gw = replicas(anonymous=True)
+    async with client_for(gw) as c:
+        r = await c.post("/v1/models/text/embed", json=embed(), headers=bearer("unused"))
+        assert r.status_code == 200, r.text
+        r = await c.get("/v1/admin/keys", headers=bearer("unused"))
+        assert r.status_code == 401
+        assert (await c.get("/v1/admin/keys", headers=ROOT)).status_code == 200
+
+
 # ---- limits -------------------------------------------------------------------------------
 
 @pytest.fixture
