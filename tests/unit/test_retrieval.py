@@ -249,3 +249,42 @@ async def test_search_images_returns_the_order_rerank_gives(http):
     r = await http.post("/v1/pipelines/search_images",
                         json={"inputs": {"query": "x", "images": [b64[0], "%%%"]}})
     assert r.status_code == 422 and r.json()["error"]["field"].startswith("inputs.images[1]")
+
+
+# -- SDK and CLI ----------------------------------------------------------------------------
+
+async def test_sdk_rerank_and_embed_with_images(gateway):
+    from fusion_client import AsyncFusionClient, RerankResult
+
+    transport = httpx.ASGITransport(app=create_api(lambda: gateway))
+    async with AsyncFusionClient("http://gw", transport=transport, timeout=120) as client:
+        results = await client.rerank("a kitten", KITTEN, return_documents=True, top_n=2)
+        assert all(isinstance(r, RerankResult) for r in results) and len(results) == 2
+        assert results[0].index == 1 and results[0].document == {"text": KITTEN[1]}
+        red = png((255, 0, 0), 40)
+        vectors = await client.embed([red, "a red square"], model="clip")
+        alone = await client.call_many("clip", "embed_image",
+                                       [{"image": red}])
+        assert np.allclose(vectors[0], alone.outputs[0]["embedding"], atol=1e-5)
+        assert len(vectors[1]) == len(vectors[0])
+        ranked = await client.rerank("red", [red, png((0, 0, 255), 40)], model="clip")
+        assert sorted(r.index for r in ranked) == [0, 1]
+
+
+def test_cli_rerank_prints_the_ranking(gateway, tmp_path):
+    import io as _io
+
+    from fusion_client.cli import main
+
+    faq = tmp_path / "docs.txt"
+    faq.write_text("quantum physics\n\na kitten on a rug\n")
+    out, err = _io.StringIO(), _io.StringIO()
+    code = main(["rerank", "a kitten", "the stock market fell", "--lines", str(faq),
+                 "--top-n", "2"], transport=httpx.ASGITransport(
+                     app=create_api(lambda: gateway)), stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].split()[1] == "#2" and "kitten" in lines[0]
+    code = main(["rerank", "x", "a", "--model", "llm"], transport=httpx.ASGITransport(
+        app=create_api(lambda: gateway)), stdout=out, stderr=err)
+    assert code == 2 and "cannot rank" in err.getvalue()

@@ -22,6 +22,7 @@ from fusion_client.errors import (
     Timeout,
     Unauthorized,
 )
+from fusion_client.retrieval import RerankResult
 from fusion_client.types import (
     BatchResult,
     CacheStats,
@@ -60,6 +61,7 @@ __all__ = [
     "PipelineInfo",
     "PipelineResult",
     "ProgressEvent",
+    "RerankResult",
     "ResultEvent",
     "ServerError",
     "StartEvent",
