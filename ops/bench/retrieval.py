@@ -13,9 +13,11 @@ models in-process and beside Infinity's ``/rerank`` on the same cross-encoder fo
 
 Models run with 2 torch threads on every side (Infinity's reference setting in
 ``infinity_peer``). Requests go one at a time (concurrency 1): the figure is documents (or
-texts) per second, and each ratio is the gateway's over its baseline.
+texts) per second, and each ratio is the gateway's over its baseline. Every side is loaded
+at once and the sides take turns, round by round (the median of each is printed, with every
+round's figure), so a busy neighbour on a shared machine slows them alike.
 
-    python ops/bench/retrieval.py                    # gateway vs in-process
+    python ops/bench/retrieval.py                    # gateway vs in-process (~5 min, 2 cores)
     python ops/bench/retrieval.py --peer infinity    # and Infinity's /rerank
 """
 
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,33 +64,35 @@ def model_dir() -> Path:
     return Path(os.environ.setdefault("FUSION_MODEL_DIR", str(ROOT / ".fusion-models")))
 
 
-def in_process(rounds: int) -> tuple[dict[str, float], Path]:
-    """Documents/s of each backend run in this process as the replica runs a list."""
+def load_in_process() -> dict[str, Any]:
+    """Each backend loaded in this process, with a function that runs its whole list as the
+    replica runs one (chunks of ``max_batch_size``); and the cross-encoder's folder."""
     from fusion.config import ModelConfig
     from fusion.registry import model_class
 
-    out, folder = {}, None
+    runs: dict[str, Any] = {}
     for spec, task, items in (
             (MODELS[0], "rerank", [{"query": QUERY, "document": p} for p in PASSAGES]),
             (MODELS[1], "embed", [{"text": t} for t in TEXTS])):
         config = ModelConfig.model_validate(spec)
         model = model_class(config).load(config, model_dir())
         if task == "rerank":
-            folder = Path(model.resolved.location)
-        prepared = [model.prepare(task, dict(i)) for i in items]
+            runs["folder"] = Path(model.resolved.location)
 
-        def once(model: Any = model, task: str = task, prepared: list = prepared) -> None:
+        def once(model: Any = model, task: str = task, items: list = items) -> None:
+            prepared = [model.prepare(task, dict(i)) for i in items]
             for s in range(0, len(prepared), BATCH):
                 model.run(task, prepared[s:s + BATCH])
 
         once()  # warm up
-        n = rounds if task == "rerank" else max(1, rounds // 10)
-        started = time.perf_counter()
-        for _ in range(n):
-            once()
-        out[task] = n * len(items) / (time.perf_counter() - started)
-        del model
-    return out, folder
+        runs[task] = once
+    return runs
+
+
+def timed(fn: Any, items: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return items / (time.perf_counter() - started)
 
 
 def start_gateway(log: Path) -> tuple[subprocess.Popen, str]:
@@ -130,19 +135,17 @@ async def rerank_rate(url: str, path: str, model: str, rounds: int) -> float:
     async def one(client: Any) -> Any:
         return await client.post(path, json=body, headers=headers)
 
-    await closed_loop(one, 2, 1, url)  # warm up
     return (await closed_loop(one, rounds, 1, url)).throughput * RERANK_DOCS
 
 
-async def embed_rate(url: str, rounds: int) -> float:
+async def embed_rate(url: str) -> float:
     body = {"model": "text", "input": TEXTS}
-    headers = {"Cache-Control": "no-store"}
 
     async def one(client: Any) -> Any:
-        return await client.post("/v1/embeddings", json=body, headers=headers)
+        return await client.post("/v1/embeddings", json=body,
+                                  headers={"Cache-Control": "no-store"})
 
-    await closed_loop(one, 1, 1, url)
-    return (await closed_loop(one, rounds, 1, url)).throughput * EMBED_ITEMS
+    return (await closed_loop(one, 1, 1, url)).throughput * EMBED_ITEMS
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -158,41 +161,63 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer", choices=["infinity"], default=None)
-    ap.add_argument("--rounds", type=int, default=20, help="rerank requests per side")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per side")
     args = ap.parse_args()
-    base, folder = in_process(args.rounds)
+    runs = load_in_process()
     log = model_dir() / "bench" / "retrieval-gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    proc, url = start_gateway(log)
+    procs: list[subprocess.Popen] = []
+    rates: dict[str, list[float]] = {k: [] for k in (
+        "rerank in-process", "rerank gateway", "rerank infinity", "embed in-process",
+        "embed gateway")}
     try:
+        proc, url = start_gateway(log)
+        procs.append(proc)
         asyncio.run(wait_healthy(url, proc, log))
-        gw_rerank = asyncio.run(rerank_rate(url, "/v1/rerank", "reranker", args.rounds))
-        gw_embed = asyncio.run(embed_rate(url, max(1, args.rounds // 10)))
-    finally:
-        stop(proc)
-    peer = None
-    if args.peer == "infinity":
-        exe = infinity_peer.ensure_venv(model_dir())
-        ilog = model_dir() / "bench" / "infinity-rerank.log"
-        iproc, iurl = infinity_peer.start(exe, folder, ilog)  # served as "minilm"
-        try:
+        iurl = None
+        if args.peer == "infinity":
+            exe = infinity_peer.ensure_venv(model_dir())
+            ilog = model_dir() / "bench" / "infinity-rerank.log"
+            iproc, iurl = infinity_peer.start(exe, runs["folder"], ilog)  # served as "minilm"
+            procs.append(iproc)
             asyncio.run(infinity_peer.wait_ready(iurl, iproc, ilog))
-            peer = asyncio.run(rerank_rate(iurl, "/rerank", "minilm", args.rounds))
-        finally:
-            infinity_peer.stop(iproc)
+        asyncio.run(rerank_rate(url, "/v1/rerank", "reranker", 2))  # warm up each path
+        asyncio.run(embed_rate(url))
+        if iurl:
+            asyncio.run(rerank_rate(iurl, "/rerank", "minilm", 2))
+        # the sides take turns, round by round, so a noisy neighbour hits them alike
+        for _ in range(args.rounds):
+            rates["rerank in-process"].append(sum(
+                timed(runs["rerank"], RERANK_DOCS) for _ in range(4)) / 4)
+            rates["rerank gateway"].append(asyncio.run(
+                rerank_rate(url, "/v1/rerank", "reranker", 4)))
+            if iurl:
+                rates["rerank infinity"].append(asyncio.run(
+                    rerank_rate(iurl, "/rerank", "minilm", 4)))
+            rates["embed in-process"].append(timed(runs["embed"], EMBED_ITEMS))
+            rates["embed gateway"].append(asyncio.run(embed_rate(url)))
+    finally:
+        for proc in procs[1:]:
+            infinity_peer.stop(proc)
+        if procs:
+            stop(procs[0])
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
     print(f"\nretrieval (torch threads {THREADS}, max_batch_size {BATCH}, concurrency 1, "
-          "cache bypassed)")
-    print(f"  rerank {RERANK_DOCS} docs, shape:ms-marco-minilm-l6 ({folder.name})")
-    print(f"    in-process               {base['rerank']:8.1f} docs/s")
-    print(f"    gateway /v1/rerank       {gw_rerank:8.1f} docs/s   "
-          f"{gw_rerank / base['rerank']:.2f}x in-process")
-    if peer is not None:
-        print(f"    Infinity {infinity_peer.VERSION} /rerank  {peer:8.1f} docs/s   gateway "
-              f"{gw_rerank / peer:.2f}x Infinity")
+          f"cache bypassed; medians of {args.rounds} alternating rounds)")
+    print(f"  rerank {RERANK_DOCS} docs, shape:ms-marco-minilm-l6 ({runs['folder'].name})")
+    print(f"    in-process               {med['rerank in-process']:8.1f} docs/s")
+    print(f"    gateway /v1/rerank       {med['rerank gateway']:8.1f} docs/s   "
+          f"{med['rerank gateway'] / med['rerank in-process']:.2f}x in-process")
+    if "rerank infinity" in med:
+        print(f"    Infinity {infinity_peer.VERSION} /rerank  {med['rerank infinity']:8.1f} "
+              f"docs/s   gateway {med['rerank gateway'] / med['rerank infinity']:.2f}x "
+              "Infinity")
     print(f"  embeddings, {EMBED_ITEMS} texts per request, packaged MiniLM")
-    print(f"    in-process               {base['embed']:8.1f} texts/s")
-    print(f"    gateway /v1/embeddings   {gw_embed:8.1f} texts/s   "
-          f"{gw_embed / base['embed']:.2f}x in-process")
+    print(f"    in-process               {med['embed in-process']:8.1f} texts/s")
+    print(f"    gateway /v1/embeddings   {med['embed gateway']:8.1f} texts/s   "
+          f"{med['embed gateway'] / med['embed in-process']:.2f}x in-process")
+    print("  every round: " + "; ".join(f"{k} {[round(x) for x in v]}"
+                                        for k, v in rates.items() if v))
 
 
 if __name__ == "__main__":
