@@ -19,6 +19,13 @@ round's figure), so a busy neighbour on a shared machine slows them alike.
 
     python ops/bench/retrieval.py                    # gateway vs in-process (~5 min, 2 cores)
     python ops/bench/retrieval.py --peer infinity    # and Infinity's /rerank
+    python ops/bench/retrieval.py --same-process     # embeddings: the gateway's own cost
+
+``--same-process`` isolates what the gateway adds to a 2,048-item ``/v1/embeddings``: the
+embedded runtime's gateway in this process, driven through httpx's ASGI transport (no
+socket, no second process), its turns alternating with the same replica running the same
+2,048 texts directly on its own model thread. Two processes on a busy 2-core machine (the
+default mode) measure the scheduler as much as the gateway.
 """
 
 from __future__ import annotations
@@ -157,12 +164,64 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
+def same_process(rounds: int) -> None:
+    """``--same-process`` (see the module docstring)."""
+    import httpx
+
+    from fusion.embedded.server import build
+    from fusion.http.app import create_api
+
+    _, gw = build({"models": [MODELS[1]], "cache": {"redis_url": None},
+                   "observability": {"access_log": "off"}})
+    replica = gw.client._replica("text")
+    model = replica.model
+
+    def direct() -> None:
+        prepared = [model.prepare("embed", {"text": t}) for t in TEXTS]
+        for s in range(0, len(prepared), BATCH):
+            model.run("embed", prepared[s:s + BATCH])
+
+    async def measure() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"direct": [], "gateway": []}
+        transport = httpx.ASGITransport(app=create_api(lambda: gw))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw",
+                                     timeout=600) as client:
+            body = {"model": "text", "input": TEXTS}
+            headers = {"Cache-Control": "no-store"}
+            await replica._compute(direct)  # warm up both
+            await client.post("/v1/embeddings", json=body, headers=headers)
+            for _ in range(rounds):
+                started = time.perf_counter()
+                await replica._compute(direct)  # on the model's own thread, as the replica
+                out["direct"].append(EMBED_ITEMS / (time.perf_counter() - started))
+                started = time.perf_counter()
+                r = await client.post("/v1/embeddings", json=body, headers=headers)
+                assert r.status_code == 200, r.text
+                out["gateway"].append(EMBED_ITEMS / (time.perf_counter() - started))
+        return out
+
+    rates = asyncio.run(measure())
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\nembeddings, {EMBED_ITEMS} texts per request, packaged MiniLM, one process "
+          f"(torch threads {THREADS}, max_batch_size {BATCH}; medians of {rounds} rounds)")
+    print(f"    replica's thread, direct {med['direct']:8.1f} texts/s")
+    print(f"    gateway /v1/embeddings   {med['gateway']:8.1f} texts/s   "
+          f"{med['gateway'] / med['direct']:.2f}x direct")
+    print("  every round: " + "; ".join(f"{k} {[round(x) for x in v]}"
+                                        for k, v in rates.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peer", choices=["infinity"], default=None)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per side")
+    ap.add_argument("--same-process", action="store_true",
+                    help="embeddings only: the gateway in this process beside the replica")
     args = ap.parse_args()
+    if args.same_process:
+        same_process(args.rounds)
+        return
     runs = load_in_process()
     log = model_dir() / "bench" / "retrieval-gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
