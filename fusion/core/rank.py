@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fusion.core.batch import BatchResult, call_many
+from fusion.core.tenants import Tenants
 from fusion.errors import BadInput, FusionError, NotFound, StepTimeout, Unsupported
 from fusion.pipeline.rank import rank_method
 from fusion.tasks import ModelTasks
@@ -167,12 +168,28 @@ def check_documents(query: Any, documents: list[Document], max_items: int,
 
 async def rerank(gw: Gateway, model: str, query: str, documents: list[Document],
                  policy: CachePolicy, deadline: float | None = None) -> Relevance:
-    """``/v1/rerank``: checked against the limits, admitted like a model call, bounded by
-    the request's deadline."""
+    """``/v1/rerank``: checked against the limits and the caller's key (its models, tasks,
+    rate and quota: ``fusion.core.tenants``; each document counts as an item), admitted like
+    a model call, bounded by the request's deadline."""
     limits = gw.config.limits
     check_documents(query, documents, limits.max_embedding_inputs, limits.max_text_chars)
     if model not in gw.models:
         raise NotFound(f"unknown model {model!r}; served: {sorted(gw.models)}", "model")
+    images = any(d.kind == "image" for d in documents)
+    method = check_ranker(gw.models, model, images=images)
+    task = {"rerank": "rerank", "embed": "embed"}.get(method, "embed_text")
+    if images:  # the key must be allowed the image tower too
+        Tenants.check_model(model, "embed_image")
+    async with gw.tenants.guard("model", model, task, cost=len(documents)) as guard:
+        found = await _admitted(gw, model, query, documents, policy, deadline)
+        hits = sum(found.cached)
+        guard.done(items=len(documents), cache_hits=hits,
+                   compute_s=0.0 if hits == len(documents) else found.ms / 1000)
+        return found
+
+
+async def _admitted(gw: Gateway, model: str, query: str, documents: list[Document],
+                    policy: CachePolicy, deadline: float | None) -> Relevance:
     with gw.admission.admit(f"model:{model}"):
         job = relevance(gw.executor, model, query, documents, policy)
         if deadline is None:

@@ -232,3 +232,23 @@ class AsyncFusionClient(_BaseClient):
     async def clear_cache(self) -> int:
         return await self._drive(self._proto.clear_cache())
 
+
+    async def create_key(self, name: str, **fields: Any) -> dict:
+        """See :meth:`FusionClient.create_key`."""
+        return await self._drive(self._proto.create_key(name, fields))
+
+    async def list_keys(self, owner: str | None = None) -> list[dict]:
+        return await self._drive(self._proto.list_keys(owner))
+
+    async def update_key(self, key_id: str, **changes: Any) -> dict:
+        return await self._drive(self._proto.update_key(key_id, changes))
+
+    async def revoke_key(self, key_id: str) -> dict:
+        return await self._drive(self._proto.revoke_key(key_id))
+
+    async def usage(self, *, key_id: str | None = None, day_from: str | None = None,
+                    day_to: str | None = None, model: str | None = None,
+                    pipeline: str | None = None) -> list[dict]:
+        return await self._drive(self._proto.usage({"key_id": key_id, "from": day_from,
+                                                    "to": day_to, "model": model,
+                                                    "pipeline": pipeline}))

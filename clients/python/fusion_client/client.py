@@ -296,3 +296,31 @@ class FusionClient(_BaseClient):
     def clear_cache(self) -> int:
         """Clear the gateway's cache namespace (admin key); returns the number deleted."""
         return self._drive(self._proto.clear_cache())
+
+    # -- keys (admin key) and usage: docs/tenants.md --
+    def create_key(self, name: str, **fields: Any) -> dict:
+        """Issue a key (admin key): ``models``/``tasks``/``pipelines`` (globs), ``rpm``,
+        ``tpm``, ``max_concurrency``, ``quota_*``, ``expires_at``, ``owner``, ``scopes``. The
+        answer's ``key`` is the secret, shown this once."""
+        return self._drive(self._proto.create_key(name, fields))
+
+    def list_keys(self, owner: str | None = None) -> list[dict]:
+        """Every issued key, without secrets (admin key)."""
+        return self._drive(self._proto.list_keys(owner))
+
+    def update_key(self, key_id: str, **changes: Any) -> dict:
+        """Change a key's limits, allow-lists, owner or expiry (``None`` clears one)."""
+        return self._drive(self._proto.update_key(key_id, changes))
+
+    def revoke_key(self, key_id: str) -> dict:
+        """Revoke a key: every router replica refuses it within seconds (admin key)."""
+        return self._drive(self._proto.revoke_key(key_id))
+
+    def usage(self, *, key_id: str | None = None, day_from: str | None = None,
+              day_to: str | None = None, model: str | None = None,
+              pipeline: str | None = None) -> list[dict]:
+        """Usage rows per key, model or pipeline and UTC day: this key's own, or everyone's
+        with an admin key (``key_id`` filters); days as ``YYYY-MM-DD``."""
+        return self._drive(self._proto.usage({"key_id": key_id, "from": day_from,
+                                              "to": day_to, "model": model,
+                                              "pipeline": pipeline}))
