@@ -15,6 +15,12 @@ Three torch backends (and ``onnx``, the same model on ONNX Runtime: ``deployment
   the entailment index read from ``config.label2id``.
 - ``classifier``: ``AutoModelForSequenceClassification``; ``classify`` returns every label of
   ``config.id2label`` with softmax scores (sigmoid for multi-label models).
+- ``cross_encoder``: ``AutoModelForSequenceClassification`` trained to score a (query,
+  passage) pair (ms-marco cross-encoders, bge-reranker); ``rerank`` is one pair per item, so
+  the router caches each pair and batches a document list through the list path
+  (``fusion.core.rank``). The score is ``sigmoid(logit)`` for a one-logit model (what
+  sentence-transformers' ``CrossEncoder``, TEI and Infinity answer), else the softmax of the
+  last label ("relevant").
 
 Templates are filled with ``str.replace("{}", label)``, never ``str.format``: a template comes
 from the client, and ``format`` would let it read attributes of its argument.
@@ -44,7 +50,7 @@ DEFAULT_TEMPERATURE = 0.05
 # ~1.2x. For speed at that accuracy use the onnx backend with quantize: int8 (~2.7x).
 INT8_LAYERS = {"attention": lambda name: ".attention." in f".{name}.", "all": None}
 FORWARD_CHUNK = 64  # sequences per forward pass; bounds memory for many labels x items
-TORCH_BACKENDS = ("embedding", "nli", "classifier")  # onnx: deployments.text_onnx
+TORCH_BACKENDS = ("embedding", "nli", "classifier", "cross_encoder")  # onnx: deployments.text_onnx
 
 
 class TextModel(ModelBackend):
@@ -136,6 +142,10 @@ class TextModel(ModelBackend):
 
     def prepare(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         item = super().prepare(task, inputs)
+        if task == "rerank":
+            check_text(item["query"], "query")
+            check_text(item["document"], "document")
+            return item
         check_text(item["text"])
         if task == "zero_shot":
             item["prompts"] = fill_template(item["template"], item["labels"])
@@ -145,6 +155,12 @@ class TextModel(ModelBackend):
         self.task_spec(task)
         if not items:
             return []
+        if task == "rerank":
+            logits = self._logits([it["query"] for it in items],
+                                  [it["document"] for it in items])
+            scores = logits[:, 0].sigmoid() if logits.shape[-1] == 1 else \
+                logits.softmax(-1)[:, -1]
+            return [{"score": float(s)} for s in scores.tolist()]
         texts = [it["text"] for it in items]
         if task == "embed":
             emb = self._embed(texts)
@@ -229,13 +245,19 @@ FAMILY = Family(
             {"labels": "labels"}, doc="Score each label against the text; scores sum to 1."),
         "classify": TaskSpec({"text": param("text")}, {"labels": "labels"},
                              doc="Sequence classification with the model's own labels."),
+        "rerank": TaskSpec({"query": param("text"), "document": param("text")},
+                           {"score": "float"},
+                           doc="Relevance of one document to a query (a cross-encoder): one "
+                               "pair per item, so each pair is cached on its own."),
     },
     backends={"embedding": ("embed", "zero_shot"), "nli": ("zero_shot",),
-              "classifier": ("classify",), "onnx": ("embed", "zero_shot")},
+              "classifier": ("classify",), "onnx": ("embed", "zero_shot"),
+              "cross_encoder": ("rerank",)},
     model=TextModel,
     # by path: ONNX Runtime's class imports this module, and only onnx models need it
     backend_models={"onnx": "deployments.text_onnx:OnnxTextModel"},
     tiny={"text-embedding": "deployments.tiny.text:build_tiny_embedding",
           "text-classifier": "deployments.tiny.text:build_tiny_classifier",
-          "text-nli": "deployments.tiny.text:build_tiny_nli"},
+          "text-nli": "deployments.tiny.text:build_tiny_nli",
+          "text-cross-encoder": "deployments.tiny.text:build_tiny_cross_encoder"},
 )

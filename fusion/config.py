@@ -293,6 +293,11 @@ class LimitsConfig(BaseModel):
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_text_chars: int = Field(20_000, gt=0, description="longest text input")
     max_list_items: int = Field(256, gt=0, description="longest list input (e.g. labels)")
+    max_embedding_inputs: int = Field(
+        2048, gt=0, description="most items of one list request to an embedding task "
+        "(/v1/embeddings, the native list route) and documents of one rerank: OpenAI's own "
+        "maximum, the chunk size clients such as LangChain send; the model still runs them "
+        "in batches of its max_batch_size")
     # images (4096x4096 pixels) and audio (600 s) are bounded where they are decoded:
     # deployments/media.py
 

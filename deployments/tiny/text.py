@@ -1,4 +1,4 @@
-"""Tiny random BERT models: embedding, classifier and NLI.
+"""Tiny random BERT models: embedding, classifier, NLI and cross-encoder (reranker).
 
 Built from code into a folder and loaded back by the family's ``load_weights``, like real
 weights; named by the ``tiny`` recipes of ``deployments.text.FAMILY``.
@@ -69,4 +69,13 @@ def build_tiny_nli(folder: str | Path) -> None:
     names = ["contradiction", "neutral", "entailment"]
     cfg = _tiny_bert_config(_tiny_tokenizer(folder), id2label=dict(enumerate(names)),
                             label2id={n: i for i, n in enumerate(names)})
+    _save_seeded(folder, BertForSequenceClassification, cfg)
+
+
+def build_tiny_cross_encoder(folder: str | Path) -> None:
+    """One relevance logit per (query, document) pair, as ms-marco cross-encoders have."""
+    from transformers import BertForSequenceClassification
+
+    folder = Path(folder)
+    cfg = _tiny_bert_config(_tiny_tokenizer(folder), num_labels=1)
     _save_seeded(folder, BertForSequenceClassification, cfg)

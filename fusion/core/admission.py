@@ -109,8 +109,9 @@ def model_queues(models: Iterable[ModelConfig]) -> dict[str, ModelQueue]:
 
 def model_steps(spec: PipelineSpec) -> dict[str, str]:
     """Step name → model, for every step of ``spec`` that may call a model (``when:`` steps
-    too; ``fuse`` and ``template`` run in the router and need no queue)."""
-    return {s.name: s.model for s in spec.steps.values() if s.model}
+    too; ``fuse`` and ``template`` run in the router and need no queue; ``rank`` calls the
+    model it ranks with)."""
+    return {s.name: s.uses_model for s in spec.steps.values() if s.uses_model}
 
 
 def shared_steps(spec: PipelineSpec, values: Mapping[str, Any],

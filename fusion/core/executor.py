@@ -17,9 +17,11 @@ from typing import Any, Protocol
 
 from fusion.cache.keys import digest
 from fusion.core.admission import Admission, model_steps, shared_steps
+from fusion.core.rank import rank_step
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.pipeline.fuse import fuse_explained
+from fusion.pipeline.rank import RANK_TASK_NAME
 from fusion.pipeline.spec import PipelineSpec, StepSpec, builtin_task
 from fusion.pipeline.template import TEMPLATE_TASK, fill_template
 from fusion.tasks import ModelTasks, TaskSpec
@@ -327,6 +329,10 @@ class Executor:
                 started = time.perf_counter()
                 result = {"text": fill_template(step.template or "", inputs)}
                 report = StepReport(round((time.perf_counter() - started) * 1000, 3))
+            elif step.model is None and step.task == RANK_TASK_NAME:
+                started = time.perf_counter()  # its documents' scores are cached one by one
+                result = await rank_step(self, inputs, policy)
+                report = StepReport(round((time.perf_counter() - started) * 1000, 3))
             elif step.model is None:
                 started = time.perf_counter()
                 labels, explanation = fuse_explained(
@@ -358,8 +364,8 @@ class Executor:
                 if b.ref is not None:
                     raise BadInput(f"input {b.ref.name!r} is required by step {step.name!r}",
                                    field=f"inputs.{b.ref.name}")
-        if step.model is None and step.task != TEMPLATE_TASK:
-            return not any(inputs.get("labels") or [])
+        if step.model is None and step.task not in (TEMPLATE_TASK, RANK_TASK_NAME):
+            return not any(inputs.get("labels") or [])  # fuse: nothing to fuse
         return False
 
 

@@ -138,9 +138,10 @@ class Gateway:
         if not isinstance(items, list) or not items:
             raise BadInput("inputs must be an object or a non-empty list of objects",
                            field="inputs")
-        if len(items) > limits.max_list_items:
-            raise BadInput(f"inputs has {len(items)} items, over the {limits.max_list_items} "
-                           "limit (limits.max_list_items)", field="inputs")
+        most, knob = self.list_limit(model, task)
+        if len(items) > most:
+            raise BadInput(f"inputs has {len(items)} items, over the {most} limit "
+                           f"(limits.{knob})", field="inputs")
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 check_limits(item, limits.max_text_chars, limits.max_list_items,
@@ -169,6 +170,17 @@ class Gateway:
                 raise StepTimeout(f"{model}/{task} did not finish within the request's "
                                   f"deadline (X-Request-Timeout; {left:.3g}s were left)"
                                   ) from None
+
+    def list_limit(self, model: str, task: str) -> tuple[int, str]:
+        """The most items one list request may carry, and the knob that sets it: embedding
+        tasks take OpenAI's sizes (indexing a document set sends thousands of texts), the
+        rest the general list limit."""
+        limits = self.config.limits
+        mt = self.models.get(model)
+        if mt is not None and task in mt.tasks and (
+                "embedding" in mt.spec(task).outputs.values() or task == "rerank"):
+            return limits.max_embedding_inputs, "max_embedding_inputs"
+        return limits.max_list_items, "max_list_items"
 
     def _check_limits(self, inputs: dict[str, Any]) -> None:
         if isinstance(inputs, dict):
@@ -205,7 +217,7 @@ class Gateway:
         key = None
         if self.cache is not None and (policy.read or policy.write) and \
                 not self._generates(spec):
-            models = sorted({s.model for s in spec.steps.values() if s.model})
+            models = sorted({s.uses_model for s in spec.steps.values() if s.uses_model})
             prints = [await self.fingerprint(m) for m in models]
             key = self.cache.pipeline_key(digest([spec.digest, models, prints]), checked)
         if key is not None and policy.read:

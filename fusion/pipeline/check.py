@@ -22,6 +22,7 @@ from fusion.pipeline.model import (
     StepSpec,
     builtin_task,
 )
+from fusion.pipeline.rank import RANK_TASK, RANK_TASK_NAME, rank_method
 from fusion.pipeline.refs import Ref, parse_condition, parse_ref
 from fusion.pipeline.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
 from fusion.structured import check_response_format
@@ -118,7 +119,7 @@ class _Checker:
         if not isinstance(raw, Mapping):
             raise self.fail(where, "must be a mapping")
         unknown = set(raw) - {"model", "task", "with", "when", "timeout_s", "cache", "fuse",
-                              "template", "response_format"}
+                              "template", "response_format", "rank"}
         if unknown:
             raise self.fail(where, f"unknown key(s) {sorted(unknown)}")
         if "fuse" in raw:
@@ -128,6 +129,10 @@ class _Checker:
                     not in FUSE_METHODS:
                 raise self.fail(where, f"fuse: method must be one of {FUSE_METHODS}")
             with_raw = {**{k: v for k, v in opts.items()}, **(raw.get("with") or {})}
+        elif "rank" in raw:
+            model, task, spec = None, RANK_TASK_NAME, RANK_TASK
+            with_raw = {"model": self._ranker(where, raw["rank"], raw.get("with") or {}),
+                        **(raw.get("with") or {})}
         elif "template" in raw:
             model, task, with_raw = None, TEMPLATE_TASK, raw.get("with") or {}
             try:
@@ -196,6 +201,24 @@ class _Checker:
         except BadInput as err:
             raise self.fail(where, err.message) from None
         return {**with_raw, "response_format": value}
+
+    def _ranker(self, where: str, opts: Any, with_raw: Any) -> str:
+        """The model of a ``rank: {model: ...}`` step, checked to rank (and to embed images
+        when the step binds ``images``)."""
+        if not isinstance(opts, Mapping) or set(opts) != {"model"}:
+            raise self.fail(where, "rank: must be {model: <a model that ranks>}")
+        rankers = sorted(n for n, m in self.models.items() if rank_method(m))
+        model = opts["model"]
+        if model not in self.models or rank_method(self.models[model]) is None:
+            raise self.fail(where, f"rank: model {model!r} cannot rank (it needs a rerank or "
+                            f"embedding task); models that rank: {rankers}")
+        if isinstance(with_raw, Mapping) and "images" in with_raw and \
+                "embed_image" not in self.models[model].tasks:
+            raise self.fail(where, f"rank: model {model!r} cannot rank images (no "
+                            "embed_image task)")
+        if isinstance(with_raw, Mapping) and "model" in with_raw:
+            raise self.fail(where, "rank: the model is named in rank:, not in with:")
+        return str(model)
 
     def _toposort(self, steps: dict[str, StepSpec]) -> list[str]:
         for step in steps.values():

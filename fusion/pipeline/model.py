@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fusion.pipeline.rank import RANK_TASK, RANK_TASK_NAME
 from fusion.pipeline.refs import Condition, Ref
 from fusion.pipeline.template import TEMPLATE_TASK, template_task
 from fusion.tasks import Param, TaskSpec
@@ -57,7 +58,7 @@ class Binding:
 @dataclass(frozen=True)
 class StepSpec:
     name: str
-    model: str | None  # None for the built-in ``fuse`` step
+    model: str | None  # None for the built-in steps (``fuse``, ``template``, ``rank``)
     task: str
     bindings: dict[str, Binding]
     outputs: dict[str, str]
@@ -69,10 +70,20 @@ class StepSpec:
     streams_progress: bool = False
     template: str | None = None  # the built-in ``template`` step (``fusion.pipeline.template``)
 
+    @property
+    def uses_model(self) -> str | None:
+        """The model this step calls: its own, or the one a built-in ``rank`` step ranks
+        with (so its fingerprint keys the pipeline's cache and its queue admits the run)."""
+        if self.model or self.task != RANK_TASK_NAME or "model" not in self.bindings:
+            return self.model
+        return self.bindings["model"].literal
+
 
 def builtin_task(step: StepSpec) -> TaskSpec:
-    """The signature of a step that runs in the router: ``template`` or ``fuse``."""
-    return template_task(list(step.bindings)) if step.task == TEMPLATE_TASK else FUSE_TASK
+    """The signature of a step that runs in the router: ``template``, ``rank`` or ``fuse``."""
+    if step.task == TEMPLATE_TASK:
+        return template_task(list(step.bindings))
+    return RANK_TASK if step.task == RANK_TASK_NAME else FUSE_TASK
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,7 @@ class PipelineSpec:
             "inputs": {n: {"type": i.type, "required": i.required, "default": i.default,
                            "description": i.description} for n, i in self.inputs.items()},
             "outputs": dict(self.output_types),
-            "steps": {s.name: {"model": s.model, "task": s.task, "needs": list(s.needs),
+            "steps": {s.name: {"model": s.uses_model, "task": s.task, "needs": list(s.needs),
                                "when": s.when.ref.text if s.when else None}
                       for s in self.steps.values()},
         }

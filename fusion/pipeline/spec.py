@@ -75,5 +75,11 @@ def _unservable(data: Any, models: Mapping[str, ModelTasks]) -> bool:
     if not isinstance(steps, Mapping):
         return False
     return any(isinstance(s, Mapping) and "fuse" not in s and "template" not in s
-               and s.get("model") not in models
+               and _model_of(s) not in models
                for s in steps.values())
+
+
+def _model_of(step: Mapping[str, Any]) -> Any:
+    """The model a step calls: its own, or the one its built-in ``rank`` ranks with."""
+    rank = step.get("rank")
+    return rank.get("model") if isinstance(rank, Mapping) else step.get("model")

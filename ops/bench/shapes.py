@@ -35,6 +35,7 @@ FAMILY = {
     "clip": {"config": {"family": "clip"}},
     "distilbert-sst2": {"config": {"family": "text", "backend": "classifier"}},
     "bart-large-mnli": {"config": {"family": "text", "backend": "nli"}},
+    "ms-marco-minilm-l6": {"config": {"family": "text", "backend": "cross_encoder"}},
     "caption": {"config": {"family": "caption"}},
     "audio": {"config": {"family": "audio", "backend": "transformers",
                          "options": {"max_new_tokens": 32}}},
@@ -67,6 +68,8 @@ def requests_for(family: str, backend: str | None) -> dict[str, dict]:
         img = _png()
         return {"embed_image": {"image": img}, "embed_text": {"text": "a photo of a cat"},
                 "zero_shot": {"image": img, "labels": labels}}
+    if family == "text" and backend == "cross_encoder":
+        return {"rerank": {"query": "what is a kitten", "document": "a kitten is a young cat"}}
     if family == "text" and backend == "nli":
         return {"zero_shot": {"text": "the movie was wonderful", "labels": labels}}
     if family == "text":

@@ -79,7 +79,8 @@ def test_bad_item_names_its_index_and_the_replica_survives(http):
 
 
 def test_oversize_list_is_422_naming_inputs(http, gateway_config):
-    limit = gateway_config.get("limits", {}).get("max_list_items", 256)
+    # an embedding task takes OpenAI's sizes (limits.max_embedding_inputs)
+    limit = gateway_config.get("limits", {}).get("max_embedding_inputs", 2048)
     r = http.post("/v1/models/text/embed", json={"inputs": [{"text": "x"}] * (limit + 1)})
     assert r.status_code == 422 and r.json()["error"]["field"] == "inputs"
 

@@ -37,7 +37,8 @@ def test_listing(http):
     names = {p["name"] for p in http.get("/v1/pipelines").json()["pipelines"]}
     assert names == {"caption_then_classify", "text_to_image", "transcribe_then_classify",
                      "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
-                     OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw"}
+                     OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw",
+                     "ask_documents", "search_images"}
 
 
 def test_caption_then_classify(http):

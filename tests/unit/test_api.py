@@ -209,6 +209,19 @@ async def test_openapi_docs(client):
     assert (await client.get("/docs")).status_code == 200
 
 
+async def test_rerank_routes_are_in_the_openapi_document_with_their_schemas(client):
+    doc = (await client.get("/openapi.json")).json()
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        post = doc["paths"][path]["post"]
+        body = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        answer = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        assert body.endswith("/RerankRequest") and answer.endswith("/RerankResponse")
+        assert {"400", "404", "422"} <= set(post["responses"])
+    request = doc["components"]["schemas"]["RerankRequest"]
+    assert set(request["required"]) == {"model", "query", "documents"}
+    assert {"top_n", "return_documents"} <= set(request["properties"])
+
+
 async def test_openai_routes_answer_errors_in_openai_shape(monkeypatch):
     monkeypatch.setenv("FUSION_API_KEYS", "k")
     async with client_for(Gateway(fake_config(), FakeModels())) as c:

@@ -28,7 +28,9 @@ async def env(request):
     cfg = CacheConfig(redis_url=url, namespace=f"batch-{uuid.uuid4().hex[:8]}")
     fake = FakeModels()
     cache = StepCache.from_config(cfg)
-    gw = Gateway(fake_config(cache=cfg.model_dump(), limits={"max_list_items": 8}), fake, cache)
+    gw = Gateway(fake_config(cache=cfg.model_dump(), limits={"max_list_items": 8,
+                                                              "max_embedding_inputs": 8}),
+                 fake, cache)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(lambda: gw)),
                                  base_url="http://gw") as client:
         yield client, fake, cache
@@ -159,6 +161,29 @@ async def test_openai_embeddings_errors_name_the_input_index(env):
                           json={"model": "text", "input": ["a", "b", "c", "x" * 20_001]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[3]"
     assert not fake.batches
+
+
+async def test_embedding_tasks_take_longer_lists_than_other_tasks():
+    """OpenAI's 2,048 inputs (LangChain sends 1,000) for embedding tasks; other list requests
+    keep ``max_list_items``. Each knob is named in its own error."""
+    fake = FakeModels()
+    gw = Gateway(fake_config(limits={"max_list_items": 3, "max_embedding_inputs": 10}), fake,
+                 StepCache.from_config(CacheConfig(redis_url=None)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_api(lambda: gw)),
+                                 base_url="http://gw") as client:
+        words = [f"w{i}" for i in range(10)]
+        r = await client.post("/v1/embeddings", json={"model": "text", "input": words})
+        assert r.status_code == 200 and len(r.json()["data"]) == 10
+        r = await client.post("/v1/models/text/embed", json=texts(*words))
+        assert r.status_code == 200 and r.json()["cached"] == [True] * 10
+        r = await client.post("/v1/embeddings", json={"model": "text", "input": words + ["x"]})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == "input"
+        assert "11 items, over the 10 limit (limits.max_embedding_inputs)" in err["message"]
+        images = {"inputs": [{"image": b64(png((i, 0, 0)))} for i in range(4)]}
+        r = await client.post("/v1/models/captioner/caption", json=images)
+        assert r.status_code == 422 and "limits.max_list_items" in r.json()["error"]["message"]
+    assert fake.batches == [("text/embed", 10)]
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])

@@ -45,6 +45,7 @@ pytestmark = pytest.mark.models  # loads the family's models in-process
 HUB_PARAMETERS = {
     "clip-vit-b-32": {"model": 151_277_313},
     "distilbert-sst2": {"model": 66_955_010},
+    "ms-marco-minilm-l6": {"model": 22_713_601},
     "bart-large-mnli": {"model": 407_344_131},
     "blip-captioning-base": {"model": 223_971_644},
     "whisper-small": {"model": 241_734_912},
@@ -217,6 +218,24 @@ class TestDistilBert:
         for r in out:
             assert sorted(x["label"] for x in r["labels"]) == ["NEGATIVE", "POSITIVE"]
             assert math.isclose(sum(x["score"] for x in r["labels"]), 1.0, abs_tol=1e-5)
+
+
+class TestMsMarcoCrossEncoder:
+    @pytest.fixture(scope="class")
+    def model(self, shape_dir):
+        yield from loaded(TextModel, shape_dir, "ms-marco-minilm-l6", family="text",
+                          backend="cross_encoder")
+
+    def test_scores_pairs_and_batches_like_singles(self, model):
+        assert_shape_source(model, "ms-marco-minilm-l6")
+        assert type(model.model).__name__ == "BertForSequenceClassification"
+        assert model.model.config.num_labels == 1 and model.max_length == 512
+        pairs = [{"query": "what is a kitten", "document": "a kitten is a young cat"},
+                 {"query": "what is a kitten", "document": "words " * 600}]  # truncated
+        out = run(model, "rerank", *pairs)
+        assert all(0 < r["score"] < 1 for r in out)
+        assert math.isclose(run(model, "rerank", pairs[0])[0]["score"], out[0]["score"],
+                            abs_tol=1e-5)
 
 
 class TestBartMnli:

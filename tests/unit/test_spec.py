@@ -143,3 +143,41 @@ def test_builtin_pipelines_skip_models_not_served_but_inline_ones_do_not():
 def test_duplicate_pipeline_names():
     with pytest.raises(SpecError, match="defined twice"):
         load_pipelines(MODELS, dirs=[], inline=[GOOD, GOOD])
+
+
+RANKED = {
+    "name": "good", "inputs": {"q": "text", "docs": "list[text]", "pics": "list[image]"},
+    "steps": {"top": {"rank": {"model": "text"},
+                      "with": {"query": "$inputs.q", "documents": "$inputs.docs",
+                               "top_k": 2}}},
+    "outputs": {"indices": "$steps.top.indices", "context": "$steps.top.context"},
+}
+
+
+def test_rank_step_loads_and_names_the_model_it_calls():
+    spec = load_spec(RANKED, "r.yaml", MODELS)
+    step = spec.steps["top"]
+    assert (step.model, step.task, step.uses_model) == (None, "rank", "text")
+    assert spec.output_types == {"indices": "list[int]", "context": "text"}
+    assert spec.describe()["steps"]["top"]["model"] == "text"
+
+
+@pytest.mark.parametrize("rank, with_, problem", [
+    ({"model": "nope"}, {}, "model 'nope' cannot rank"),
+    ({"model": "captioner"}, {}, "model 'captioner' cannot rank"),
+    ({"model": "text", "top": 1}, {}, "rank: must be {model"),
+    ({"model": "text"}, {"images": "$inputs.pics"}, "cannot rank images"),
+    ({"model": "clip"}, {"model": "text"}, "named in rank:, not in with:"),
+    ({"model": "clip"}, {"documents": "$inputs.q"}, "expects list[text] but is bound to text"),
+])
+def test_rank_step_mistakes_are_refused(rank, with_, problem):
+    raw = copy.deepcopy(RANKED)
+    raw["steps"]["top"]["rank"] = rank
+    raw["steps"]["top"]["with"].update(with_)
+    assert problem in refuse(raw)
+
+
+def test_a_builtin_pipeline_ranking_with_an_unserved_model_is_left_out():
+    served = {k: v for k, v in MODELS.items() if k != "clip"}
+    assert "search_images" not in load_pipelines(served)
+    assert "search_images" in load_pipelines({**served, "clip": MODELS["clip"]})

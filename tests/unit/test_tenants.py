@@ -636,3 +636,18 @@ async def test_issued_key_is_logged_and_traced_by_its_id_only(replicas, caplog):
     assert not any(secret in m for m in lines)
     spans = exporter.get_finished_spans()
     assert spans and not any(secret in str(dict(s.attributes or {})) for s in spans)
+
+
+async def test_rerank_is_held_to_the_keys_models_and_counts_each_document(replicas):
+    """/v1/rerank calls a model like any route: the key's model list, and its items."""
+    a = replicas()
+    async with client_for(a) as c:
+        user = bearer((await issue(c, models=["clip"]))["key"])
+        body = {"query": "a cat", "documents": ["a", "b", "c"]}
+        r = await c.post("/v1/rerank", headers=user, json={**body, "model": "text"})
+        assert r.status_code == 403 and r.json()["error"]["field"] == "model"
+        r = await c.post("/v1/rerank", headers=user, json={**body, "model": "clip"})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        await a.tenants.usage.flush()
+        rows = (await c.get("/v1/usage", headers=user)).json()["data"]
+        assert sum(row.get("items", 0) for row in rows) == 3, rows

@@ -24,6 +24,7 @@ from fusion_client.errors import (
     Timeout,
     Unauthorized,
 )
+from fusion_client.retrieval import RerankResult
 from fusion_client.types import (
     BatchResult,
     CacheStats,
@@ -65,6 +66,7 @@ __all__ = [
     "PipelineInfo",
     "PipelineResult",
     "ProgressEvent",
+    "RerankResult",
     "ResultEvent",
     "ServerError",
     "StartEvent",

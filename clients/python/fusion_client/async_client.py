@@ -22,6 +22,14 @@ from fusion_client._core import (
     transport_error,
 )
 from fusion_client.chat import ChatResult, ChatStreamParser, Messages, chat_request, parse_chat
+from fusion_client.retrieval import (
+    RerankResult,
+    embeddings_request,
+    is_image,
+    parse_embeddings,
+    parse_rerank,
+    rerank_request,
+)
 from fusion_client.retry import Deadline
 from fusion_client.types import (
     BatchResult,
@@ -161,11 +169,26 @@ class AsyncFusionClient(_BaseClient):
                         cache_control: str | None = None) -> BatchResult:
         return await self._drive(self._proto.call_many(model, task, list(items), cache_control))
 
-    async def embed(self, texts: list[str], /, *, model: str = "text", task: str = "embed",
+    async def embed(self, texts: list[Any], /, *, model: str = "text", task: str = "embed",
                     cache_control: str | None = None) -> list[list[float]]:
+        if any(is_image(t) for t in texts):  # images: /v1/embeddings (see FusionClient.embed)
+            resp = await self._send(embeddings_request(texts, model=model,
+                                                       cache_control=cache_control))
+            return parse_embeddings(resp.body, resp.request_id)
         result = await self.call_many(model, task, [{"text": t} for t in check_texts(texts)],
                                       cache_control=cache_control)
         return [o["embedding"] for o in result.outputs]
+
+    async def rerank(self, query: str, documents: list[Any], /, *, model: str = "text",
+                     top_n: int | None = None, return_documents: bool = False,
+                     cache_control: str | None = None,
+                     timeout_s: float | None = None) -> list[RerankResult]:
+        """``FusionClient.rerank``: documents ranked by relevance to ``query``, best first."""
+        resp = await self._send(rerank_request(query, documents, model=model, top_n=top_n,
+                                               return_documents=return_documents,
+                                               cache_control=cache_control,
+                                               timeout_s=timeout_s))
+        return parse_rerank(resp.body, resp.request_id)
 
     async def chat(self, messages: Messages = None, /, *, model: str = "llm",
                    prompt: str | None = None, system: str | None = None,

@@ -44,6 +44,14 @@ from fusion_client._core import (
 )
 from fusion_client.async_client import AsyncFusionClient
 from fusion_client.chat import ChatResult, ChatStreamParser, Messages, chat_request, parse_chat
+from fusion_client.retrieval import (
+    RerankResult,
+    embeddings_request,
+    is_image,
+    parse_embeddings,
+    parse_rerank,
+    rerank_request,
+)
 from fusion_client.retry import Deadline
 from fusion_client.transport import SyncOverAsyncTransport
 from fusion_client.types import (
@@ -217,13 +225,30 @@ class FusionClient(_BaseClient):
         Results come back in the order sent, each with its ``cached`` flag."""
         return self._drive(self._proto.call_many(model, task, list(items), cache_control))
 
-    def embed(self, texts: list[str], /, *, model: str = "text", task: str = "embed",
+    def embed(self, texts: list[Any], /, *, model: str = "text", task: str = "embed",
               cache_control: str | None = None) -> list[list[float]]:
         """Embeddings of ``texts``, in order, computed as one batch (``task="embed_text"`` for
-        a CLIP model)."""
+        a CLIP model). With a CLIP model, items may be images too (``bytes``, a
+        ``pathlib.Path``, a PIL image): then they go through ``/v1/embeddings``, texts and
+        images in one request and one vector space."""
+        if any(is_image(t) for t in texts):
+            resp = self._send(embeddings_request(texts, model=model,
+                                                 cache_control=cache_control))
+            return parse_embeddings(resp.body, resp.request_id)
         return [o["embedding"] for o in self.call_many(
             model, task, [{"text": t} for t in check_texts(texts)],
             cache_control=cache_control).outputs]
+
+    def rerank(self, query: str, documents: list[Any], /, *, model: str = "text",
+               top_n: int | None = None, return_documents: bool = False,
+               cache_control: str | None = None,
+               timeout_s: float | None = None) -> list[RerankResult]:
+        """Documents ranked by relevance to ``query``, best first (``/v1/rerank``): texts, or
+        images with a CLIP model. Each result's ``index`` points into ``documents``."""
+        resp = self._send(rerank_request(query, documents, model=model, top_n=top_n,
+                                         return_documents=return_documents,
+                                         cache_control=cache_control, timeout_s=timeout_s))
+        return parse_rerank(resp.body, resp.request_id)
 
     def chat(self, messages: Messages = None, /, *, model: str = "llm",
              prompt: str | None = None, system: str | None = None,

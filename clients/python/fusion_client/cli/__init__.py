@@ -5,6 +5,7 @@
     fusion run text_to_image --prompt "a red square" --seed 1 -o out.png
     fusion stream text_to_image --prompt "a red square"
     fusion call text embed --text "hello"
+    fusion rerank "a kitten" "the stock market fell" "a kitten on a rug"
 
 Pipeline inputs are ``--name value`` (or ``--name=value``, or ``-i name=value``), parsed by the
 types the pipeline declares in ``GET /v1/pipelines``: ``list[...]`` from comma lists (or a JSON

@@ -16,6 +16,7 @@ from fusion_client.cli.output import (
     step_line,
     write_json,
 )
+from fusion_client.cli.rerank import cmd_rerank
 from fusion_client.client import FusionClient
 from fusion_client.errors import NotFound
 from fusion_client.types import (
@@ -155,3 +156,4 @@ INPUT_COMMANDS = {"run": cmd_run, "stream": cmd_stream, "call": cmd_call}
 COMMANDS["chat"] = cmd_chat
 COMMANDS["keys"] = cmd_keys
 COMMANDS["usage"] = cmd_usage
+COMMANDS["rerank"] = cmd_rerank

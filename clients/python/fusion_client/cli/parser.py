@@ -10,6 +10,7 @@ import argparse
 
 from fusion_client._version import __version__
 from fusion_client.cli.keys import add_parsers as add_key_parsers
+from fusion_client.cli.rerank import add_rerank
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--no-store", dest="cache_control", action="store_const",
                        const="no-store", help="bypass the cache")
     add_key_parsers(add, lambda p: _common(p, suppress=True))
+    add_rerank(add)
     call = add("call", "call one task of one model")
     call.add_argument("model")
     call.add_argument("task")
