@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from fusion import __version__
 from fusion.core.gateway import Gateway
 from fusion.errors import FusionError
-from fusion.http import admin, docs, errors, native, playground
+from fusion.http import admin, docs, errors, learning, native, playground
 from fusion.http.middleware import BodyLimitMiddleware, ConfiguredCORS, RequestIdMiddleware
 from fusion.http.openai import audio, chat, embeddings, images
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 
 ROUTERS = (native.ops, native.models, native.pipelines, embeddings.router, images.router,
-           audio.router, chat.router, admin.router, docs.router, playground.router)
+           audio.router, chat.router, admin.router, docs.router, playground.router,
+           learning.router)
 
 
 def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool = False
