@@ -7,9 +7,11 @@ A *profile* turns the rankings a fuse step receives into one calibrated distribu
    (Guo et al. 2017): ``q_s = softmax(log p_s / T_s)``, ``T_s`` fitted to that source alone;
 2. the calibrated sources are **stacked** by a conditional logit (a multinomial logistic
    regression whose coefficients are shared across labels, so any label set works):
-   ``P(label) = softmax_label(sum_s w_s · log q_s(label))``, with ``w_s >= 0`` and an L2
-   penalty. A weight of 1 on one source and 0 elsewhere reproduces that calibrated source; an
-   uninformative source gets a weight near 0 instead of the half a hand-written 0.5/0.5 gives.
+   ``P(label) = softmax_label(sum_s w_s · log q_s(label) + b_label)``, with ``w_s >= 0``, a
+   bias ``b`` per label seen in training (0 for a label never seen: a class-prior correction
+   where the sources are systematically off) and an L2 penalty on both. A weight of 1 on one
+   source and 0 elsewhere reproduces that calibrated source; an uninformative source gets a
+   weight near 0 instead of the half a hand-written 0.5/0.5 gives.
 
 Why not scikit-learn's ``LogisticRegression``: it fits one coefficient per class and feature,
 which needs a fixed label set; a fuse step's labels are the request's, so the coefficients
@@ -94,7 +96,7 @@ def fit_temperature(logps: list[np.ndarray], truth: list[int], sample: np.ndarra
         return float(sum(-w * _log_softmax(lp / t)[y]
                          for lp, y, w in zip(logps, truth, sample, strict=True)))
 
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(100.0)), method="bounded")
+    res = minimize_scalar(nll, bounds=(math.log(0.01), math.log(100.0)), method="bounded")
     return float(math.exp(res.x))
 
 
@@ -104,16 +106,27 @@ def calibrated(x: np.ndarray, temperatures: Sequence[float]) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+def with_biases(x: np.ndarray, labels: list[str], known: list[str]) -> np.ndarray:
+    """The source columns, then one indicator column per known label (its bias's feature)."""
+    onehot = np.zeros((len(labels), len(known)))
+    for i, label in enumerate(labels):
+        if label in known:
+            onehot[i, known.index(label)] = 1.0
+    return np.concatenate([x, onehot], axis=1)
+
+
 def fit_weights(xs: list[np.ndarray], truth: list[int], sample: np.ndarray,
-                l2: float = 1e-3) -> np.ndarray:
-    """Non-negative conditional-logit weights over the (calibrated) source columns."""
+                l2: float = 1e-3, n_sources: int | None = None) -> np.ndarray:
+    """Conditional-logit coefficients over the columns of ``xs``: the first ``n_sources``
+    (the calibrated sources) non-negative, the rest (label biases) free."""
     from scipy.optimize import minimize
 
-    n_sources = xs[0].shape[1]
+    n_cols = xs[0].shape[1]
+    n_sources = n_cols if n_sources is None else n_sources
     total = float(sample.sum())
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = 0.0, np.zeros(n_sources)
+        value, grad = 0.0, np.zeros(n_cols)
         for x, y, sw in zip(xs, truth, sample, strict=True):
             logp = _log_softmax(x @ w)
             p = np.exp(logp)
@@ -122,8 +135,9 @@ def fit_weights(xs: list[np.ndarray], truth: list[int], sample: np.ndarray,
         value, grad = value / total, grad / total
         return value + l2 * float(w @ w), grad + 2 * l2 * w
 
-    res = minimize(loss, np.full(n_sources, 1.0 / n_sources), jac=True, method="L-BFGS-B",
-                   bounds=[(0.0, None)] * n_sources)
+    start = np.concatenate([np.full(n_sources, 1.0 / n_sources), np.zeros(n_cols - n_sources)])
+    res = minimize(loss, start, jac=True, method="L-BFGS-B",
+                   bounds=[(0.0, None)] * n_sources + [(None, None)] * (n_cols - n_sources))
     return np.asarray(res.x, dtype=np.float64)
 
 
@@ -134,7 +148,9 @@ def predict(params: dict[str, Any], rankings: Sequence[list[dict] | None],
     example = Example("", list(names), list(rankings), labels, "")
     x = calibrated(features(example, params["sources"]), params["temperatures"])
     terms = x * np.asarray(params["weights"])
-    return labels, np.exp(_log_softmax(terms.sum(axis=1))), terms
+    biases = params.get("biases") or {}
+    bias = np.array([float(biases.get(label, 0.0)) for label in labels])
+    return labels, np.exp(_log_softmax(terms.sum(axis=1) + bias)), terms
 
 
 def fuse_with_profile(profile_id: str, params: dict[str, Any],
@@ -155,11 +171,19 @@ def fuse_with_profile(profile_id: str, params: dict[str, Any],
                     "weights": dict(zip(params["sources"], params["weights"], strict=True)),
                     "temperatures": dict(zip(params["sources"], params["temperatures"],
                                              strict=True))},
-        "weights": list(params["weights"]),
+        "weights": list(params["weights"]), "biases": dict(params.get("biases") or {}),
         "labels": [{"label": labels[i], "score": float(probs[i]),
                     "logits": {s: float(terms[i, j]) for j, s in enumerate(params["sources"])}}
                    for i in order]}
     return fused, explanation
+
+
+def learned(params: dict[str, Any], example: Example) -> np.ndarray:
+    """A profile's distribution over ``example.labels`` (in that order)."""
+    labels, probs, _ = predict(params, example.rankings, example.sources)
+    by_label = dict(zip(labels, probs, strict=True))
+    p = np.maximum(np.array([by_label.get(label, 0.0) for label in example.labels]), EPS)
+    return p / p.sum()
 
 
 def handwritten(example: Example) -> np.ndarray:
@@ -227,8 +251,12 @@ def fit(examples: list[Example], *, test_fraction: float = 0.3, l2: float = 1e-3
     ys = [e.labels.index(e.truth) for e in train]
     sw = np.array([e.weight for e in train], dtype=np.float64)
     temps = [fit_temperature([x[:, s] for x in xs], ys, sw) for s in range(len(sources))]
-    weights = fit_weights([calibrated(x, temps) for x in xs], ys, sw, l2)
+    known = sorted({e.truth for e in train})
+    coef = fit_weights([with_biases(calibrated(x, temps), e.labels, known)
+                        for x, e in zip(xs, train, strict=True)], ys, sw, l2, len(sources))
+    weights = coef[:len(sources)]
     params = {"sources": sources, "temperatures": temps, "weights": weights.tolist(),
+              "biases": dict(zip(known, coef[len(sources):].tolist(), strict=True)),
               "l2": l2, "kind": "temperature+conditional_logit"}
     tx = [features(e, sources) for e in test]
     ty = [e.labels.index(e.truth) for e in test]
@@ -241,6 +269,5 @@ def fit(examples: list[Example], *, test_fraction: float = 0.3, l2: float = 1e-3
                                            for x in tx], ty, tw)
                                for i, s in enumerate(sources)},
         "handwritten": metrics([handwritten(e) for e in test], ty, tw),
-        "learned": metrics([np.exp(_log_softmax(calibrated(x, temps) @ weights)) for x in tx],
-                           ty, tw)}
+        "learned": metrics([learned(params, e) for e in test], ty, tw)}
     return params, evaluation
