@@ -76,7 +76,7 @@ class ActivateRequest(BaseModel):
 
 
 @router.post("/v1/feedback", status_code=201, dependencies=[Depends(require_key)],
-             response_model=FeedbackAnswer, responses=responses((*COMMON, 404, 422)))
+             response_model=FeedbackAnswer, responses=responses((*COMMON, 400, 404, 422)))
 async def feedback(body: Feedback, gw: Gateway = Depends(gateway)) -> dict:
     """Label a fused answer; a second label for the same answer replaces the first."""
     return await gw.learning.feedback(body.request_id, body.label, body.step, body.weight,
@@ -84,7 +84,7 @@ async def feedback(body: Feedback, gw: Gateway = Depends(gateway)) -> dict:
 
 
 @router.post("/v1/feedback/import", dependencies=[Depends(require_key)],
-             responses=responses((*COMMON, 422)))
+             responses=responses((*COMMON, 400, 422)))
 async def import_feedback(body: FeedbackImport, gw: Gateway = Depends(gateway)) -> dict:
     """Many labels at once (``fusion feedback import labels.jsonl``): each item is checked
     as ``POST /v1/feedback`` checks it; the ones refused are listed with their error, the
@@ -108,7 +108,8 @@ async def import_feedback(body: FeedbackImport, gw: Gateway = Depends(gateway)) 
 
 
 @router.post("/v1/pipelines/{name}/fusion/fit", status_code=201,
-             dependencies=[Depends(require_admin)], responses=responses((*COMMON, 404, 422)))
+             dependencies=[Depends(require_admin)],
+             responses=responses((*COMMON, 400, 404, 422)))
 async def fit(name: str, body: FitRequest | None = None,
               gw: Gateway = Depends(gateway)) -> dict:
     """Fit a fusion profile (calibration + weights) from the pipeline's labelled answers,
@@ -119,7 +120,7 @@ async def fit(name: str, body: FitRequest | None = None,
 
 
 @router.get("/v1/pipelines/{name}/fusion/profiles", dependencies=[Depends(require_key)],
-            responses=responses((*COMMON, 404, 422)))
+            responses=responses((*COMMON, 400, 404, 422)))
 async def profiles(name: str, gw: Gateway = Depends(gateway)) -> dict:
     """The pipeline's fusion profiles, newest first: evaluation, state (active, shadow,
     inactive), live accuracy on feedback, a shadow's agreement and accuracy."""
@@ -127,7 +128,8 @@ async def profiles(name: str, gw: Gateway = Depends(gateway)) -> dict:
 
 
 @router.post("/v1/pipelines/{name}/fusion/profiles/{profile}/activate",
-             dependencies=[Depends(require_admin)], responses=responses((*COMMON, 404, 422)))
+             dependencies=[Depends(require_admin)],
+             responses=responses((*COMMON, 400, 404, 422)))
 async def activate(name: str, profile: str, body: ActivateRequest | None = None,
                    gw: Gateway = Depends(gateway)) -> JSONResponse:
     """Serve a profile (rollback: activate an older one; ``handwritten``: the pipeline's own
