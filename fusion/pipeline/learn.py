@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fusion.errors import BadInput
-from fusion.pipeline.fuse import fuse_explained
+from fusion.pipeline.fuse import agreement, fuse_explained
 
 EPS = 1e-6
 ECE_BINS = 10
@@ -165,16 +165,27 @@ def fuse_with_profile(profile_id: str, params: dict[str, Any],
     labels, probs, terms = predict(params, rankings, names)
     order = sorted(range(len(labels)), key=lambda i: (-probs[i], labels[i]))
     fused = [{"label": labels[i], "score": float(probs[i])} for i in order]
+    present = [(n, r) for n, r in zip(names, rankings, strict=True) if r]
+    ranks = {n: {x["label"]: k for k, x in enumerate(
+        sorted(r, key=lambda x: -float(x["score"])), start=1)} for n, r in present}
+    column = {s: j for j, s in enumerate(params["sources"])}
     explanation = {
-        "method": "profile", "sources": list(params["sources"]),
+        "method": "profile", "sources": list(names),
         "profile": {"id": profile_id,
                     "weights": dict(zip(params["sources"], params["weights"], strict=True)),
                     "temperatures": dict(zip(params["sources"], params["temperatures"],
                                              strict=True))},
-        "weights": list(params["weights"]), "biases": dict(params.get("biases") or {}),
+        "weights": [float(params["weights"][column[n]]) for n in names],
+        "biases": dict(params.get("biases") or {}),
+        # per label, each source's term of the logit (w_s · log q_s): the same numbers under
+        # ``contributions`` (what explanation readers show per source), which for a profile
+        # add up to the label's logit (less its bias), not to its score
         "labels": [{"label": labels[i], "score": float(probs[i]),
-                    "logits": {s: float(terms[i, j]) for j, s in enumerate(params["sources"])}}
-                   for i in order]}
+                    "logits": {n: float(terms[i, column[n]]) for n in names},
+                    "contributions": {n: float(terms[i, column[n]]) for n in names},
+                    "ranks": {n: ranks.get(n, {}).get(labels[i]) for n in names}}
+                   for i in order],
+        "agreement": agreement([r for _, r in present], [n for n, _ in present])}
     return fused, explanation
 
 

@@ -61,6 +61,12 @@ def test_profile_answers_are_ranked_distributions_that_name_the_profile():
     assert explanation["profile"]["id"] == "p1"
     assert set(explanation["profile"]["weights"]) == {"a", "b"}
     assert {x["label"] for x in explanation["labels"]} == set(LABELS)
+    # readable by the SDK's explanation table like a hand-written fusion's
+    assert {"method", "sources", "labels", "agreement"} <= set(explanation)
+    assert explanation["agreement"]["top1"]["a"] == max(ex.rankings[0],
+                                                        key=lambda x: x["score"])["label"]
+    for row in explanation["labels"]:
+        assert set(row["contributions"]) == set(row["ranks"]) == {"a", "b"}
 
 
 def test_too_few_labels_and_one_class_are_refused_naming_the_field():
