@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,6 +65,27 @@ def pick_device(config: ModelConfig) -> tuple[str, Any]:
 # modules holds this lock, so a bundle can load its other members (ONNX Runtime, CTranslate2)
 # in a thread beside them (``fusion.replica.bundle``).
 TORCH_BUILD = threading.RLock()
+
+
+def prepare_process(configs: Iterable[ModelConfig]) -> None:
+    """What a runtime calls before loading the models that one process will hold.
+
+    With none of them on a GPU, ``import triton`` fails there as if triton were not installed:
+    torchvision (open_clip, transformers' image processors) imports ``torch._dynamo``, which
+    imports triton whenever the package is present, and triton is GPU-only code. Measured:
+    ~90 MiB PSS per process (libtriton.so and its Python import), in every CPU replica and
+    in the embedded runtime. torch already runs without it (inductor's CPU backend is C++).
+    """
+    global _PROCESS_PREPARED
+    if _PROCESS_PREPARED:  # the first caller saw every model (a bundle before its members)
+        return
+    _PROCESS_PREPARED = True
+    if any(c.num_gpus > 0 for c in configs) or "triton" in sys.modules:
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]  (an import of it now fails)
+
+
+_PROCESS_PREPARED = False
 
 
 def import_shared_libraries() -> None:
@@ -132,6 +153,17 @@ class ModelBackend(ABC):
             backend.model_dir = Path(model_dir) if model_dir else None  # derived files (onnx)
             backend.load_weights()
         return backend
+
+    def on_compute_thread(self) -> None:
+        """Runs first on the one thread that runs this model's batches (the replica's).
+
+        torch's intra-op thread count is per thread under OpenMP, and a new thread takes the
+        process's last ``set_num_threads``: with several models in one process (the embedded
+        runtime, bundles) that is the ``threads`` of whichever model loaded last. Measured: a
+        MiniLM with ``threads: 2`` computed on 1 thread beside a model loaded after it."""
+        import torch
+
+        torch.set_num_threads(self.config.threads)
 
     @property
     def fingerprint(self) -> str:

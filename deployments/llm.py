@@ -14,26 +14,44 @@ Why it is shaped this way:
 - Unary calls batch (``@serve.batch``): greedy requests (temperature 0) share one left-padded
   ``generate``; sampled ones run one by one, so a seed gives the same answer whatever else
   is in the batch.
-- A streamed call runs alone and yields text deltas as tokens come (``_DeltaStreamer``); the
-  final text is cut by the same code as the unary one, so a stream and a call agree. Text
+- A streamed call runs alone and yields text deltas as tokens come
+  (``deployments.llm_streaming``); the final text is cut by the same code as the unary
+  one, so a stream and a call agree. Text
   that could still turn into a ``stop`` string, or an unfinished UTF-8 character, is held
   back until it is known. When the caller goes away, Ray cancels the stream and a stopping
   criterion ends ``generate`` at the next token.
+- A unary call carries its own cancel event (``Prepared.cancel``): when its caller goes
+  away (the client disconnected) the replica sets it and that row stops at the next token;
+  a batch whose rows are all cancelled ends, so the batch slot is free at once.
+- ``response_format`` (JSON mode, JSON schema) and forced tool calls are enforced by
+  constrained decoding (``deployments.grammar``: llguidance as a logits processor, one
+  grammar per row of a batch); ``tools`` are rendered through the chat template and the
+  model's ``<tool_call>`` blocks parsed into OpenAI ``tool_calls`` (``fusion.structured``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from deployments import grammar
 from deployments.base import ModelBackend, Progress
 from deployments.common import check_text, hub_kwargs, optimise
+from deployments.llm_streaming import DeltaStreamer, StopCriteria
 from fusion.chat import chat_messages
 from fusion.errors import BadInput, SpecError
 from fusion.registry import Family
+from fusion.structured import (
+    ResponseFormat,
+    Tools,
+    check_response_format,
+    check_tools,
+    parse_tool_calls,
+)
 from fusion.tasks import Param, TaskSpec, param
 
 log = logging.getLogger("fusion.deployments.llm")
@@ -52,6 +70,12 @@ class Prepared:
     top_p: float
     stop: tuple[str, ...]
     seed: int | None
+    grammar: str | None = None  # constrained decoding (JSON, tool calls)
+    format: ResponseFormat | None = None
+    tools: Tools | None = None  # tools offered (choice not "none"): calls are parsed
+    chat: bool = False
+    # set when the caller went away: this row stops at the next token
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 class LlmModel(ModelBackend):
@@ -81,21 +105,36 @@ class LlmModel(ModelBackend):
         self.eos_ids = sorted({*eos, *([tok.eos_token_id] if tok.eos_token_id is not None
                                        else [])})
         self.pad_id = tok.pad_token_id
-        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0}
+        self.counts = {"generations": 0, "cancelled": 0, "tokens": 0, "last_cancelled_tokens": 0,
+                       "running": 0}  # running: rows generating now
         self.chat_template = bool(getattr(tok, "chat_template", None))
+        # a template that mentions tools renders them (Qwen2.5's, Llama 3.1's, ...)
+        self.tool_template = "tools" in str(getattr(tok, "chat_template", "") or "")
+        self.vocab = int(model.config.vocab_size)
+        self._grammar_info: Any = None
         self.model = optimise(model, self.config, self.device)
         self._torch = torch
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "context": self.context, "chat_template": self.chat_template}
+        return {**super().info(), "context": self.context, "chat_template": self.chat_template,
+                "tools": self.tool_template}
+
+    @property
+    def grammar_info(self) -> Any:
+        """llguidance's view of the tokenizer, built on first use (a JSON or tool request)."""
+        if self._grammar_info is None:
+            self._grammar_info = grammar.tokenizer_info(self.tokenizer, self.vocab,
+                                                        self.eos_ids)
+        return self._grammar_info
 
     # -- request side -------------------------------------------------------------------------
 
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, messages: list[dict[str, Any]], tools: Tools | None = None) -> str:
         if self.chat_template:
+            extra = {"tools": tools.template_tools()} if tools is not None else {}
             try:
                 return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                          add_generation_prompt=True)
+                                                          add_generation_prompt=True, **extra)
             except Exception as exc:  # a template that refuses a turn (e.g. no system role)
                 raise BadInput(f"the model's chat template refused the messages: {exc}",
                                field="messages") from None
@@ -103,9 +142,18 @@ class LlmModel(ModelBackend):
 
     def prepare(self, task: str, inputs: dict[str, Any]) -> Prepared:
         item = super().prepare(task, inputs)
+        fmt = check_response_format(item.get("response_format"))
+        tools = None
         if task == "chat":
             field = "messages" if item.get("messages") is not None else "prompt"
-            text = self.render(chat_messages(item))
+            tools = check_tools(item.get("tools"), item.get("tool_choice"),
+                                item.get("parallel_tool_calls"))
+            if tools is not None and tools.choice == "none":
+                tools = None  # the model is not told of them, and calls none
+            if tools is not None and not self.tool_template:
+                raise BadInput(f"model {self.config.name!r} has no chat template that takes "
+                               "tools", field="tools")
+            text = self.render(chat_messages(item), tools)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             field = "prompt"
@@ -139,8 +187,17 @@ class LlmModel(ModelBackend):
         for i, s in enumerate(stop):
             if not s:
                 raise BadInput(f"stop[{i}] is empty", field=f"stop[{i}]")
+        rules = None
+        if tools is not None and tools.forced:
+            rules, where = grammar.tool_call_grammar(
+                tools.called(), tools.parallel and tools.choice == "required"), "tools"
+        elif fmt is not None:
+            schema = grammar.strict_schema(fmt.schema) if fmt.strict else fmt.schema
+            rules, where = grammar.json_grammar(schema), "response_format"
+        if rules is not None:
+            grammar.check_grammar(self.grammar_info, rules, where)
         return Prepared(ids, min(max_tokens, self.context - len(ids)), temperature, top_p,
-                        stop, seed)
+                        stop, seed, rules, fmt, tools, task == "chat")
 
     # -- model side ---------------------------------------------------------------------------
 
@@ -162,9 +219,9 @@ class LlmModel(ModelBackend):
         """One ``generate`` over ``items`` (left-padded; all greedy, or one sampled item).
         ``on_text`` (one item only) receives text deltas as tokens come."""
         torch = self._torch
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList
 
-        if cancel is not None and cancel.is_set():
+        if cancel is not None and cancel.is_set() or all(it.cancel.is_set() for it in items):
             results = [self._result(it, [], cancelled=True) for it in items]
             for res in results:
                 self._count(res)
@@ -180,24 +237,55 @@ class LlmModel(ModelBackend):
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
             if first.seed is not None:
                 torch.manual_seed(first.seed)  # under the replica's forward-pass lock
-        streamer = _DeltaStreamer(self, first.stop) if on_text is not None else None
+        streamer = DeltaStreamer(self, first.stop) if on_text is not None else None
         if streamer is not None:
             streamer.on_text = on_text
-        criteria = _StopCriteria(self, [it.stop for it in items], width, cancel, streamer)
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=torch.tensor(ids, device=self.device),
-                attention_mask=torch.tensor(mask, device=self.device),
-                stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer,
-                **kwargs)
-        cancelled = cancel is not None and cancel.is_set()
-        results = [self._result(it, out[row, width:].tolist(), cancelled)
+        criteria = StopCriteria(self, [it.stop for it in items], width, cancel, streamer,
+                                 [it.cancel for it in items])
+        if any(it.grammar for it in items):
+            kwargs["logits_processor"] = LogitsProcessorList([grammar.GrammarLogits(
+                self.grammar_info, [it.grammar for it in items], width, self.eos_ids)])
+        self.counts["running"] += len(items)
+        try:
+            with torch.inference_mode():
+                out = self._generate(torch, ids, mask, criteria, streamer, kwargs)
+        finally:
+            self.counts["running"] -= len(items)
+        everyone = cancel is not None and cancel.is_set()
+        results = [self._result(it, out[row, width:].tolist(), everyone or it.cancel.is_set())
                    for row, it in enumerate(items)]
         for res in results:
             self._count(res)
         if streamer is not None:
             streamer.finish(results[0]["text"])
-        return results
+        return [self._structure(it, res) for it, res in zip(items, results, strict=True)]
+
+    def _generate(self, torch: Any, ids: list[list[int]], mask: list[list[int]],
+                  criteria: Any, streamer: Any, kwargs: dict[str, Any]) -> Any:
+        from transformers import StoppingCriteriaList
+
+        return self.model.generate(
+            input_ids=torch.tensor(ids, device=self.device),
+            attention_mask=torch.tensor(mask, device=self.device),
+            stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer, **kwargs)
+
+    def _structure(self, item: Prepared, result: dict) -> dict:
+        """The JSON value of a ``response_format`` answer; tool calls parsed out of the text."""
+        out = {**result, "json": None}
+        if item.chat:
+            out["tool_calls"] = None
+        if item.tools is not None:
+            content, calls = parse_tool_calls(result["text"], item.tools)
+            if calls:
+                out.update(text=content, tool_calls=calls)
+                if out["finish_reason"] == "stop":
+                    out["finish_reason"] = "tool_calls"
+        elif item.format is not None and result["finish_reason"] == "stop":
+            try:
+                out["json"] = json.loads(result["text"])
+            except ValueError:  # cut by a stop string: the text is what came
+                log.info("%s: a response_format answer did not parse", self.config.name)
+        return out
 
     def _count(self, result: dict) -> None:
         tokens = result["usage"]["completion_tokens"]
@@ -222,88 +310,13 @@ class LlmModel(ModelBackend):
         cut = min((i for i in (text.find(s) for s in item.stop) if i >= 0), default=-1)
         if cut >= 0:
             text, reason = text[:cut], "stop"
-        elif cancelled and len(tokens) < item.max_tokens and ended is None:
+        elif cancelled and len(tokens) < item.max_tokens and (
+                ended is None or new[ended] not in self.eos_ids):  # padded after the cancel
             reason = "cancelled"
         prompt = len(item.ids)
         return {"text": text, "finish_reason": reason,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": len(tokens),
                           "total_tokens": prompt + len(tokens)}}
-
-
-class _StopCriteria:
-    """Ends a row at one of its own stop strings (decoding only its last tokens), or every
-    row on cancel. Per row: a batch-mate's stop string must not cut another's answer."""
-
-    def __init__(self, model: LlmModel, stops: list[tuple[str, ...]], start: int,
-                 cancel: threading.Event | None, streamer: _DeltaStreamer | None) -> None:
-        self.model, self.stops, self.start = model, stops, start
-        self.cancel, self.streamer = cancel, streamer
-        # a character is at most 4 byte-level tokens: this many tokens hold any stop string
-        self.window = 4 * max((len(s) for row in stops for s in row), default=0) + 4
-
-    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-        torch = self.model._torch
-        rows = input_ids.shape[0]
-        if self.cancel is not None and self.cancel.is_set():
-            return torch.ones(rows, dtype=torch.bool, device=input_ids.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
-        if self.streamer is not None and self.streamer.stopped:
-            done[:] = True
-        elif any(self.stops):
-            lo = max(self.start, input_ids.shape[1] - self.window)
-            for row, stops in enumerate(self.stops):
-                if stops:
-                    tail = self.model.decode(input_ids[row, lo:].tolist())
-                    done[row] = any(s in tail for s in stops)
-        return done
-
-
-class _DeltaStreamer:
-    """transformers' streamer protocol (``put``/``end``): decodes the new tokens so far and
-    passes on text that can no longer change (held back: an unfinished UTF-8 character, or
-    a tail that may grow into a stop string)."""
-
-    def __init__(self, model: LlmModel, stops: tuple[str, ...]) -> None:
-        self.model, self.stops = model, stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.tokens: list[int] = []
-        self.sent = ""
-        self.stopped = False
-        self.prompt_seen = False
-        self.on_text: Callable[[str], None] = lambda _text: None
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first puts the prompt
-            self.prompt_seen = True
-            return
-        ids = [int(t) for t in value.reshape(-1).tolist()]
-        ended = [t in self.model.eos_ids or t == self.model.pad_id for t in ids]
-        self.tokens += [t for t, e in zip(ids, ended, strict=True) if not e]
-        if any(ended) or self.stopped:
-            return
-        text = self.model.decode(self.tokens)
-        if text.endswith("\ufffd"):
-            return
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True  # the stopping criterion ends generate at this token
-            return
-        self._send(text[:max(len(self.sent), len(text) - self.hold)])
-
-    def end(self) -> None:
-        return None
-
-    def finish(self, final: str) -> None:
-        """After ``generate``: the rest of the final text (what the unary call returns)."""
-        if final.startswith(self.sent):
-            self._send(final)
-        else:  # cannot happen for byte-level decoders; never send a contradiction
-            log.warning("streamed text is not a prefix of the final text; rest not sent")
-
-    def _send(self, upto: str) -> None:
-        if len(upto) > len(self.sent):
-            delta, self.sent = upto[len(self.sent):], upto
-            self.on_text(delta)
 
 
 def _sampled(inputs: dict[str, Any]) -> str | None:
@@ -319,15 +332,20 @@ _GENERATE = {
     "top_p": Param("float", False, 1.0),
     "stop": Param("list[text]", False, None),
     "seed": Param("int", False, None),
+    "response_format": Param("json", False, None),  # OpenAI's: json_object / json_schema
 }
-_GENERATED = {"text": "text", "finish_reason": "text", "usage": "json"}
+_TOOLS = {"tools": Param("json", False, None), "tool_choice": Param("json", False, None),
+          "parallel_tool_calls": Param("bool", False, None)}
+# json: the parsed answer of a response_format request (null otherwise)
+_GENERATED = {"text": "text", "finish_reason": "text", "usage": "json", "json": "json"}
 
 FAMILY = Family(
     name="llm",
     tasks={
         "chat": TaskSpec(
             {"messages": Param("json", False, None), "prompt": Param("text", False, None),
-             "system": Param("text", False, None), **_GENERATE}, _GENERATED,
+             "system": Param("text", False, None), **_GENERATE, **_TOOLS},
+            {**_GENERATED, "tool_calls": "json"},
             streams_tokens=True, uncacheable=_sampled,
             doc="Answer a conversation (messages, or one user prompt) with the model's chat "
                 "template; deterministic when temperature is 0 or a seed is given."),

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,16 @@ def build_tiny(recipe: str, model_dir: Path | None = None) -> Path:
     if recipe not in recipes:
         raise SpecError(f"unknown tiny recipe {recipe!r}; known: {sorted(recipes)}")
     builder = import_object(recipes[recipe])
-    return _build_once((model_dir or default_model_dir()) / f"tiny-{recipe}", builder, recipe)
+    folder = (model_dir or default_model_dir()) / f"tiny-{recipe}"
+    # the marker carries a digest of the builder's module: a changed recipe (a new chat
+    # template, say) builds anew instead of serving the stale folder
+    module = getattr(sys.modules.get(builder.__module__), "__file__", None)
+    label = recipe + (f" {hashlib.sha256(Path(module).read_bytes()).hexdigest()[:8]}"
+                      if module else "")
+    marker = folder / ".complete"
+    if marker.exists() and marker.read_text() != label:
+        marker.unlink(missing_ok=True)
+    return _build_once(folder, builder, label)
 
 
 def build_shape(name: str, model_dir: Path | None = None) -> Path:

@@ -13,6 +13,13 @@ two runs of the same text differ slightly; the gateway's cache returns the first
 Per request, ``voice`` picks a speaker of a multi-speaker voice (by name; ``info()["voices"]``
 lists them; a single-speaker voice has one, its file name) and ``speed`` (0.25-4, OpenAI's
 range) divides the length scale. An unknown voice is ``Unsupported`` (400) naming the voices.
+
+OpenAI's voice names (``alloy``, ``echo``, ... what OpenAI's docs, SDK examples and most apps
+send) are aliases of the model's own voices through a table, ``options.openai_voices``
+(``{name: voice}``): by default every OpenAI name is the model's first voice, and the table
+overrides some or adds names of its own. ``info()["voice_aliases"]`` lists it, so
+``GET /v1/models/{name}`` shows what ``alloy`` will sound like; an alias that names no voice
+of the model refuses the model at load time, not at the first request.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from fusion.registry import Family
 from fusion.tasks import TaskSpec, param
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
+                 "shimmer", "verse")
 
 log = logging.getLogger("fusion.deployments.tts")
 
@@ -48,6 +57,29 @@ def _voice_file(folder: Path, voice: str | None) -> Path:
         raise SpecError(f"expected one *.onnx voice in {folder}, found "
                         f"{[p.name for p in found]}; name one with options.voice")
     return found[0]
+
+
+def voice_aliases(speakers: dict[str, int | None], table: Any) -> dict[str, str]:
+    """OpenAI's voice names (and the table's own) → a voice of the model: ``table``
+    (``options.openai_voices``) over the default, every OpenAI name to the first voice (the
+    lowest speaker id). A wrong table is a ``SpecError``: the model refuses to load."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in table.items()):
+        raise SpecError("options.openai_voices must map voice names to voices of the model "
+                        "({alloy: <voice>, ...})")
+    first = min(speakers, key=lambda name: (speakers[name] or 0, name))
+    aliases = {name: first for name in OPENAI_VOICES if name not in speakers}
+    for name, voice in table.items():
+        if voice not in speakers:
+            raise SpecError(f"options.openai_voices: {name!r} maps to {voice!r}, which is not "
+                            f"a voice of the model: {sorted(speakers)}")
+        if name in speakers and voice != name:
+            raise SpecError(f"options.openai_voices: {name!r} is already a voice of the model")
+        if name not in speakers:
+            aliases[name] = voice
+    return aliases
 
 
 class TtsModel(ModelBackend):
@@ -91,15 +123,18 @@ class TtsModel(ModelBackend):
         self.length_scale = float(opts.get("length_scale") or self.voice.config.length_scale)
         speakers = dict(self.voice.config.speaker_id_map or {})
         self.speakers = speakers if speakers else {self.voice_name: None}
+        self.aliases = voice_aliases(self.speakers, opts.get("openai_voices"))
 
     def prepare(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
         item = super().prepare(task, inputs)
         if not item["text"].strip():
             raise BadInput("text is empty", field="text")
         voice = item.get("voice") or ""
+        voice = self.aliases.get(voice, voice)
         if voice and voice not in self.speakers:
             raise Unsupported(f"voice {voice!r} is not one of this model's voices: "
-                              f"{sorted(self.speakers)}", field="voice")
+                              f"{sorted(self.speakers)} (or OpenAI's names: "
+                              f"{sorted(self.aliases)})", field="voice")
         speed = float(item.get("speed") or 1.0)
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise BadInput(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", field="speed")
@@ -131,7 +166,8 @@ class TtsModel(ModelBackend):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info.update(device=self.tts_device, dtype="float32", voice=self.voice_name,
-                    voices=sorted(self.speakers), sample_rate=self.voice.config.sample_rate)
+                    voices=sorted(self.speakers), voice_aliases=dict(self.aliases),
+                    sample_rate=self.voice.config.sample_rate)
         return info
 
 
@@ -140,7 +176,8 @@ FAMILY = Family(
     tasks={"speak": TaskSpec({"text": param("text"), "voice": param("text", "", False),
                               "speed": param("float", 1.0)}, {"audio": "audio"},
                              batched=False,
-                             doc="Text to a WAV; voice '' is the model's default, speed 0.25-4.")},
+                             doc="Text to a WAV; voice '' is the model's default (OpenAI's "
+                                 "names are aliases), speed 0.25-4.")},
     backends={"piper": ("speak",)},
     model=TtsModel,
 )

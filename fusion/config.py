@@ -249,12 +249,31 @@ class CacheConfig(BaseModel):
 
 
 class AuthConfig(BaseModel):
-    """API keys, stored as sha256 hex digests; empty lists mean auth is off."""
+    """API keys: static ones (sha256 hex digests here, or ``FUSION_API_KEYS`` /
+    ``FUSION_ADMIN_KEYS``) and the ones issued at run time (``/v1/admin/keys``, stored salted
+    in the database). See docs/tenants.md."""
 
     model_config = ConfigDict(extra="forbid")
 
     key_hashes: list[str] = Field(default_factory=list)
     admin_key_hashes: list[str] = Field(default_factory=list)
+    anonymous: bool | None = Field(
+        None, description="requests without a key: true allows them (required to listen "
+        "beyond loopback with no static key), false refuses them; None (default): allowed "
+        "only while no static key is configured")
+    key_refresh_s: float = Field(
+        1.0, gt=0, le=60, description="how long a router replica trusts what it read of an "
+        "issued key (revocation, limits) before reading it again from the database")
+    rate_limit_redis_url: str | None = Field(
+        default_factory=lambda: os.environ.get("REDIS_URL") or None,
+        description="Redis shared by every router replica for per-key rate limits, "
+        "concurrency and quotas (default $REDIS_URL); none: counted per replica")
+    on_limiter_error: Literal["open", "closed"] = Field(
+        "open", description="Redis unreachable while checking a limit: 'open' lets the "
+        "request through, 'closed' refuses it with 503 (both logged and counted)")
+    usage_flush_s: float = Field(
+        2.0, gt=0, le=300, description="how often each router replica writes its usage "
+        "counts to the database (and always on shutdown)")
 
 
 class DatabaseConfig(BaseModel):

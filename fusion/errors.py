@@ -93,6 +93,33 @@ class Overloaded(FusionError):
         return {**super().to_dict(), "retry_after_ms": round(self.retry_after_s * 1000)}
 
 
+class RateLimited(FusionError):
+    """A key is over one of its rate limits (requests or tokens per minute, concurrency):
+    429 with ``Retry-After`` and the ``x-ratelimit-*`` headers OpenAI's clients read."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: float = 1.0,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, field)
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.field, self.retry_after_s, self.headers))
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "retry_after_ms": round(self.retry_after_s * 1000)}
+
+
+class QuotaExceeded(RateLimited):
+    """A key used its quota (requests, tokens or compute seconds) of the period (UTC day or
+    month): refused until the period resets, which ``Retry-After`` says."""
+
+    code = "quota_exceeded"
+
+
 class StepTimeout(FusionError):
     status = 504
     code = "step_timeout"
@@ -137,7 +164,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("unauthorized", 401, "authentication_error", "Unauthorized",
               "no API key, or an unknown one"),
     ErrorCode("forbidden", 403, "permission_error", "Forbidden",
-              "the key may not use this route (admin routes)"),
+              "the key may not use this route (admin routes), or this model, task or "
+              "pipeline (its allow-list); `field` names which"),
     ErrorCode("not_found", 404, "invalid_request_error", "NotFound",
               "unknown pipeline, model or task"),
     ErrorCode("payload_too_large", 413, "invalid_request_error", "BadRequest",
@@ -148,6 +176,12 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("unsupported_value", 400, "invalid_request_error", "BadRequest",
               "a value the model does not offer (voice, response_format, dimensions, "
               "timestamp granularity); `field` names it and the message lists the choices"),
+    ErrorCode("rate_limited", 429, "rate_limit_error", "RateLimited",
+              "the key is over its requests or tokens per minute or its concurrent requests; "
+              "retry after `Retry-After` (`x-ratelimit-*` headers say the limits)"),
+    ErrorCode("quota_exceeded", 429, "insufficient_quota", "QuotaExceeded",
+              "the key used its quota of requests, tokens or compute seconds for the period; "
+              "`Retry-After` says when the period resets"),
     ErrorCode("internal_error", 500, "server_error", "ServerError",
               "a bug in the gateway; quote the request id"),
     ErrorCode("step_failed", 502, "server_error", "StepFailed",

@@ -83,6 +83,13 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
               ("pipeline", "profile")),
     MetricDef("fusion_profile_live_accuracy", "gauge", "share of labelled answers a fusion "
               "profile served whose top label was right", ("pipeline", "profile")),
+    MetricDef("fusion_key_requests_total", "counter", "model calls and pipeline runs by key "
+              "name (issued keys; 'static'/'admin'; 'anonymous') and outcome (ok, error)",
+              ("key", "outcome")),
+    MetricDef("fusion_key_rejections_total", "counter", "requests a key's rate limit, "
+              "concurrency or quota refused (429), by key name and reason", ("key", "reason")),
+    MetricDef("fusion_limiter_errors_total", "counter", "limit checks that could not reach "
+              "Redis (then failed open or closed as auth.on_limiter_error says)", ()),
     MetricDef("fusion_cache_healthy", "gauge", "1 while the cache backend answers, else 0",
               ()),
     *(MetricDef(f"fusion_cache_{c}_total", "counter", f"cache {c} by model and task",
@@ -302,11 +309,16 @@ _NO_SPAN = contextlib.nullcontext()
 NULL_OBSERVER = Observer()
 
 def key_id(authorization: str) -> str:
-    """A short, stable id of the API key (never the key): correlates a client's lines."""
+    """A short, stable id of the API key (never the key): correlates a client's lines. An
+    issued key (``fsk_<id>_<secret>``) is logged by its id, the one ``/v1/usage`` shows; a
+    static key as ``static-`` and its digest's first 12 hex digits."""
     scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         return "-"
-    return hashlib.sha256(key.strip().encode()).hexdigest()[:12]
+    if key.startswith("fsk_") and key.count("_") >= 2:
+        return key.split("_", 2)[1][:32]
+    return "static-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def access_line(fmt: str, entry: dict[str, Any]) -> str:

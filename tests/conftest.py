@@ -17,6 +17,10 @@ import pytest
 
 from tests import leftovers, postgres_server, redis_server
 
+# Durable data of the gateways tests build (issued keys, usage of keyed requests) lands in a
+# folder of this session, never in the developer's ~/.local/share/fusion.
+os.environ.setdefault("FUSION_DATA_DIR", tempfile.mkdtemp(prefix="fusion-test-data-"))
+
 SESSION = leftovers.mark_session()
 # Durable data a test writes without naming a database (the default SQLite file: recorded
 # fused answers, fusion profiles) goes to a folder of this session, never the user's own.
@@ -31,6 +35,7 @@ RESOURCE_FIXTURES = {
     "serve_url": "serve",
     "embedded_url": "models",  # the embedded runtime: every model in one process
     "gateway_config": "redis",  # ... whose cache is the shared Redis
+    "tenants_database": "postgres",  # ... whose keys and usage are on PostgreSQL
     "llm": "models",  # the real tiny LLM, loaded in-process
     "postgres_url": "postgres",  # a fresh database on a real PostgreSQL (tests/postgres_server.py)
 }

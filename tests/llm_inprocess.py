@@ -45,6 +45,8 @@ class LlmModels(FakeModels):
         super().__init__(**kw)
         self.llm = llm
         self.cancelled = threading.Event()  # set when a stream's consumer left early
+        self.generating = threading.Event()  # set when a unary call starts generating
+        self.finished = threading.Event()  # ... and when it has ended
 
     async def info(self, model: str) -> dict[str, Any]:
         return self.llm.info() if model == "llm" else await super().info(model)
@@ -54,7 +56,19 @@ class LlmModels(FakeModels):
             return await super().call(model, task, inputs)
         self.calls[f"{model}/{task}"] += 1
         item = self.llm.prepare(task, inputs)
-        return (await asyncio.to_thread(self.llm.run, task, [item]))[0]
+
+        def run() -> list[dict]:
+            self.generating.set()
+            try:
+                return self.llm.run(task, [item])
+            finally:
+                self.finished.set()
+
+        try:
+            return (await asyncio.to_thread(run))[0]
+        except asyncio.CancelledError:  # as the replica does (fusion.replica.model)
+            item.cancel.set()
+            raise
 
     async def stream(self, model: str, task: str, inputs: dict[str, Any]):
         if model != "llm":

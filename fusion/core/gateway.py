@@ -28,8 +28,8 @@ from fusion.core.executor import (
     emit,
 )
 from fusion.core.gather import Gatherer
-from fusion.core.keys import KeyRing
 from fusion.core.learning import FusionLearning
+from fusion.core.tenants import Tenants
 from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.pipeline.spec import PipelineSpec, load_pipelines
@@ -70,7 +70,7 @@ class Gateway:
         self.pipelines = pipelines if pipelines is not None else load_pipelines(
             self.models, config.pipeline_dirs, config.pipelines)
         self.cache = cache
-        self.keyring = KeyRing.from_config(config.auth)
+        self.tenants = Tenants(config, observer.recorder)
         self._infos: dict[str, dict] = {}
         self._info_lock = asyncio.Lock()
         self.admission = admission or admission_for(config, self.pipelines)
@@ -94,12 +94,14 @@ class Gateway:
         return (await self.model_info(name))["fingerprint"]
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """Each model's info, with every task's input types (so clients can encode inputs)."""
-        infos = await asyncio.gather(*(self.model_info(n) for n in self.models))
+        """Each model's info, with every task's input types (so clients can encode inputs);
+        only the models the calling key may use."""
+        names = self.tenants.visible_models(self.models)
+        infos = await asyncio.gather(*(self.model_info(n) for n in names))
         return [{**info, "inputs": {task: {k: p.type for k, p in
                                            self.models[name].spec(task).inputs.items()}
                                     for task in self.models[name].tasks}}
-                for name, info in zip(self.models, infos, strict=True)]
+                for name, info in zip(names, infos, strict=True)]
 
     def pipeline(self, name: str) -> PipelineSpec:
         if name not in self.pipelines:
@@ -115,9 +117,13 @@ class Gateway:
         self.executor.task_spec(model, task)  # an unknown name is a 404, not a 503
         started = time.perf_counter()
         try:
-            with self.admission.admit(f"model:{model}"):
-                outputs, report = await self.executor.call_model(
-                    model, task, inputs, policy, on_event=on_event, deadline=deadline)
+            async with self.tenants.guard("model", model, task) as guard:
+                with self.admission.admit(f"model:{model}"):
+                    outputs, report = await self.executor.call_model(
+                        model, task, inputs, policy, on_event=on_event, deadline=deadline)
+                guard.done(cache_hits=int(report.cached),
+                           compute_s=0.0 if report.cached else report.ms / 1000,
+                           **_tokens(outputs))
         except FusionError as err:
             if err.status != 404:  # a made-up model or task is not a label value
                 self.observer.step("", "", model, task, "error",
@@ -143,6 +149,15 @@ class Gateway:
                 check_limits(item, limits.max_text_chars, limits.max_list_items,
                              prefix=f"inputs[{i}].")
         self.executor.task_spec(model, task)  # an unknown name is a 404, not a 503
+        async with self.tenants.guard("model", model, task, cost=len(items)) as guard:
+            batch = await self._call_many(model, task, items, policy, deadline)
+            hits = sum(batch.cached)
+            guard.done(items=len(items), cache_hits=hits,
+                       compute_s=0.0 if hits == len(items) else batch.ms / 1000)
+            return batch
+
+    async def _call_many(self, model: str, task: str, items: list[Any], policy: CachePolicy,
+                         deadline: float | None) -> BatchResult:
         with self.admission.admit(f"model:{model}"):
             job = call_many(self.executor, model, task, items, policy)
             if deadline is None:
@@ -185,8 +200,12 @@ class Gateway:
         learns = self.learning.learns(name)
         if learns:
             await self.learning.refresh()
-        with self.admission.admit(name):
-            result = await self._run_checked(spec, checked, policy, on_event, deadline)
+        steps = sum(1 for s in spec.steps.values() if s.model)  # each model step counts
+        async with self.tenants.guard("pipeline", name, cost=max(1, steps)) as guard:
+            with self.admission.admit(name):
+                result = await self._run_checked(spec, checked, policy, on_event, deadline)
+            computed = [r.ms for r in result.steps.values() if not (r.cached or r.skipped)]
+            guard.done(cache_hits=int(result.cache == "hit"), compute_s=sum(computed) / 1000)
         if learns and request_id:
             await self.learning.record(request_id, name, result.fused)
         return result
@@ -230,6 +249,14 @@ class Gateway:
         cached one by one where deterministic (``TaskSpec.uncacheable``)."""
         return any(s.model and self.executor.task_spec(s.model, s.task).streams_tokens
                    for s in spec.steps.values())
+
+
+def _tokens(outputs: Any) -> dict[str, int]:
+    """The prompt and completion tokens an LLM answer reports (``usage``), else none."""
+    usage = outputs.get("usage") if isinstance(outputs, dict) else None
+    if not isinstance(usage, dict):
+        return {}
+    return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
 
 
 def admission_for(config: AppConfig, pipelines: dict[str, PipelineSpec]) -> Admission:

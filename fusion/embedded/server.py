@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from fusion.config import AppConfig
 from fusion.core.gateway import Gateway, current_gateway
-from fusion.core.startup import check_app, load_config, start_gateway
+from fusion.core.startup import check_app, check_exposure, load_config, start_gateway
 from fusion.embedded.metrics import PrometheusRecorder
 from fusion.embedded.models import LocalModels
 from fusion.http.app import create_api
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     args, http = read_serve_config(opts.config)
     host = opts.host or http.get("host", "127.0.0.1")
     port = opts.port if opts.port is not None else int(http.get("port", 8000))
+    check_exposure(load_config(args), host)  # no key beyond loopback: refuse, naming it
     recorder = PrometheusRecorder()
     app, _ = build(args, recorder)
     if opts.metrics_port:

@@ -16,14 +16,19 @@ from fastapi import FastAPI
 from fusion import __version__
 from fusion.core.gateway import Gateway
 from fusion.errors import FusionError
-from fusion.http import admin, docs, errors, learning, native, playground
-from fusion.http.middleware import BodyLimitMiddleware, ConfiguredCORS, RequestIdMiddleware
+from fusion.http import admin, docs, errors, learning, native, playground, tenants
+from fusion.http.middleware import (
+    BodyLimitMiddleware,
+    ConfiguredCORS,
+    RateLimitHeaders,
+    RequestIdMiddleware,
+)
 from fusion.http.openai import audio, chat, embeddings, images
 from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 
 ROUTERS = (native.ops, native.models, native.pipelines, embeddings.router, images.router,
-           audio.router, chat.router, admin.router, docs.router, playground.router,
-           learning.router)
+           audio.router, chat.router, admin.router, tenants.admin, tenants.usage, docs.router,
+           playground.router, learning.router)
 
 
 def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool = False
@@ -47,11 +52,21 @@ def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool =
     # the one middleware stack, innermost first (Starlette wraps each added one around the
     # last): the body limit; observation (sees 413s and the id); CORS (answers preflights,
     # adds its headers to errors too); the request id outermost, so every answer carries it
+    app.add_middleware(RateLimitHeaders)  # a limited key's x-ratelimit-* on its answers
     app.add_middleware(BodyLimitMiddleware, get_gateway=get_gateway)
     app.add_middleware(ObserveMiddleware, get_observer=observer)
     app.add_middleware(ConfiguredCORS, get_gateway=get_gateway)
     app.add_middleware(RequestIdMiddleware, proxy_sets_id=proxy_sets_request_id)
 
+    async def write_usage() -> None:
+        """Shutdown (uvicorn, or Serve stopping the replica): usage counted is written."""
+        try:
+            gw = get_gateway()
+        except FusionError:  # never started: nothing counted
+            return
+        await gw.tenants.aclose()
+
+    app.router.add_event_handler("shutdown", write_usage)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -34,6 +34,7 @@ from fusion.errors import (
     MalformedBody,
     NotFound,
     Overloaded,
+    RateLimited,
 )
 
 log = logging.getLogger("fusion.http.errors")
@@ -74,8 +75,9 @@ class OpenAIErrorBody(BaseModel):
 
 # what any keyed route may answer whatever it does: no key, a bug, still starting
 COMMON = (401, 403, 500, 503)
-# and a route that runs a model: its input, its size, its failures and the deadline
-MODEL_CALL = (*COMMON, 400, 404, 413, 422, 502, 504)
+# and a route that runs a model: its input, its size, its key's limits (429), its failures
+# and the deadline
+MODEL_CALL = (*COMMON, 400, 404, 413, 422, 429, 502, 504)
 
 
 def responses(statuses: tuple[int, ...], openai: bool = False
@@ -123,10 +125,11 @@ def error_body(err: FusionError, request_id: str, openai: bool = False,
 def retry_headers(err: FusionError) -> dict[str, str]:
     """``Retry-After`` (whole seconds, as HTTP says) and ``Retry-After-Ms`` (what the SDK and
     OpenAI's clients read first) for a refusal; nothing for other errors."""
-    if not isinstance(err, Overloaded):
+    if not isinstance(err, Overloaded | RateLimited):
         return {}
     ms = max(1, round(err.retry_after_s * 1000))
-    return {"Retry-After": str(max(1, -(-ms // 1000))), "Retry-After-Ms": str(ms)}
+    extra = err.headers if isinstance(err, RateLimited) else {}
+    return {"Retry-After": str(max(1, -(-ms // 1000))), "Retry-After-Ms": str(ms), **extra}
 
 
 def render(err: FusionError, request_id: str, path: str,

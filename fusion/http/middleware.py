@@ -158,3 +158,28 @@ class BodyLimitMiddleware:
                                  scope.get("path", ""))
         response.headers["Connection"] = "close"  # the rest of the body stays unread
         await response(scope, receive, send)
+
+
+class RateLimitHeaders:
+    """Adds the ``x-ratelimit-*`` headers of a limited key to its answer (OpenAI's clients read
+    them on every response). The gateway fills ``state["rate_headers"]`` when it checks the
+    key's limits (``fusion.core.tenants``), before the answer starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        found: dict[str, str] = {}
+        scope.setdefault("state", {})["rate_headers"] = found
+
+        async def send_with_limits(message) -> None:
+            if message["type"] == "http.response.start" and found:
+                names = {k.lower().encode() for k in found}
+                headers = [h for h in message.get("headers", []) if h[0] not in names]
+                message = {**message, "headers": [
+                    *headers, *((k.encode(), v.encode()) for k, v in found.items())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)

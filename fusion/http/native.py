@@ -144,7 +144,9 @@ async def call_model(name: str, task: str, request: Request, gw: Gateway = Depen
                      policy: CachePolicy = Depends(cache_policy),
                      rid: str = Depends(request_id)) -> Response:
     """One task of one model, cached; a list of inputs runs as one batch."""
+    gw.tenants.check_model(name, task)  # before reading the body: 403 names the model
     spec = gw.executor.task_spec(name, task)
+    gw.admission.check(f"model:{name}")  # a refusal reads and decodes no body
     types = {k: p.type for k, p in spec.inputs.items()}
     inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes,
                                allow_list=True)
@@ -164,8 +166,9 @@ async def call_model(name: str, task: str, request: Request, gw: Gateway = Depen
 
 @pipelines.get("/v1/pipelines", responses=responses(COMMON))
 async def list_pipelines(gw: Gateway = Depends(gateway)) -> dict:
-    """Every pipeline: its inputs, steps and outputs."""
-    return {"pipelines": [p.describe() for p in gw.pipelines.values()]}
+    """Every pipeline the key may use: its inputs, steps and outputs."""
+    names = gw.tenants.visible_pipelines(gw.pipelines)
+    return {"pipelines": [gw.pipelines[n].describe() for n in names]}
 
 
 @pipelines.post("/v1/pipelines/{name}", openapi_extra=_INPUTS_BODY, responses={
@@ -178,7 +181,9 @@ async def run_pipeline(name: str, request: Request, stream: bool = False,
                        policy: CachePolicy = Depends(cache_policy),
                        rid: str = Depends(request_id)) -> Response:
     """Run a pipeline; ``stream`` (or ``Accept: text/event-stream``) sends its step events."""
+    gw.tenants.check_pipeline(name)  # before reading the body: 403 names the pipeline
     spec = gw.pipeline(name)
+    gw.admission.check(name)  # a refusal reads and decodes no body (images, audio)
     types = {k: i.type for k, i in spec.inputs.items()}
     inputs = await read_inputs(request, types, gw.config.limits.max_body_bytes)
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from fusion.errors import SpecError
+from fusion.errors import BadInput, SpecError
 from fusion.pipeline.model import (
     FUSE_METHODS,
     FUSE_TASK,
@@ -24,6 +24,7 @@ from fusion.pipeline.model import (
 )
 from fusion.pipeline.refs import Ref, parse_condition, parse_ref
 from fusion.pipeline.template import TEMPLATE_TASK, TEMPLATE_TYPES, check_template, template_task
+from fusion.structured import check_response_format
 from fusion.tasks import ModelTasks, accepts, is_value_type
 
 
@@ -117,7 +118,7 @@ class _Checker:
         if not isinstance(raw, Mapping):
             raise self.fail(where, "must be a mapping")
         unknown = set(raw) - {"model", "task", "with", "when", "timeout_s", "cache", "fuse",
-                              "template"}
+                              "template", "response_format"}
         if unknown:
             raise self.fail(where, f"unknown key(s) {sorted(unknown)}")
         if "fuse" in raw:
@@ -144,6 +145,11 @@ class _Checker:
                                 f"task {task!r}; it serves {list(mt.tasks)}")
             spec = mt.spec(task)
             with_raw = raw.get("with") or {}
+            if raw.get("response_format") is not None:
+                with_raw = self._response_format(where, raw["response_format"], spec,
+                                                 with_raw)
+        if raw.get("response_format") is not None and model is None:
+            raise self.fail(where, "response_format: is for language-model steps")
         if not isinstance(with_raw, Mapping):
             raise self.fail(where, "with: must map task inputs to references or values")
         bindings = {}
@@ -176,6 +182,20 @@ class _Checker:
         return StepSpec(name, model, task, bindings, dict(spec.outputs), needs, when,
                         timeout, cache_on, ttl, spec.streams_progress,
                         raw["template"] if task == TEMPLATE_TASK else None)
+
+    def _response_format(self, where: str, value: Any, spec: Any,
+                         with_raw: Any) -> dict[str, Any]:
+        """A step's ``response_format:`` (OpenAI's shape): the answer is JSON the grammar
+        enforces, read as the step's ``json`` output (typed json)."""
+        if "response_format" not in spec.inputs or "json" not in spec.outputs:
+            raise self.fail(where, "response_format: the task takes no response_format")
+        if not isinstance(with_raw, Mapping) or "response_format" in with_raw:
+            raise self.fail(where, "give response_format: once, not also under with:")
+        try:
+            check_response_format(value)
+        except BadInput as err:
+            raise self.fail(where, err.message) from None
+        return {**with_raw, "response_format": value}
 
     def _toposort(self, steps: dict[str, StepSpec]) -> list[str]:
         for step in steps.values():

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from deployments.base import import_shared_libraries
+from deployments.base import import_shared_libraries, prepare_process
 from fusion.config import ModelConfig
 from fusion.errors import NotFound
 from fusion.registry import model_class
@@ -57,6 +57,7 @@ class ModelBundle:
         for raw in configs:
             cfg = ModelConfig.model_validate(raw)
             plan.append((cfg, (classes or {}).get(cfg.family) or member_class(cfg)))
+        prepare_process(cfg for cfg, _ in plan)
         loaded: dict[str, Replica] = {}
         took: dict[str, float] = {}
         self.loaded_in: dict[str, str] = {}  # member → the thread that loaded it

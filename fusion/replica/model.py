@@ -96,7 +96,10 @@ class Replica:
         # One OS thread runs this model's code. Why not asyncio.to_thread: the default pool
         # hands consecutive batches to different threads, and torch's OpenMP team of the
         # thread that ran the last batch can spin on the cores while the next one computes.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{cfg.name}")
+        # Its first act sets the model's own torch threads there (ModelBackend.on_compute_thread).
+        self._worker = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{cfg.name}",
+            initializer=getattr(self.model, "on_compute_thread", None))
         # None (unit tests): no metrics, no tracing; the app builders always pass it
         obs = ObservabilityConfig.model_validate(observability) if observability else None
         self._recorder: Recorder | None = recorder if obs and obs.metrics else None
@@ -127,7 +130,15 @@ class Replica:
         with self._observed(task, trace) as probe:
             item = self.model.prepare(task, inputs)
             if self.model.task_spec(task).batched:
-                result, probe.timing = await self._run_batch((task, item))
+                try:
+                    result, probe.timing = await self._run_batch((task, item))
+                except asyncio.CancelledError:
+                    # the caller went away (a client disconnected): an item that carries a
+                    # cancel event (a generation) stops at its next step, freeing its slot
+                    gone = getattr(item, "cancel", None)
+                    if isinstance(gone, threading.Event):
+                        gone.set()
+                    raise
                 return result
             outputs, probe.timing = await self._compute(self._run_timed, task, [item], None)
             self._observe_batch(task, probe.timing)

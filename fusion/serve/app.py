@@ -12,7 +12,7 @@ from ray.serve import Application
 
 from fusion.bundles import bundle_groups, bundle_size
 from fusion.config import AppConfig, AutoscalingConfig, ModelConfig
-from fusion.core.startup import check_app, load_config
+from fusion.core.startup import check_app, check_exposure, load_config
 from fusion.registry import deployment_path, import_object
 
 
@@ -58,10 +58,11 @@ def bundle_deployment(name: str, members: list[ModelConfig], model_dir: str | No
 
 def build_app(args: dict[str, Any] | AppConfig) -> Application:
     """The application: one deployment per model or bundle, and the router in front."""
-    from fusion.serve.ingress import Router
+    from fusion.serve.ingress import Router, serve_http_host
 
     config = load_config(args)
     check_app(config)  # refuse early, before any replica: a bad config stops serve run
+    check_exposure(config, serve_http_host())
     observability = config.observability.model_dump(mode="json")
     handles = {m.name: model_deployment(m, config.model_dir, observability)
                for m in config.models if not m.bundle}
@@ -74,3 +75,4 @@ def build_app(args: dict[str, Any] | AppConfig) -> Application:
                           {"num_cpus": router.num_cpus}, router.resources),
         max_ongoing_requests=config.router.max_ongoing_requests,
     ).bind(config.model_dump(mode="json"), handles)
+

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -18,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from fusion.config import AppConfig
 from fusion.core.admission import Admission
 from fusion.core.gateway import current_gateway
-from fusion.core.startup import start_gateway
+from fusion.core.startup import check_exposure, start_gateway
 from fusion.errors import FusionError, NotFound, Overloaded, StepFailed, unwrap
 from fusion.http.app import create_api
 from fusion.observe import NULL_OBSERVER, Observer
@@ -112,7 +113,24 @@ class Router:
 
     def __init__(self, config: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         cfg = AppConfig.model_validate(config)
+        check_exposure(cfg, serve_http_host())  # also when the app was built without Ray
         client = HandleClient(handles, bundled={m.name for m in cfg.models if m.bundle})
         gateway = start_gateway(cfg, client, ray_recorder())
         log.info("router ready: %d models, pipelines %s", len(handles),
                  sorted(gateway.pipelines))
+
+
+def serve_http_host() -> str | None:
+    """The address Serve's HTTP proxies listen on (``http_options.host``), asked of the
+    controller; None when it cannot tell (no controller reachable from here)."""
+    if not ray.is_initialized():  # asking would start a Ray instance: nothing runs here yet
+        return None
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            return None
+        return ray.get(client._controller.get_http_config.remote(), timeout=10).host
+    except Exception:  # an internal API: a Ray upgrade may move it; the caller warns
+        return None

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.base import prepare_process
 from fusion.config import ModelConfig
 from fusion.replica.model import Replica, Timing
 from fusion.serve.metrics import ray_recorder
@@ -19,6 +20,7 @@ from fusion.serve.metrics import ray_recorder
 class ServedModel(Replica):
     def __init__(self, config: dict[str, Any], model_dir: str | None = None,
                  observability: dict[str, Any] | None = None) -> None:
+        prepare_process([ModelConfig.model_validate(config)])  # a no-op in a bundle: it ran first
         super().__init__(config, model_dir, observability,
                          ray_recorder() if observability else None)
         cfg = ModelConfig.model_validate(config)

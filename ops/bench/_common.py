@@ -51,13 +51,48 @@ def stop_serve() -> None:
     ray.shutdown()
 
 
+def tree_cpu_seconds(pid: int, *, include_root: bool = True) -> float:
+    """User + system CPU seconds of ``pid`` and every process below it, so far.
+
+    Why: on a shared 2-core machine another tenant's load moves every items/s figure, but
+    hardly the CPU a server spends per item; both are reported. ``include_root=False`` leaves
+    out ``pid`` itself (a benchmark that drives its own Ray driver measures what it started)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + ([root] if include_root else [])
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def server_cpu() -> float:
+    """CPU seconds of every process this one started (the server under test, Ray's processes
+    or Infinity's), not of this process: the load client runs here."""
+    return tree_cpu_seconds(os.getpid(), include_root=False)
+
+
 @dataclass
 class Load:
     latencies_ms: list[float]
     seconds: float
+    cpu_s: float | None = None  # the measured server's CPU seconds over the run (cpu_of)
 
     def __add__(self, other: Load) -> Load:
-        return Load(self.latencies_ms + other.latencies_ms, self.seconds + other.seconds)
+        cpu = None if self.cpu_s is None or other.cpu_s is None else self.cpu_s + other.cpu_s
+        return Load(self.latencies_ms + other.latencies_ms, self.seconds + other.seconds, cpu)
+
+    def cpu_ms_per(self, items: int) -> float | None:
+        """The server's CPU milliseconds per item (None when not measured)."""
+        return None if self.cpu_s is None else self.cpu_s * 1000 / items
 
     @property
     def median(self) -> float:
@@ -127,8 +162,10 @@ class LoadClient:
 
 
 async def closed_loop(send: Callable[[LoadClient], Awaitable[Reply]],
-                      requests: int, concurrency: int, base_url: str) -> Load:
-    """``requests`` calls by ``concurrency`` workers, each sending its next when one returns."""
+                      requests: int, concurrency: int, base_url: str,
+                      cpu_of: Callable[[], float] | None = None) -> Load:
+    """``requests`` calls by ``concurrency`` workers, each sending its next when one returns.
+    ``cpu_of``: the server's CPU seconds so far (``tree_cpu_seconds``), read before and after."""
     latencies: list[float] = []
     remaining = requests
     async with LoadClient(base_url, concurrency) as client:
@@ -143,9 +180,12 @@ async def closed_loop(send: Callable[[LoadClient], Awaitable[Reply]],
                 if r.status_code != 200:
                     raise RuntimeError(f"{r.status_code}: {r.text[:300]}")
 
+        cpu_before = cpu_of() if cpu_of else None
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return Load(latencies, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        cpu = cpu_of() - cpu_before if cpu_of and cpu_before is not None else None
+        return Load(latencies, seconds, cpu)
 
 
 def row(label: str, load: Load) -> str:

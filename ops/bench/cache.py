@@ -44,7 +44,11 @@ class Noop:
         return Response(b'{"outputs": {}}', media_type="application/json")
 
 
+ADMIN_KEY = "bench-admin-key"
+
+
 def deploy(namespace: str, redis_timeout_s: float) -> None:
+    from fusion.core.keys import hash_key
     from fusion.serve.app import build_app
 
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -55,7 +59,9 @@ def deploy(namespace: str, redis_timeout_s: float) -> None:
                     "num_cpus": 0.1}],
         "cache": {"redis_url": redis_url, "namespace": namespace,
                   "redis_timeout_s": redis_timeout_s},
-        "router": {"num_replicas": 2, "num_cpus": 0.1}})
+        "router": {"num_replicas": 2, "num_cpus": 0.1},
+        # requests without a key; the admin key clears the bench's namespace at the end
+        "auth": {"anonymous": True, "admin_key_hashes": [hash_key(ADMIN_KEY)]}})
     serve.run(app, name="fusion", route_prefix="/")
     serve.run(Noop.bind(), name="noop", route_prefix="/noop")
 
@@ -144,7 +150,8 @@ def main() -> None:
     try:
         deploy(namespace, args.redis_timeout)
         asyncio.run(measure(base_url, args.requests, [(4, 64), (25, 128)]))
-        httpx.delete(f"{base_url}/v1/cache", timeout=30)
+        httpx.delete(f"{base_url}/v1/cache", timeout=30,
+                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}).raise_for_status()
     finally:
         stop_serve()
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import closed_loop, free_port
+from _common import closed_loop, free_port, server_cpu
 
 VERSION = "0.0.78"
 REQUIREMENT = f"infinity-emb[server,torch]=={VERSION}"
@@ -124,14 +124,17 @@ async def rates(url: str, texts: list[str], sizes: tuple) -> dict[str, float]:
     await closed_loop(one, 4, 2, url)  # warm the path
     out = {}
     for conc, n in ((1, c1), (8, c8), (32, c32)):
-        out[f"c{conc}"] = (await closed_loop(one, n, conc, url)).throughput
+        load = await closed_loop(one, n, conc, url, server_cpu)
+        out[f"c{conc}"], out[f"c{conc}_cpu"] = load.throughput, load.cpu_ms_per(n)
     listed = {"model": "minilm", "input": texts[:per_list]}
 
     async def many(client: Any) -> Any:
         return await client.post("/embeddings", json=listed)
 
     await closed_loop(many, 1, 1, url)
-    out["list"] = (await closed_loop(many, max(lists, 1), 1, url)).throughput * per_list
+    load = await closed_loop(many, max(lists, 1), 1, url, server_cpu)
+    out["list"] = load.throughput * per_list
+    out["list_cpu"] = load.cpu_ms_per(max(lists, 1) * per_list)
     return out
 
 

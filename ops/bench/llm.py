@@ -1,6 +1,7 @@
 """Tokens/s of the ``llm`` family through the gateway vs the same model in-process.
 
     python ops/bench/llm.py [--source tiny:llm] [--tokens 64] [--requests 16] [--rounds 2]
+    python ops/bench/llm.py --constrained [--source shape:qwen2.5-0.5b-instruct] ...
 
 In-process: the backend the replica loads (``LlmModel``, 1 torch thread like the profile),
 one request at a time and a batch of 8 (what ``@serve.batch`` hands the replica). Gateway:
@@ -10,6 +11,13 @@ one client (JSON, then SSE streaming: also the time to the first token) and with
 Every request is greedy with ``Cache-Control: no-store``, so each one really generates. The
 two sides alternate in rounds; the table prints completion tokens/s and the ratio
 gateway / in-process at the same concurrency.
+
+``--constrained``: what constrained decoding costs (``response_format`` with a JSON schema,
+``deployments.grammar``), in-process only (the grammar runs in the replica): the same greedy
+request with and without the schema, one at a time and as a batch, alternating in rounds.
+The schema is one long string (``{"answer": "..."}``, ``minLength`` beyond what
+``max_tokens`` can write), so both sides generate ``max_tokens`` tokens per request and the
+figure is the per-token cost of the grammar (compiling it per request is included).
 """
 
 from __future__ import annotations
@@ -26,14 +34,28 @@ from _common import ROOT, start_serve, stop_serve
 PROMPT = [{"role": "user", "content": "describe the photo in one sentence."}]
 
 
-def in_process(source: str, tokens: int, requests: int, batch: int) -> dict[str, float]:
+def schema(tokens: int) -> dict:
+    """``{"answer": "..."}`` whose string is too long to close within ``tokens`` tokens (a
+    token is at most 8 characters here), so both sides generate ``max_tokens`` tokens."""
+    answer = {"type": "string", "minLength": 8 * tokens}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
+        "type": "object", "required": ["answer"], "properties": {"answer": answer}}}}
+
+
+def load_model(source: str, threads: int = 1):
     from deployments.llm import LlmModel
     from fusion.config import ModelConfig
 
     cfg = ModelConfig.model_validate({"name": "llm", "family": "llm", "source": source,
-                                      "threads": 1})
-    model = LlmModel.load(cfg)
-    item = model.prepare("chat", {"messages": PROMPT, "temperature": 0, "max_tokens": tokens})
+                                      "threads": threads})
+    return LlmModel.load(cfg)
+
+
+def in_process(source: str, tokens: int, requests: int, batch: int,
+               response_format: dict | None = None, model=None) -> dict[str, float]:
+    model = model or load_model(source)
+    item = model.prepare("chat", {"messages": PROMPT, "temperature": 0, "max_tokens": tokens,
+                                  "response_format": response_format})
     model.run("chat", [item])  # warm-up
     out: dict[str, float] = {}
     for label, size in (("c=1", 1), (f"c={batch}", batch)):
@@ -88,6 +110,44 @@ def _stream_load(url: str, tokens: int, requests: int) -> tuple[float, float]:
     return done / (time.perf_counter() - started), statistics.median(firsts)
 
 
+def constrained(args) -> None:
+    """Tokens/s with and without a JSON schema, in-process, side by side in rounds."""
+    from deployments import grammar
+
+    model = load_model(args.source, args.threads)
+    rows: dict[str, list[float]] = {}
+    spent = [0.0]  # seconds inside the grammar's logits processor
+    masked = grammar.GrammarLogits.__call__
+
+    def timed(self, input_ids, scores):
+        started = time.perf_counter()
+        try:
+            return masked(self, input_ids, scores)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    grammar.GrammarLogits.__call__ = timed
+    for _ in range(args.rounds):
+        for name, fmt in (("free", None), ("JSON schema", schema(args.tokens))):
+            spent[0], started = 0.0, time.perf_counter()
+            for label, value in in_process(args.source, args.tokens, args.requests,
+                                           args.batch, fmt, model).items():
+                rows.setdefault(f"{name} {label}", []).append(value)
+            if fmt is not None:  # the share of the constrained run spent masking
+                rows.setdefault("grammar share of time, %", []).append(
+                    100 * spent[0] / (time.perf_counter() - started))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    print(f"\n{args.source}, greedy, max_tokens {args.tokens}, {args.rounds} rounds, "
+          f"{args.threads} torch thread(s), device {model.device} "
+          f"(median of rounds; completion tokens/s)  [{ROOT.name}]")
+    for label, value in med.items():
+        print(f"  {label:<24} {value:9.1f}   (rounds: "
+              f"{', '.join(f'{v:.1f}' for v in rows[label])})")
+    for c in ("c=1", f"c={args.batch}"):
+        ratio = med[f"JSON schema {c}"] / med[f"free {c}"]
+        print(f"  JSON schema / free, {c:<5}  {ratio:.3f}x  (cost {100 * (1 - ratio):+.1f} %)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", default="tiny:llm")
@@ -95,7 +155,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16, help="requests per measurement")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8, help="concurrency = replica batch size")
+    ap.add_argument("--constrained", action="store_true",
+                    help="in-process tokens/s with and without a JSON schema")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (--constrained)")
     args = ap.parse_args()
+    if args.constrained:
+        return constrained(args)
 
     from ray import serve
 

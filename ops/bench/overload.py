@@ -16,18 +16,25 @@ unbounded, ``max_queued_requests: -1``). For each, side by side in one run:
 Rejection latency is the time to a 503: the goal is milliseconds, never a client timeout.
 
     flock /tmp/fusion-ray.lock python ops/bench/overload.py [--steps 8 --size 64]
+    python ops/bench/overload.py --runtime both --skip-unbounded   # Ray's, then embedded
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
-from _common import closed_loop, start_serve, stop_serve
+from _common import closed_loop, free_port, start_serve, stop_serve
 
 # the built-in text_to_image without its optional caption step (no captioner served here)
 TEXT_TO_IMAGE = {
@@ -156,8 +163,10 @@ def report(label: str, out: Outcomes, capacity: float) -> str:
             f"Retry-After-Ms p50 {pct(out.retry_after_ms, .5)}")
 
 
-async def measure(base: str, prefix: str, args) -> tuple[float, Outcomes, Outcomes]:
+async def measure(base: str, prefix: str, args, label: str | None = None
+                  ) -> tuple[float, Outcomes, Outcomes]:
     path = f"{prefix}/v1/pipelines/text_to_image"
+    label = label or prefix[1:]
     for i in range(2):  # warm: the first call loads the model's code paths
         async with httpx.AsyncClient(base_url=base, timeout=120) as c:
             r = await c.post(path, json=body(i, args.steps, args.size),
@@ -171,14 +180,14 @@ async def measure(base: str, prefix: str, args) -> tuple[float, Outcomes, Outcom
 
     cap = await closed_loop(send, args.capacity_requests, 2, base)
     capacity = cap.throughput
-    print(f"{prefix[1:]:<22} capacity {capacity:5.2f} req/s (closed loop, 2 in flight, "
+    print(f"{label:<22} capacity {capacity:5.2f} req/s (closed loop, 2 in flight, "
           f"median {statistics.median(cap.latencies_ms):.0f} ms)", flush=True)
     loop = await open_loop(base, prefix, capacity * args.factor, args.seconds, args.steps,
                            args.size, args.client_timeout)
-    print(report(f"{prefix[1:]} open {args.factor:g}x", loop, capacity), flush=True)
+    print(report(f"{label} open {args.factor:g}x", loop, capacity), flush=True)
     b = await burst(base, prefix, args.burst, args.steps, args.size, args.client_timeout)
     b.window_s = b.seconds
-    print(report(f"{prefix[1:]} burst {args.burst}", b, capacity), flush=True)
+    print(report(f"{label} burst {args.burst}", b, capacity), flush=True)
     return capacity, loop, b
 
 
@@ -192,8 +201,42 @@ def main() -> None:
     parser.add_argument("--capacity-requests", type=int, default=20)
     parser.add_argument("--client-timeout", type=float, default=30.0)
     parser.add_argument("--skip-unbounded", action="store_true")
+    parser.add_argument("--runtime", choices=["ray", "embedded", "both"], default="ray",
+                        help="embedded: the bounded app on python -m fusion.embedded (one "
+                        "process, no Ray); both: Ray's, then the embedded one, in one run")
     args = parser.parse_args()
+    if args.runtime in ("ray", "both"):
+        measure_ray(args)
+    if args.runtime in ("embedded", "both"):
+        measure_embedded(args)
 
+
+def measure_embedded(args: argparse.Namespace) -> None:
+    """The bounded app on the embedded runtime, in a child process of its own."""
+    import yaml
+
+    port = free_port()
+    cfg = Path(tempfile.mkdtemp()) / "overload.yaml"
+    cfg.write_text(yaml.safe_dump({"applications": [{"args": app_args(True)}]}))
+    proc = subprocess.Popen([sys.executable, "-m", "fusion.embedded", str(cfg), "--port",
+                             str(port), "--metrics-port", "0"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/pipelines", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        asyncio.run(measure(base, "", args, label="embedded"))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+
+
+def measure_ray(args: argparse.Namespace) -> None:
     from ray import serve
 
     from fusion.serve.app import build_app

@@ -17,6 +17,13 @@ rounds: one with Prometheus metrics and the JSON access log on, one with tracing
 (every span exported over OTLP/HTTP to a sink in another process), and prints each one's
 ratio to the router with observability off (goals: metrics ≤ 1.03, tracing ≤ 1.10).
 The no-op models do not open replica spans, so the tracing figure is the router's cost.
+
+``--tenants`` measures instead what per-key enforcement and accounting cost on a *cached*
+request (the cheapest request, where a fixed cost shows most): two routers with the pipeline
+cache on, side by side in alternating rounds, both answering every request from the cache:
+anonymous (no key) and an issued key with an allow-list, rpm, concurrency and a quota (the
+Lua check in a real Redis per request) and usage counted (flushed to SQLite every 2 s).
+Goal: keyed / anonymous ≤ 1.05 at the median.
 """
 
 
@@ -96,7 +103,7 @@ class HandChain:
 OFF = {"metrics": False, "access_log": "off", "otlp_endpoint": None}
 
 
-def deploy_router(name: str, prefix: str, observability: dict) -> None:
+def deploy_router(name: str, prefix: str, observability: dict, **extra: dict) -> None:
     from fusion.config import AppConfig
     from fusion.serve.ingress import Router
 
@@ -104,7 +111,7 @@ def deploy_router(name: str, prefix: str, observability: dict) -> None:
         "models": [{"name": "captioner", "family": "caption", "source": "tiny:caption"},
                    {"name": "text", "family": "text", "source": "tiny:text-embedding"}],
         "pipeline_dirs": [], "pipelines": [PIPELINE], "cache": {"enabled": False},
-        "router": {"num_cpus": 0.1}, "observability": observability})
+        "router": {"num_cpus": 0.1}, "observability": observability, **extra})
     captioner = NoopModel.options(name="captioner").bind("captioner")
     text = NoopModel.options(name="text").bind("text")
     router = Router.options(ray_actor_options={"num_cpus": 0.1},
@@ -170,12 +177,102 @@ async def measure(base_url: str, requests: int, observe: bool = False) -> None:
                       f"   throughput {o.throughput / r.throughput:6.3f} x\n")
 
 
+def deploy_tenants(db_url: str, redis: str) -> tuple[str, str]:
+    """The two cached routers of ``--tenants``; the tokens of a limited key and of a key
+    with no limits (usage only)."""
+    from fusion.store.database import Database
+    from fusion.store.keys import KeyStore
+
+    cache = {"enabled": True, "redis_url": None}
+    deploy_router("anon", "/anon", OFF, cache=cache, auth={"anonymous": True})
+    deploy_router("keyed", "/keyed", OFF, cache=cache, database={"url": db_url},
+                  auth={"anonymous": False, "rate_limit_redis_url": redis})
+    db = Database(db_url)
+    try:
+        store = KeyStore(db)
+        _, limited = store.create("bench", models=["*"], pipelines=["three_*"],
+                                  rpm=10_000_000, max_concurrency=10_000,
+                                  quota_requests=1_000_000_000, quota_period="day")
+        _, counted = store.create("bench-usage-only")
+    finally:
+        db.close()
+    return limited, counted
+
+
+async def measure_tenants(base_url: str, requests: int, tokens: tuple[str, str]) -> None:
+    from tests.fakes import png
+
+    body = {"inputs": {"image": base64.b64encode(png((10, 20, 30), 32)).decode(),
+                       "labels": ["cat", "dog", "car"]}}
+    keyed_headers = {"Authorization": f"Bearer {tokens[0]}"}
+    usage_headers = {"Authorization": f"Bearer {tokens[1]}"}
+
+    async def anon(client):
+        r = await client.post("/anon/v1/pipelines/three_steps", json=body)
+        assert r.status_code == 200, r.text
+        return r
+
+    async def keyed(client):
+        r = await client.post("/keyed/v1/pipelines/three_steps", json=body,
+                              headers=keyed_headers)
+        assert r.status_code == 200, r.text
+        return r
+
+    async def usage_only(client):
+        r = await client.post("/keyed/v1/pipelines/three_steps", json=body,
+                              headers=usage_headers)
+        assert r.status_code == 200, r.text
+        return r
+
+    paths = (anon, keyed, usage_only)
+    for send in paths:  # warm, and fill each router's pipeline cache
+        await closed_loop(send, 50, 4, base_url)
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        for send in paths:  # what is measured is a cache hit on both paths
+            assert (await send(client)).headers["x-fusion-cache"] == "hit"
+    print(f"cached 3-step pipeline (whole-pipeline cache hit), {requests} requests per cell, "
+          "one Serve instance, HTTP through Serve's proxy\n")
+    for concurrency in (1, 16):
+        n = requests if concurrency == 1 else requests * 2
+        rounds = 10
+        totals = {send: Load([], 0.0) for send in paths}
+        for i in range(rounds):
+            for send in paths if i % 2 == 0 else paths[::-1]:
+                totals[send] += await closed_loop(send, n // rounds, concurrency, base_url)
+        a = totals[anon]
+        print(row(f"anonymous        concurrency {concurrency:>2}", a))
+        for label, send in (("key, usage only", usage_only), ("key+limits+usage", keyed)):
+            k = totals[send]
+            print(row(f"{label:<16} concurrency {concurrency:>2}", k))
+            print(f"{'ratio ' + label + ' / anonymous':<44} median {k.median / a.median:8.3f} x"
+                  f"   throughput {k.throughput / a.throughput:6.3f} x")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--observe", action="store_true",
                         help="also measure routers with metrics, access log and tracing on")
+    parser.add_argument("--tenants", action="store_true",
+                        help="measure per-key enforcement + usage on a cached request instead")
     args = parser.parse_args()
+    if args.tenants:
+        import tempfile
+
+        from tests.redis_server import redis_url
+
+        redis = redis_url()
+        db_url = f"sqlite:///{tempfile.mkdtemp(prefix='fusion-bench-')}/fusion.db"
+        base_url = start_serve()
+        try:
+            tokens = deploy_tenants(db_url, redis)
+            asyncio.run(measure_tenants(base_url, args.requests, tokens))
+        finally:
+            stop_serve()
+        return
     sink, otlp_url = None, None
     if args.observe:  # a collector stand-in in its own process, as a real one would be
         port = free_port()

@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import infinity_peer
-from _common import ROOT, closed_loop, free_port
+from _common import ROOT, closed_loop, free_port, server_cpu
 
 SENTENCE = ("The quick brown fox jumps over the lazy dog, and then it runs back into the "
             "forest before the sun goes down.")
@@ -290,7 +290,8 @@ async def gateway_rates(url: str, models: list[str], assets: dict, sizes: dict) 
         await closed_loop(one, 4, 2, url)  # warm the path
         res = {}
         for conc, n in ((1, c1), (8, c8), (32, c32)):
-            res[f"c{conc}"] = (await closed_loop(one, n, conc, url)).throughput
+            load = await closed_loop(one, n, conc, url, server_cpu)
+            res[f"c{conc}"], res[f"c{conc}_cpu"] = load.throughput, load.cpu_ms_per(n)
         if lists:
             listed = {"inputs": [b["inputs"] for b in bodies[:per_list]]}
 
@@ -299,7 +300,9 @@ async def gateway_rates(url: str, models: list[str], assets: dict, sizes: dict) 
                                          headers=headers)
 
             await closed_loop(many, 1, 1, url)
-            res["list"] = (await closed_loop(many, lists, 1, url)).throughput * per_list
+            load = await closed_loop(many, lists, 1, url, server_cpu)
+            res["list"] = load.throughput * per_list
+            res["list_cpu"] = load.cpu_ms_per(lists * per_list)
         out[name] = res
     return out
 
@@ -405,6 +408,15 @@ def report(inproc: dict, gateways: dict[str, dict], peer: dict[str, float] | Non
                                ("c32", "1 item/request, c=32"), ("list", "list requests")):
                 cells = "".join(f"{gateways[m][name][key] / peer[key]:>21.2f}x" for m in modes)
                 print(f"  {'  ' + label:<22}{peer[key]:>10.1f}{cells}")
+            print("  server CPU ms per item (all its processes; steadier than items/s on a "
+                  "shared machine), Infinity's, and each mode's")
+            for key, label in (("c1", "1 item/request, c=1"), ("c8", "1 item/request, c=8"),
+                               ("c32", "1 item/request, c=32"), ("list", "list requests")):
+                cpu = [gateways[m][name].get(f"{key}_cpu") for m in modes]
+                cells = "".join(f"{c:>22.2f}" if c is not None else f"{'-':>22}" for c in cpu)
+                mine = peer.get(f"{key}_cpu")
+                print(f"  {'  ' + label:<22}{mine if mine is not None else float('nan'):>10.2f}"
+                      f"{cells}")
             print()
     print("Ray's floor: a no-op model behind the same router and route (req/s)")
     print(head)

@@ -93,10 +93,30 @@ def own_model_dirs(tmp_path_factory) -> dict[str, Path]:
     return {"kw": kw, "classifier": cnn}
 
 
+# The admin key of the package's app (tests/integration/test_tenants.py issues keys with it).
+# Anonymous access stays on, so every other test calls without a key as a laptop user would.
+ADMIN_KEY = "it-admin-key"
+
+
 @pytest.fixture(scope="package")
-def gateway_config(otlp, own_model_dirs) -> dict:
+def tenants_database() -> str:
+    """A fresh PostgreSQL database for the app's keys and usage (dropped afterwards)."""
+    from tests import postgres_server
+
+    url = postgres_server.fresh_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(scope="package")
+def gateway_config(otlp, own_model_dirs, tenants_database) -> dict:
+    from fusion.core.keys import hash_key
+
     args = local_profile_args()
     args["observability"] = {"otlp_endpoint": otlp.url}
+    args["database"] = {"url": tenants_database}
+    args["auth"] = {"anonymous": True, "admin_key_hashes": [hash_key(ADMIN_KEY)],
+                    "key_refresh_s": 0.5, "rate_limit_redis_url": redis_url()}
     args["router"] = {"num_replicas": 2, "num_cpus": 0.1}
     # redis_timeout_s: the exact one-computation checks need Redis healthy throughout, and
     # with models computing on 2 cores a command can take longer than the 0.1 s default

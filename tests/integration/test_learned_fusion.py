@@ -24,6 +24,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fusion.core.gateway import Gateway
+from fusion.core.keys import hash_key
 from fusion.core.startup import load_config, start_gateway
 from fusion.embedded.models import LocalModels
 from fusion.http.app import create_api
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.models
 
 LABELS = ["circle", "square", "triangle", "cross"]
 PIPELINE = "shapes_fused"
+ADMIN_KEY = "learn-admin-key"  # fitting and activating are admin routes
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # the same steps under another name: a pipeline whose labels are all one class
 COPY = {"name": "shapes_copy", "inputs": {"image": "image", "labels": "list[text]"},
         "steps": {"cnn": {"model": "shapes", "task": "classify",
@@ -94,6 +97,7 @@ async def replicas(models, database_url):
                        {"name": "clip", "family": "clip", "source": "tiny:clip"}],
             "pipelines": [COPY], "database": {"url": database_url},
             "feedback": {"poll_s": 0.2},
+            "auth": {"anonymous": True, "admin_key_hashes": [hash_key(ADMIN_KEY)]},
             "observability": {"access_log": "off"}}
     config = load_config(args)
     recorder = MemoryRecorder()
@@ -144,7 +148,7 @@ async def test_feedback_fit_activate_evaluate_rollback_shadow(replicas):
                           profile="handwritten") == 200
 
     # 2. fit: evaluated on a held-out split
-    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/fit", json={})
+    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/fit", json={}, headers=ADMIN)
     assert r.status_code == 201, r.text
     fitted = r.json()
     ev, profile = fitted["evaluation"], fitted["profile"]
@@ -160,7 +164,8 @@ async def test_feedback_fit_activate_evaluate_rollback_shadow(replicas):
     assert (await ask(one, before_image))["cache"] == "hit"
 
     # 3. activate on one replica: the other serves it within poll_s, without a restart
-    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/profiles/{profile}/activate")
+    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/profiles/{profile}/activate",
+                       headers=ADMIN)
     assert r.status_code == 200 and r.json()["state"] == "active"
     deadline = time.monotonic() + 30
     while (await ask(two, before_image))["outputs"]["explanation"]["profile"] is None:
@@ -193,11 +198,12 @@ async def test_feedback_fit_activate_evaluate_rollback_shadow(replicas):
     assert mine["evaluation"]["learned"] == ev["learned"]
 
     # 5. rollback to the hand-written weights, then the profile as the shadow
-    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/profiles/handwritten/activate")
+    r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/profiles/handwritten/activate",
+                       headers=ADMIN)
     assert r.status_code == 200
     assert (await ask(one, before_image))["outputs"]["explanation"]["profile"] is None
     r = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/profiles/{profile}/activate",
-                       json={"shadow": True})
+                       json={"shadow": True}, headers=ADMIN)
     assert r.json()["state"] == "shadow"
     for truth, image in images(20, seed=303):
         out = await ask(one, image)
@@ -217,7 +223,7 @@ async def test_bad_feedback_and_fits_are_4xx_naming_the_field(replicas):
     rid = out["request_id"]
 
     async def refused(path: str, body: dict, status: int, field: str) -> None:
-        r = await one.post(path, json=body)
+        r = await one.post(path, json=body, headers=ADMIN)
         assert r.status_code == status, r.text
         assert r.json()["error"]["field"] == field, r.text
 
@@ -232,6 +238,8 @@ async def test_bad_feedback_and_fits_are_4xx_naming_the_field(replicas):
     await refused(f"/v1/pipelines/{PIPELINE}/fusion/profiles/fp-nothing/activate", {}, 404,
                   "profile")
     await refused(f"/v1/pipelines/{PIPELINE}/fusion/fit", {}, 422, "feedback")  # too few
+    no_admin = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/fit", json={})
+    assert no_admin.status_code == 403  # fitting and promotion need an admin key
     # labels outside the request's own: two labels offered, a third sent
     small = await ask(one, image, labels=["circle", "square"])
     r = await one.post("/v1/feedback", json={"request_id": small["request_id"],

@@ -16,6 +16,7 @@ from fusion_client.cli import main
 from fusion_client.errors import NotFound
 from fusion_client.transport import SyncOverAsyncTransport
 
+from fusion.core.keys import hash_key
 from fusion.core.startup import load_config, start_gateway
 from fusion.embedded.models import LocalModels
 from fusion.http.app import create_api
@@ -48,20 +49,23 @@ def test_sdk_and_cli_loop(database_url, tmp_path):
     args = {"models": [{"name": "shapes", "family": "image_classify",
                         "source": "tiny:shapes-cnn"},
                        {"name": "clip", "family": "clip", "source": "tiny:clip"}],
-            "database": {"url": database_url}, "observability": {"access_log": "off"}}
+            "database": {"url": database_url}, "observability": {"access_log": "off"},
+            "auth": {"anonymous": True, "admin_key_hashes": [hash_key("learn-admin-key")]}}
     config = load_config(args)
     gateway = start_gateway(config, LocalModels(config, None), None)
     transport = KeptOpen(httpx.ASGITransport(app=create_api(lambda: gateway)))
 
     def fusion(*argv: str) -> str:
         out, err = io.StringIO(), io.StringIO()
-        code = main(["--url", "http://gateway", *argv], transport=transport, stdout=out,
+        code = main(["--url", "http://gateway", "--api-key", "learn-admin-key", *argv],
+                    transport=transport, stdout=out,
                      stderr=err)
         assert code == 0, err.getvalue()
         return out.getvalue()
 
     try:
-        client = FusionClient("http://gateway", transport=transport, decode_images=False)
+        client = FusionClient("http://gateway", "learn-admin-key", transport=transport,
+                              decode_images=False)
         lines = []
         for truth, image in images(60, seed=11):
             result = client.run("shapes_fused", {"image": image})

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 
+from tests.integration.conftest import ADMIN_KEY
 from tests.integration.test_learned_fusion import images
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def test_feedback_fit_and_promotion_across_router_replicas(http):
@@ -19,10 +22,11 @@ def test_feedback_fit_and_promotion_across_router_replicas(http):
         fb = http.post("/v1/feedback", json={"request_id": r.json()["request_id"],
                                              "label": truth})
         assert fb.status_code == 201, fb.text
-    fit = http.post("/v1/pipelines/shapes_fused/fusion/fit", json={})
+    fit = http.post("/v1/pipelines/shapes_fused/fusion/fit", json={}, headers=ADMIN)
     assert fit.status_code == 201, fit.text
     profile = fit.json()["profile"]
-    act = http.post(f"/v1/pipelines/shapes_fused/fusion/profiles/{profile}/activate")
+    act = http.post(f"/v1/pipelines/shapes_fused/fusion/profiles/{profile}/activate",
+                    headers=ADMIN)
     assert act.status_code == 200, act.text
 
     def served_by(image: str) -> str | None:
@@ -42,7 +46,8 @@ def test_feedback_fit_and_promotion_across_router_replicas(http):
         time.sleep(0.5)
     listed = http.get("/v1/pipelines/shapes_fused/fusion/profiles").json()
     assert listed["active"] == {"fused": profile}
-    back = http.post("/v1/pipelines/shapes_fused/fusion/profiles/handwritten/activate")
+    back = http.post("/v1/pipelines/shapes_fused/fusion/profiles/handwritten/activate",
+                     headers=ADMIN)
     assert back.status_code == 200
     deadline = time.monotonic() + 30
     while {served_by(probe) for _ in range(8)} != {None}:

@@ -1,11 +1,15 @@
 """Text generation through Serve: the official ``openai`` client on ``/v1/chat/completions``
-(stream and not), the three LLM pipelines end to end with their tokens streamed, and a client
-that leaves mid-stream stopping the replica's generation."""
+(stream and not; JSON schemas and tool calls), the three LLM pipelines end to end with their
+tokens streamed, and a client that leaves (mid-stream, or waiting for a whole answer)
+stopping the replica's generation."""
 
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -104,6 +108,49 @@ def test_client_disconnect_stops_generation(gateway_url):
             "stream": True}) as r:
         assert r.status_code == 200
         next(r.iter_lines())  # the first chunk came: generation is under way; now leave
+    deadline = time.monotonic() + 30
+    while llm_stats()["cancelled"] == before:
+        assert time.monotonic() < deadline, "the replica never saw the client leave"
+        time.sleep(0.2)
+    assert llm_stats()["last_cancelled_tokens"] < 480
+
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 10},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 99}}}
+
+
+def test_json_schema_and_a_named_tool_through_serve(oai):
+    import jsonschema
+
+    r = oai.chat.completions.create(
+        model="llm", messages=ASK, temperature=0, max_tokens=100,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": PERSON}}
+    r = oai.chat.completions.create(model="llm", messages=ASK, temperature=0, max_tokens=100,
+                                    tools=[tool], tool_choice={"type": "function",
+                                                               "function": {"name": "lookup"}})
+    [call] = r.choices[0].message.tool_calls
+    assert call.function.name == "lookup" and r.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call.function.arguments), PERSON)
+
+
+def test_a_client_that_leaves_a_unary_chat_stops_its_generation(gateway_url):
+    before = llm_stats()["cancelled"]
+    body = json.dumps({"model": "llm", "messages": ASK, "max_tokens": 480,
+                       "temperature": 0.9}).encode()
+    url = urlsplit(gateway_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+                     b"Content-Type: application/json\r\nCache-Control: no-store\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 30
+        while not llm_stats()["running"]:  # the replica is generating this answer
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.05)
+    # the connection is closed with no answer read
     deadline = time.monotonic() + 30
     while llm_stats()["cancelled"] == before:
         assert time.monotonic() < deadline, "the replica never saw the client leave"

@@ -192,3 +192,33 @@ async def test_fused_image_labels_screenshots(page, gateway_url, tmp_path):
     await page.screenshot(path=str(out / "playground-360.png"), full_page=True)
     for name in ("playground-desktop.png", "playground-360.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+async def test_chat_with_the_llm_streams_and_reads_an_image(page, gateway_url, tmp_path):
+    """The chat view on the Serve app: the tiny LLM's tokens streamed into the transcript over
+    two turns, an attached image read by the tiny captioner and the real OCR model on the
+    gateway. ``FUSION_PLAYGROUND_SHOTS=docs`` writes docs/playground-chat.png."""
+    out = Path(os.environ.get("FUSION_PLAYGROUND_SHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    await page.goto(gateway_url)
+    await page.click('button[data-task="llm/chat"]')
+    await page.click("#chat-settings summary")
+    await page.fill("#chat-system", "Answer briefly.")
+    await page.fill("#chat-max-tokens", "16")
+    await page.set_input_files("#in-chat-image", files=[png_file("sky.png", (40, 110, 230), 64)])
+    await page.fill("#chat-input", "What is in this picture?")
+    await page.click("#chat-send")
+    done = page.locator('#chat-log [data-role="assistant"][data-state="done"]')
+    await done.first.wait_for()
+    assert await page.locator("#chat-error").is_hidden()
+    assert int(await done.first.get_attribute("data-chunks")) > 1  # streamed into the page
+    assert (await done.first.locator(".msg-text").text_content()).strip()
+    await page.fill("#chat-input", "Say it again, in other words.")
+    await page.press("#chat-input", "Enter")
+    await done.nth(1).wait_for()
+    roles = await page.locator('[role="log"] .msg').evaluate_all(
+        "els => els.map(e => e.dataset.role)")
+    assert roles == ["user", "assistant", "user", "assistant"]
+    await page.click("#chat-settings summary")  # folded, for the picture
+    await page.screenshot(path=str(out / "playground-chat.png"), full_page=True)
+    assert (out / "playground-chat.png").stat().st_size > 10_000

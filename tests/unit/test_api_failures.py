@@ -112,6 +112,26 @@ async def test_over_the_in_flight_limit_is_503_with_retry_after_at_once():
         assert r.status_code == 200  # slots were given back
 
 
+async def test_a_refusal_comes_before_the_body_is_read():
+    """Under a burst the router refuses without reading or decoding a body: a request whose
+    body is not even JSON is answered 503 (its refusal), not 400 (its body)."""
+    fake = GatedModels()
+    gw = Gateway(fake_config(router={"max_in_flight": 1}), fake)
+    async with client_for(gw) as c:
+        running = asyncio.ensure_future(c.post("/v1/pipelines/text_to_image", json=t2i(),
+                                               headers=NO_STORE))
+        await until(lambda: fake.running == 1, "the run reaches the model")
+        for path in ("/v1/pipelines/text_to_image", "/v1/models/text/embed"):
+            r = await c.post(path, content=b"{not json", headers={
+                "content-type": "application/json"})
+            assert r.status_code == 503, (path, r.text)
+        fake.release.set()
+        assert (await running).status_code == 200
+        r = await c.post("/v1/models/text/embed", content=b"{not json",
+                         headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422)  # read, and refused for its body, once there is room
+
+
 async def test_a_full_model_queue_in_a_step_keeps_its_retry_after():
     from fusion.errors import Overloaded
 

@@ -15,6 +15,7 @@ import pytest
 from fusion.cache import StepCache
 from fusion.config import CacheConfig
 from fusion.core.gateway import Gateway
+from fusion.core.keys import hash_key
 from fusion.http.app import create_api
 from tests.fakes import FakeModels, fake_config, png
 from tests.redis_server import redis_url
@@ -35,7 +36,9 @@ def cache_config(request) -> CacheConfig:
 async def env(cache_config):
     fake = FakeModels(delays={"caption": 0.05, "generate": 0.05})
     cache = StepCache.from_config(cache_config)
-    gw = Gateway(fake_config(cache=cache_config.model_dump()), fake, cache)
+    # anonymous callers (no key) as on a laptop, and an admin key for the admin routes
+    auth = {"anonymous": True, "admin_key_hashes": [hash_key("root")]}
+    gw = Gateway(fake_config(cache=cache_config.model_dump(), auth=auth), fake, cache)
     app = create_api(lambda: gw)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://gw") as client:
@@ -165,7 +168,10 @@ async def test_stats_and_clear(env):
     assert stats["per_task"]["clip/zero_shot"]["hits"] == 1
     assert stats["scope"] == ("cluster" if stats["backend"] == "redis" else "replica")
     assert stats["replica"]["per_task"]["clip/zero_shot"]["hits"] == 1
-    deleted = (await client.delete("/v1/cache")).json()["deleted"]
+    # admin routes answer only an admin key, even to anonymous callers
+    assert (await client.delete("/v1/cache")).status_code == 401
+    deleted = (await client.delete("/v1/cache", headers={"Authorization": "Bearer root"})
+               ).json()["deleted"]
     assert deleted >= 1
     r = await client.post("/v1/models/clip/zero_shot", json={"inputs": image_inputs()})
     assert r.json()["cached"] is False

@@ -37,7 +37,8 @@ def test_loads_through_the_hub_layout_with_a_chat_template(llm):
 
 def test_chat_answers_with_usage_from_the_tokenizer(llm):
     out = call(llm, "chat", messages=QUESTION, temperature=0, max_tokens=12)
-    assert set(out) == {"text", "finish_reason", "usage"}
+    assert set(out) == {"text", "finish_reason", "usage", "json", "tool_calls"}
+    assert out["json"] is None and out["tool_calls"] is None  # no response_format, tools
     assert out["text"].strip() and out["finish_reason"] == "length"
     prompt = len(llm.tokenizer(llm.render(QUESTION), add_special_tokens=False)["input_ids"])
     assert out["usage"] == {"prompt_tokens": prompt, "completion_tokens": 12,

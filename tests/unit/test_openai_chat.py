@@ -137,7 +137,10 @@ async def test_image_parts_are_read_by_captioner_and_ocr(oai, models):
     ({"model": "text", "messages": ASK}, 404, "model"),  # serves no chat
     ({"model": "llm", "messages": []}, 400, "messages"),
     ({"model": "llm", "messages": [{"role": "user", "content": "hi"},
-                                   {"role": "tool", "content": "x"}]}, 400, "messages[1].role"),
+                                   {"role": "tool", "content": "x"}]}, 400,
+     "messages[1].tool_call_id"),
+    ({"model": "llm", "messages": [{"role": "robot", "content": "hi"}]}, 400,
+     "messages[0].role"),
     ({"model": "llm", "messages": ASK, "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "llm", "messages": ASK, "max_tokens": 100000}, 400, "max_tokens"),
     ({"model": "llm", "messages": ASK, "max_tokens": 100000, "stream": True}, 400,
@@ -147,7 +150,7 @@ async def test_image_parts_are_read_by_captioner_and_ocr(oai, models):
     ({"model": "llm", "messages": ASK, "n": 9}, 400, "n"),
     ({"model": "llm", "messages": ASK, "temperature": "hot"}, 400, "temperature"),
     ({"model": "llm", "messages": ASK, "stop": [1]}, 400, "stop"),
-    ({"model": "llm", "messages": ASK, "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": "llm", "messages": ASK, "tools": [{"type": "function"}]}, 400, "tools[0]"),
     ({"model": "llm", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]},
      400, "messages[0].content[0].image_url.url"),

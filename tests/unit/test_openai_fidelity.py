@@ -46,6 +46,7 @@ class AudioFakes(FakeModels):
         info = await super().info(model)
         if model == "tts":
             info["voices"] = ["joe", "amy"]
+            info["voice_aliases"] = {"alloy": "joe", "nova": "amy"}  # as the backend's table
         if model == "text":
             info.update(embedding_dim=8, dimensions=[4])
         if model == "plain":
@@ -184,14 +185,26 @@ async def test_speech_stream_ends_at_a_failed_sentence(client, fakes):
 
 async def test_speech_errors_name_the_field(client):
     base = {"model": "tts", "input": "hi", "voice": "joe"}
-    r = await client.post("/v1/audio/speech", json={**base, "voice": "alloy"})
-    assert "['joe', 'amy']" in openai_err(r, 400, "voice")
+    r = await client.post("/v1/audio/speech", json={**base, "voice": "alloys"})
+    message = openai_err(r, 400, "voice")
+    assert "['joe', 'amy']" in message and "['alloy', 'nova']" in message
     r = await client.post("/v1/audio/speech", json={**base, "response_format": "aac"})
     assert "mp3" in openai_err(r, 400, "response_format")
     r = await client.post("/v1/audio/speech", json={**base, "speed": 9})
     assert r.status_code == 400 and r.json()["error"]["param"] == "speed"
     r = await client.post("/v1/audio/speech", json={**base, "model": "text"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+async def test_openai_voice_names_reach_the_model_as_its_voices(client, fakes):
+    """``alloy`` is asked of the model as the voice it aliases (so the cache keys the voice
+    heard, and ``alloy`` and ``joe`` share one entry); a plain name goes through as it is."""
+    for voice, heard in (("alloy", "joe"), ("nova", "amy"), ({"id": "alloy"}, "joe"),
+                         ("amy", "amy")):
+        r = await client.post("/v1/audio/speech", headers={"Cache-Control": "no-cache"}, json={
+            "model": "tts", "input": "hi", "voice": voice, "response_format": "wav"})
+        assert r.status_code == 200, r.text
+        assert fakes.spoken[-1]["voice"] == heard
 
 
 def test_subtitle_files():

@@ -103,3 +103,50 @@ def test_cli_chat_conversation_on_a_terminal(transport, models, monkeypatch):
     answers = out.splitlines()
     assert len(answers) == 2 and all(answers)
     assert models.calls["llm/chat"] == 2  # the blank line asked nothing
+
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 10},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 99}}}
+
+
+def test_chat_with_a_json_schema_and_tools(client):
+    import jsonschema
+    from fusion_client import json_schema
+
+    result = client.chat("who is it?", temperature=0, max_tokens=100,
+                         response_format=json_schema(PERSON, "person"))
+    assert result.finish_reason == "stop"
+    jsonschema.validate(result.parsed, PERSON)
+    assert result.parsed == json.loads(result.text)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": PERSON}}]
+    called = client.chat("who is it?", temperature=0, max_tokens=100, tools=tools,
+                         tool_choice={"type": "function", "function": {"name": "lookup"}})
+    [call] = called.tool_calls
+    assert call["function"]["name"] == "lookup" and called.finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call["function"]["arguments"]), PERSON)
+
+
+def test_cli_chat_json_schema_file(transport, monkeypatch, tmp_path):
+    import jsonschema
+
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    for extra in ([], ["--no-stream"]):
+        code, out, _ = _cli(transport, ["chat", "who is it?", "--temperature", "0",
+                                        "--max-tokens", "100", "--json-schema", str(schema),
+                                        *extra], io.StringIO(""), monkeypatch)
+        assert code == 0
+        jsonschema.validate(json.loads(out), PERSON)
+    code, out, _ = _cli(transport, ["chat", "who is it?", "--temperature", "0",
+                                    "--max-tokens", "100", "--json-schema", str(schema),
+                                    "--json"], io.StringIO(""), monkeypatch)
+    jsonschema.validate(json.loads(out)["parsed"], PERSON)
+    (tmp_path / "bad.json").write_text("{nope")
+    code, _, err = _cli(transport, ["chat", "hi", "--json-schema", str(tmp_path / "bad.json")],
+                        io.StringIO(""), monkeypatch)
+    assert code == 2 and "--json-schema" in err
+    (tmp_path / "odd.json").write_text(json.dumps({"type": "strin"}))
+    code, _, err = _cli(transport, ["chat", "hi", "--json-schema", str(tmp_path / "odd.json")],
+                        io.StringIO(""), monkeypatch)
+    assert code == 2 and "response_format" in err

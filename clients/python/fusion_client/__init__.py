@@ -7,7 +7,7 @@
 """
 
 from fusion_client._version import __version__
-from fusion_client.chat import ChatResult, ChatUsage
+from fusion_client.chat import ChatResult, ChatUsage, json_schema
 from fusion_client.client import AsyncFusionClient, FusionClient
 from fusion_client.encoding import decode_wav, encode_wav
 from fusion_client.errors import (
@@ -17,6 +17,8 @@ from fusion_client.errors import (
     FusionError,
     NotFound,
     Overloaded,
+    QuotaExceeded,
+    RateLimited,
     ServerError,
     StepFailed,
     Timeout,
@@ -47,6 +49,7 @@ __all__ = [
     "CacheStats",
     "CallResult",
     "ChatResult",
+    "json_schema",
     "ChatUsage",
     "ConnectionFailed",
     "Event",
@@ -57,6 +60,8 @@ __all__ = [
     "ModelInfo",
     "NotFound",
     "Overloaded",
+    "QuotaExceeded",
+    "RateLimited",
     "PipelineInfo",
     "PipelineResult",
     "ProgressEvent",

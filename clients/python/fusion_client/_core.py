@@ -120,6 +120,29 @@ class Protocol:
         body = resp.body if isinstance(resp.body, dict) else {}
         return int(body.get("deleted", 0))
 
+    # -- keys and usage (docs/tenants.md) --
+    def create_key(self, name: str, fields: Mapping[str, Any]) -> Operation[dict]:
+        resp = yield Request("POST", "/v1/admin/keys", json={"name": name, **fields})
+        return resp.body
+
+    def list_keys(self, owner: str | None = None) -> Operation[list[dict]]:
+        params = {"owner": owner} if owner else None
+        resp = yield Request("GET", "/v1/admin/keys", params=params)
+        return _list_field(resp, "data")
+
+    def update_key(self, key_id: str, changes: Mapping[str, Any]) -> Operation[dict]:
+        resp = yield Request("PATCH", f"/v1/admin/keys/{_seg(key_id)}", json=dict(changes))
+        return resp.body
+
+    def revoke_key(self, key_id: str) -> Operation[dict]:
+        resp = yield Request("DELETE", f"/v1/admin/keys/{_seg(key_id)}")
+        return resp.body
+
+    def usage(self, filters: Mapping[str, str | None]) -> Operation[list[dict]]:
+        params = {k: v for k, v in filters.items() if v}
+        resp = yield Request("GET", "/v1/usage", params=params or None)
+        return _list_field(resp, "data")
+
     def pipeline_info(self, name: str) -> Operation[PipelineInfo | None]:
         """The declared pipeline, from the cached listing (fetched again when name is new)."""
         if self._pipelines is None or name not in self._pipelines:

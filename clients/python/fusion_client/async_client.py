@@ -174,7 +174,8 @@ class AsyncFusionClient(_BaseClient):
         req = chat_request(messages, model=model, prompt=prompt, system=system,
                            cache_control=cache_control, timeout_s=timeout_s, **params)
         resp = await self._send(req)
-        return parse_chat(resp.body, resp.request_id)
+        return parse_chat(resp.body, resp.request_id,
+                          params.get("response_format") is not None)
 
     async def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
                           prompt: str | None = None, system: str | None = None,
@@ -232,3 +233,23 @@ class AsyncFusionClient(_BaseClient):
         return await self._drive(self._proto.activate_profile(pipeline, profile, shadow,
                                                               step))
 
+
+    async def create_key(self, name: str, **fields: Any) -> dict:
+        """See :meth:`FusionClient.create_key`."""
+        return await self._drive(self._proto.create_key(name, fields))
+
+    async def list_keys(self, owner: str | None = None) -> list[dict]:
+        return await self._drive(self._proto.list_keys(owner))
+
+    async def update_key(self, key_id: str, **changes: Any) -> dict:
+        return await self._drive(self._proto.update_key(key_id, changes))
+
+    async def revoke_key(self, key_id: str) -> dict:
+        return await self._drive(self._proto.revoke_key(key_id))
+
+    async def usage(self, *, key_id: str | None = None, day_from: str | None = None,
+                    day_to: str | None = None, model: str | None = None,
+                    pipeline: str | None = None) -> list[dict]:
+        return await self._drive(self._proto.usage({"key_id": key_id, "from": day_from,
+                                                    "to": day_to, "model": model,
+                                                    "pipeline": pipeline}))

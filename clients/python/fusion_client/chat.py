@@ -2,8 +2,11 @@
 the parsing of its answers, sans I/O (the clients in :mod:`fusion_client.client` send them).
 
 ``FusionClient.chat(...)`` returns a :class:`ChatResult`; ``stream_chat(...)`` yields the
-answer's text as it is generated. Both speak the OpenAI wire format the gateway serves, so
-errors arrive as OpenAI error bodies and are raised as this SDK's typed exceptions.
+answer's text as it is generated. ``response_format`` (JSON mode, a JSON schema: see
+:func:`json_schema`) makes the answer JSON, parsed into ``ChatResult.parsed``; ``tools``
+lets the model call functions (``ChatResult.tool_calls``, arguments as JSON strings).
+Both speak the OpenAI wire format the gateway serves, so errors arrive as OpenAI error
+bodies and are raised as this SDK's typed exceptions.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from fusion_client.errors import ServerError
 from fusion_client.sse import SSEDecoder
 
 Messages = str | Sequence[Mapping[str, Any]] | None
-GENERATION_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n")
+GENERATION_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "n",
+                     "response_format", "tools", "tool_choice", "parallel_tool_calls")
 
 
 class ChatUsage(BaseModel):
@@ -39,9 +43,18 @@ class ChatResult(BaseModel):
     text: str
     finish_reason: str | None = None
     choices: list[str] = Field(default_factory=list)
+    parsed: Any = None  # the JSON answer of a response_format request (None if cut short)
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)  # OpenAI's shape
     usage: ChatUsage = Field(default_factory=ChatUsage)
     model: str | None = None
     request_id: str | None = None
+
+
+def json_schema(schema: Mapping[str, Any], name: str = "response", strict: bool = True
+                ) -> dict[str, Any]:
+    """The ``response_format`` asking for JSON valid against ``schema``."""
+    return {"type": "json_schema",
+            "json_schema": {"name": name, "schema": dict(schema), "strict": strict}}
 
 
 def conversation(messages: Messages, prompt: str | None, system: str | None
@@ -78,13 +91,26 @@ def chat_request(messages: Messages, *, model: str, prompt: str | None = None,
     return Request("POST", "/v1/chat/completions", json=body, headers=headers)
 
 
-def parse_chat(body: Any, request_id: str | None) -> ChatResult:
+def _parsed(text: str, finish_reason: str | None, structured: bool) -> Any:
+    if not structured or finish_reason != "stop":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def parse_chat(body: Any, request_id: str | None, structured: bool = False) -> ChatResult:
+    """``structured``: the request had a ``response_format``; the answer is parsed."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list) \
             or not body["choices"]:
         raise ServerError("the gateway's chat answer has no choices", request_id=request_id)
     texts = [(c.get("message") or {}).get("content") or "" for c in body["choices"]]
-    return ChatResult(text=texts[0], finish_reason=body["choices"][0].get("finish_reason"),
-                      choices=texts, usage=ChatUsage.model_validate(body.get("usage") or {}),
+    reason = body["choices"][0].get("finish_reason")
+    calls = (body["choices"][0].get("message") or {}).get("tool_calls") or []
+    return ChatResult(text=texts[0], finish_reason=reason, choices=texts,
+                      parsed=_parsed(texts[0], reason, structured), tool_calls=calls,
+                      usage=ChatUsage.model_validate(body.get("usage") or {}),
                       model=body.get("model"), request_id=request_id)
 
 
@@ -92,8 +118,10 @@ class ChatStreamParser:
     """SSE chunks of a chat stream in, text deltas of choice 0 out; ``result`` holds the
     whole answer once ``data: [DONE]`` came. An error chunk raises the typed error."""
 
-    def __init__(self, request_id: str | None) -> None:
+    def __init__(self, request_id: str | None, structured: bool = False) -> None:
         self.request_id = request_id
+        self.structured = structured
+        self._calls: dict[int, dict[str, Any]] = {}  # choice 0's tool calls, by index
         self._decoder = SSEDecoder()
         self.done = False
         self._texts: dict[int, list[str]] = {}
@@ -129,6 +157,8 @@ class ChatStreamParser:
         for choice in chunk.get("choices") or []:
             index = choice.get("index", 0)
             text = (choice.get("delta") or {}).get("content")
+            if index == 0:
+                self._tool_deltas((choice.get("delta") or {}).get("tool_calls") or [])
             if choice.get("finish_reason"):
                 self._reasons[index] = choice["finish_reason"]
             if text:
@@ -136,10 +166,23 @@ class ChatStreamParser:
                 if index == 0:
                     yield text
 
+    def _tool_deltas(self, deltas: list[dict[str, Any]]) -> None:
+        """OpenAI streams a call as its id and name, then pieces of its arguments."""
+        for delta in deltas:
+            call = self._calls.setdefault(delta.get("index", 0), {
+                "id": None, "type": "function", "function": {"name": None, "arguments": ""}})
+            call["id"] = delta.get("id") or call["id"]
+            fn = delta.get("function") or {}
+            call["function"]["name"] = fn.get("name") or call["function"]["name"]
+            call["function"]["arguments"] += fn.get("arguments") or ""
+
     @property
     def result(self) -> ChatResult:
         count = max([*self._texts, *self._reasons, 0]) + 1
         texts = ["".join(self._texts.get(i, [])) for i in range(count)]
-        return ChatResult(text=texts[0], finish_reason=self._reasons.get(0), choices=texts,
+        reason = self._reasons.get(0)
+        return ChatResult(text=texts[0], finish_reason=reason, choices=texts,
+                          parsed=_parsed(texts[0], reason, self.structured),
+                          tool_calls=[self._calls[i] for i in sorted(self._calls)],
                           usage=ChatUsage.model_validate(self._usage), model=self._model,
                           request_id=self.request_id)

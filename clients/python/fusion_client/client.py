@@ -231,12 +231,15 @@ class FusionClient(_BaseClient):
              **params: Any) -> ChatResult:
         """Ask a language model: ``client.chat("hello")`` or ``client.chat([{"role": "user",
         "content": "hello"}], max_tokens=64, temperature=0)``. ``params``: ``max_tokens``,
-        ``temperature``, ``top_p``, ``stop``, ``seed``, ``n`` (``/v1/chat/completions``).
+        ``temperature``, ``top_p``, ``stop``, ``seed``, ``n``, ``response_format`` (the
+        answer parsed into ``.parsed``), ``tools``, ``tool_choice``, ``parallel_tool_calls``
+        (calls in ``.tool_calls``) (``/v1/chat/completions``).
         Temperature 0 or a seed makes the answer deterministic, and cached."""
         req = chat_request(messages, model=model, prompt=prompt, system=system,
                            cache_control=cache_control, timeout_s=timeout_s, **params)
         resp = self._send(req)
-        return parse_chat(resp.body, resp.request_id)
+        return parse_chat(resp.body, resp.request_id,
+                          params.get("response_format") is not None)
 
     def stream_chat(self, messages: Messages = None, /, *, model: str = "llm",
                     prompt: str | None = None, system: str | None = None,
@@ -300,3 +303,30 @@ class FusionClient(_BaseClient):
         """Serve a profile (``handwritten``: the pipeline's own weights; rollback: an older
         id), or run it as the shadow (admin key)."""
         return self._drive(self._proto.activate_profile(pipeline, profile, shadow, step))
+    # -- keys (admin key) and usage: docs/tenants.md --
+    def create_key(self, name: str, **fields: Any) -> dict:
+        """Issue a key (admin key): ``models``/``tasks``/``pipelines`` (globs), ``rpm``,
+        ``tpm``, ``max_concurrency``, ``quota_*``, ``expires_at``, ``owner``, ``scopes``. The
+        answer's ``key`` is the secret, shown this once."""
+        return self._drive(self._proto.create_key(name, fields))
+
+    def list_keys(self, owner: str | None = None) -> list[dict]:
+        """Every issued key, without secrets (admin key)."""
+        return self._drive(self._proto.list_keys(owner))
+
+    def update_key(self, key_id: str, **changes: Any) -> dict:
+        """Change a key's limits, allow-lists, owner or expiry (``None`` clears one)."""
+        return self._drive(self._proto.update_key(key_id, changes))
+
+    def revoke_key(self, key_id: str) -> dict:
+        """Revoke a key: every router replica refuses it within seconds (admin key)."""
+        return self._drive(self._proto.revoke_key(key_id))
+
+    def usage(self, *, key_id: str | None = None, day_from: str | None = None,
+              day_to: str | None = None, model: str | None = None,
+              pipeline: str | None = None) -> list[dict]:
+        """Usage rows per key, model or pipeline and UTC day: this key's own, or everyone's
+        with an admin key (``key_id`` filters); days as ``YYYY-MM-DD``."""
+        return self._drive(self._proto.usage({"key_id": key_id, "from": day_from,
+                                              "to": day_to, "model": model,
+                                              "pipeline": pipeline}))

@@ -90,6 +90,19 @@ class Overloaded(FusionError):
     default_code = "overloaded"
 
 
+class RateLimited(Overloaded):
+    """429: the API key is over its requests or tokens per minute or its concurrent requests.
+    Not retried by the SDK: the `Retry-After` header of the answer says when to."""
+
+    default_code = "rate_limited"
+
+
+class QuotaExceeded(RateLimited):
+    """429: the API key used its quota for the period (day or month); it resets later."""
+
+    default_code = "quota_exceeded"
+
+
 class Timeout(FusionError):
     """504 (a step timed out in the gateway) or the client's own timeout expired."""
 
@@ -128,6 +141,8 @@ ERROR_CODES: dict[str, tuple[type[FusionError], int]] = {
     "internal_error": (ServerError, 500),
     "step_failed": (StepFailed, 502),
     "overloaded": (Overloaded, 503),
+    "rate_limited": (RateLimited, 429),
+    "quota_exceeded": (QuotaExceeded, 429),
     "step_timeout": (Timeout, 504),
 }
 # Codes the OpenAI-compatible routes answer with another status (OpenAI's 400 for invalid
@@ -150,7 +165,9 @@ def error_class_for_status(status: int) -> type[FusionError]:
         return Forbidden
     if status == 404:
         return NotFound
-    if status in (429, 503):
+    if status == 429:
+        return RateLimited
+    if status == 503:
         return Overloaded
     if status == 504:
         return Timeout

@@ -1,10 +1,11 @@
 """OpenAI's audio routes: ``POST /v1/audio/speech`` and ``POST /v1/audio/transcriptions``.
 
-Speech runs any ``tts`` model's ``speak`` task. ``wav`` and ``pcm`` stream: the text is
-split into sentences, each synthesised (and cached) on its own and sent as soon as it is
-ready, so playback starts after the first sentence; the first is made before the response
-starts, so a bad voice or an overloaded model is still a plain 4xx/5xx. Other formats are
-encoded whole (``fusion.http.audio_formats``).
+Speech runs any ``tts`` model's ``speak`` task; OpenAI's voice names (``alloy``...) are
+aliases of the model's voices (its ``voice_aliases``, configurable per model). ``wav`` and
+``pcm`` stream: the text is split into sentences, each synthesised (and cached) on its own
+and sent as soon as it is ready, so playback starts after the first sentence; the first is
+made before the response starts, so a bad voice or an overloaded model is still a plain
+4xx/5xx. Other formats are encoded whole (``fusion.http.audio_formats``).
 
 Transcriptions run any ``audio`` model's ``transcribe`` task and answer ``json``, ``text``,
 ``verbose_json`` (``duration``, ``language``, ``segments``, and ``words`` with
@@ -159,12 +160,17 @@ async def transcriptions(request: Request, gw: Gateway = Depends(gateway),
 
 
 async def _voice(gw: Gateway, model: str, voice: str) -> str:
-    """The voice to ask the model for: checked against the voices it reports, so an OpenAI
-    voice name (``alloy``) gets a 400 listing the real ones before any synthesis."""
-    voices = list((await gw.model_info(model)).get("voices") or [])
+    """The voice to ask the model for: an OpenAI name (``alloy``) becomes the model's voice
+    through the table it reports (``voice_aliases``), so the cache keys the voice actually
+    heard; anything else is checked against the voices it reports, so an unknown name gets a
+    400 listing the real ones (and the aliases) before any synthesis."""
+    info = await gw.model_info(model)
+    voices = list(info.get("voices") or [])
+    aliases = dict(info.get("voice_aliases") or {})
+    voice = aliases.get(voice, voice)
     if voice and voices and voice not in voices:
         raise Unsupported(f"voice {voice!r} is not a voice of model '{model}'; use one of "
-                          f"{voices}", field="voice")
+                          f"{voices} or OpenAI's names {sorted(aliases)}", field="voice")
     return voice
 
 

@@ -16,7 +16,12 @@ Why it is built this way:
 - ``image_url`` parts (data URLs) are read by the gateway's captioner and OCR models, and the
   LLM sees their text: a text-only model can answer about an image.
 - A client that leaves mid-stream cancels the calls (Starlette closes the generator), which
-  cancels the replica's stream, which stops ``generate`` at the next token.
+  cancels the replica's stream, which stops ``generate`` at the next token. A client that
+  leaves a non-streamed request is noticed too (``http.disconnect`` while the choices run):
+  the calls are cancelled, and the replica stops that row at its next token.
+- With ``tools``, a choice's ``<tool_call>`` blocks become ``tool_calls`` (the replica
+  parses them); a stream holds back text that may start one and sends the calls as
+  ``tool_calls`` deltas when the choice ends, as OpenAI streams them.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion.chat import chat_messages
@@ -50,6 +55,7 @@ from fusion.http.openai.chat_body import (
     generation_params,
 )
 from fusion.http.openai.compat import OPENAI_ERRORS, pick_model
+from fusion.structured import safe_prefix
 
 log = logging.getLogger("fusion.http.openai.chat")
 
@@ -125,6 +131,10 @@ async def _describe(gw: Gateway, image: bytes, where: str, policy: CachePolicy,
 Call = tuple[str, dict[str, Any]]  # (task, inputs) of one choice
 
 
+class ClientGone(Exception):
+    """The client disconnected before its non-streamed answer was ready."""
+
+
 class Completion:
     """The n calls of one request, run together; events land on one queue in order."""
 
@@ -160,17 +170,54 @@ class Completion:
             if not job.done():
                 job.cancel()
 
-    async def results(self) -> list[dict]:
+    async def results(self, request: Request | None = None) -> list[dict]:
+        """Every choice's result; a client that disconnects meanwhile cancels the calls."""
+        watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+        try:
+            return await self._results(watch)
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _results(self, watch: asyncio.Future | None) -> list[dict]:
         out: list[dict] = [{} for _ in self.calls]
         left = len(self.calls)
         while left:
-            kind, index, value = await self.queue.get()
+            getter = asyncio.ensure_future(self.queue.get())
+            if watch is not None:
+                await asyncio.wait({getter, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    log.info("%s: the client left; its generation is cancelled",
+                             self.request_id)
+                    raise ClientGone()
+            kind, index, value = await getter
             if kind == "error":
                 self.cancel()
                 raise value
             if kind == "done":
                 out[index], left = value, left - 1
         return out
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read already: what comes next on the
+    ASGI channel is ``http.disconnect``)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _message(out: dict) -> dict[str, Any]:
+    """A choice's assistant message: content, and tool_calls when the model called any."""
+    calls = out.get("tool_calls")
+    if calls:
+        return {"role": "assistant", "content": out["text"] or None, "tool_calls": calls}
+    return {"role": "assistant", "content": out["text"]}
 
 
 def _usage(outs: list[dict], calls: list[Call]) -> dict[str, int]:
@@ -201,7 +248,7 @@ class Context:
 
 
 async def respond(ctx: Context, body: GenerationBody, model: str, calls: list[Call],
-                  chat: bool) -> Response:
+                  chat: bool, request: Request | None = None) -> Response:
     """Run the calls; a JSON completion, or an SSE stream of chunks ending in [DONE]."""
     gw, stream = ctx.gw, body.stream
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -213,10 +260,13 @@ async def respond(ctx: Context, body: GenerationBody, model: str, calls: list[Ca
     run.request_id = ctx.request_id
     run.start()
     if not stream:
-        outs = await run.results()
+        try:
+            outs = await run.results(request)
+        except ClientGone:  # nobody reads an answer now: nginx's "client closed request"
+            return Response(status_code=499)
         choices = [{"index": i, "finish_reason": out["finish_reason"], "logprobs": None,
-                    **({"message": {"role": "assistant", "content": out["text"]}} if chat
-                       else {"text": out["text"]})} for i, out in enumerate(outs)]
+                    **({"message": _message(out)} if chat else {"text": out["text"]})}
+                   for i, out in enumerate(outs)]
         return JSONResponse({**head, "choices": choices, "usage": _usage(outs, calls)})
     try:
         first = await run.queue.get()
@@ -226,18 +276,20 @@ async def respond(ctx: Context, body: GenerationBody, model: str, calls: list[Ca
     if first[0] == "error":
         run.cancel()
         raise first[2]
+    tools = chat and any(inputs.get("tools") for _, inputs in calls)
     return StreamingResponse(_chunks(run, first, {**head, "object": f"{kind}.chunk"}, chat,
-                                     include_usage),
+                                     include_usage, tools),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat: bool,
-                  include_usage: bool) -> AsyncIterator[bytes]:
+                  include_usage: bool, tools: bool = False) -> AsyncIterator[bytes]:
     def chunk(index: int, text: str | None, reason: str | None = None,
-              role: bool = False) -> bytes:
+              role: bool = False, calls: list[dict] | None = None) -> bytes:
         if chat:
             delta = ({"role": "assistant", "content": ""} if role else
+                     {"tool_calls": calls} if calls is not None else
                      {"content": text} if text is not None else {})
             choice = {"index": index, "delta": delta}
         else:
@@ -247,6 +299,8 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
 
     outs: list[dict] = [{} for _ in run.calls]
     left = len(run.calls)
+    seen = [""] * len(run.calls)  # with tools: text so far, and how much went out
+    sent = [""] * len(run.calls)
     try:
         if chat:
             for i in range(len(run.calls)):
@@ -254,13 +308,22 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
         event = first
         while True:
             kind, index, value = event
-            if kind == "token":
+            if kind == "token" and tools:  # hold back what may start a <tool_call>
+                seen[index] += value
+                safe = seen[index][:safe_prefix(seen[index])]
+                if len(safe) > len(sent[index]):
+                    yield chunk(index, safe[len(sent[index]):])
+                    sent[index] = safe
+            elif kind == "token":
                 yield chunk(index, value)
             elif kind == "error":
                 yield _sse(sse_error(value, run.request_id, openai=True))
                 return
             else:
                 outs[index], left = value, left - 1
+                if tools:
+                    for delta in _tool_deltas(value, sent[index]):
+                        yield chunk(index, delta.get("content"), calls=delta.get("tool_calls"))
                 yield chunk(index, None, value["finish_reason"])
                 if not left:
                     break
@@ -270,6 +333,22 @@ async def _chunks(run: Completion, first: tuple[str, int, Any], head: dict, chat
         yield _sse("[DONE]")
     finally:
         run.cancel()  # the client left (or the stream ended): stop generating for it
+
+
+def _tool_deltas(out: dict, sent: str) -> list[dict[str, Any]]:
+    """The end of a choice with tools: the content not streamed yet, then each call as
+    OpenAI streams one (id, type and name first; then its arguments)."""
+    deltas: list[dict[str, Any]] = []
+    text = out["text"] or ""
+    if text.startswith(sent) and len(text) > len(sent):
+        deltas.append({"content": text[len(sent):]})
+    for i, call in enumerate(out.get("tool_calls") or []):
+        deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                       "function": {"name": call["function"]["name"],
+                                                    "arguments": ""}}]})
+        deltas.append({"tool_calls": [{"index": i, "function": {
+            "arguments": call["function"]["arguments"]}}]})
+    return deltas
 
 
 async def context(gw: Gateway = Depends(gateway), policy: CachePolicy = Depends(cache_policy),
@@ -291,7 +370,8 @@ def _model(gw: Gateway, body: GenerationBody, task: str) -> str:
 
 
 @router.post("/v1/chat/completions", responses=_ANSWERS)
-async def chat_completions(body: ChatBody, ctx: Context = Depends(context)) -> Response:
+async def chat_completions(body: ChatBody, request: Request,
+                           ctx: Context = Depends(context)) -> Response:
     """OpenAI's chat completions over any ``chat`` model."""
     model = _model(ctx.gw, body, "chat")
     params = generation_params(body)
@@ -300,11 +380,12 @@ async def chat_completions(body: ChatBody, ctx: Context = Depends(context)) -> R
     messages = chat_messages({"messages": messages})  # 4xx before any stream
     calls = [("chat", {"messages": messages, **_nth(params, i, body.n)})
              for i in range(body.n)]
-    return await respond(ctx, body, model, calls, chat=True)
+    return await respond(ctx, body, model, calls, chat=True, request=request)
 
 
 @router.post("/v1/completions", responses=_ANSWERS)
-async def completions(body: CompletionBody, ctx: Context = Depends(context)) -> Response:
+async def completions(body: CompletionBody, request: Request,
+                      ctx: Context = Depends(context)) -> Response:
     """OpenAI's (legacy) text completions over any ``complete`` model."""
     model = _model(ctx.gw, body, "complete")
     params = generation_params(body)
@@ -315,7 +396,7 @@ async def completions(body: CompletionBody, ctx: Context = Depends(context)) -> 
         raise BadInput(f"prompts x n is over {MAX_CHOICES} choices", field="n")
     calls = [("complete", {"prompt": p, **_nth(params, i, body.n)})
              for p in prompts for i in range(body.n)]
-    return await respond(ctx, body, model, calls, chat=False)
+    return await respond(ctx, body, model, calls, chat=False, request=request)
 
 
 def _nth(params: dict[str, Any], i: int, n: int) -> dict[str, Any]:

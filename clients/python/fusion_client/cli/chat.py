@@ -5,25 +5,47 @@
     fusion chat                               # on a terminal: a conversation, /exit to end
 
 Tokens are printed as they arrive (``--no-stream``: the whole answer at once); ``--json``
-prints the answer with its token counts. In a conversation every turn is sent with the ones
-before it, so the model sees the whole exchange.
+prints the answer with its token counts. ``--json-schema FILE`` makes the answer JSON valid
+against the schema in FILE (the gateway enforces it while generating). In a conversation
+every turn is sent with the ones before it, so the model sees the whole exchange.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import IO, Any
 
+from fusion_client.chat import json_schema
+from fusion_client.cli.inputs import UsageError
 from fusion_client.cli.output import write_json
 from fusion_client.client import FusionClient
 
 PROMPT = "you> "
 
 
+def _schema(path: str | None) -> dict[str, Any] | None:
+    """``--json-schema FILE``: the response_format asking for JSON valid against it."""
+    if path is None:
+        return None
+    try:
+        schema = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"--json-schema: cannot read {path!r}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"--json-schema: {path!r} is not JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--json-schema: {path!r} must hold a JSON schema object")
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(path).stem)[:64]
+    return json_schema(schema, name or "response")
+
+
 def _params(args) -> dict[str, Any]:
     return {"model": args.model, "system": args.system, "max_tokens": args.max_tokens,
             "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
-            "stop": args.stop or None, "cache_control": args.cache_control}
+            "stop": args.stop or None, "cache_control": args.cache_control,
+            "response_format": _schema(getattr(args, "json_schema", None))}
 
 
 def _answer(client: FusionClient, messages: list[dict], args, out: IO[str]) -> str:

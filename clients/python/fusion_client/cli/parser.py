@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fusion_client._version import __version__
+from fusion_client.cli.keys import add_parsers as add_key_parsers
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, help="makes sampling reproducible (and cached)")
     chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
     chat.add_argument("--no-stream", action="store_true", help="print the answer at once")
+    chat.add_argument("--json-schema", metavar="FILE",
+                      help="answer JSON valid against the JSON schema in FILE (constrained "
+                           "decoding on the gateway)")
     cache = chat.add_mutually_exclusive_group()
     cache.add_argument("--no-cache", dest="cache_control", action="store_const",
                        const="no-cache", help="recompute, then store")
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     profiles.add_argument("--shadow", action="store_true", help="with --activate: run it "
                           "beside the live answer, without changing answers")
     profiles.add_argument("--step", help="with --activate handwritten: which fuse step")
+    add_key_parsers(add, lambda p: _common(p, suppress=True))
     call = add("call", "call one task of one model")
     call.add_argument("model")
     call.add_argument("task")

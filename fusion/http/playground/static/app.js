@@ -2,6 +2,7 @@
 // Pipelines run with ?stream=true (SSE over fetch, so the API key can go in a header);
 // model tasks answer one JSON body.
 
+import { chatsWith, closeChat, isChatPipeline, openChat } from "./chat.js";
 import { api, httpError, sse } from "./http.js";
 import { commands, drawGraph, formatMs, renderOutputs, setProgress, setStates } from "./render.js";
 import { el, makeField } from "./widgets.js";
@@ -58,14 +59,19 @@ function drawCatalog() {
   $("pipeline-list").replaceChildren(...state.pipelines.map((p) => el("li", {},
     el("button", { type: "button", "data-pipeline": p.name,
                    onclick: () => { location.hash = `#pipeline/${p.name}`; } },
-      p.name, el("span", { class: "item-sub", text: Object.keys(p.inputs).join(", ") })))));
+      p.name, el("span", { class: "item-sub", text: Object.keys(p.inputs).join(", ") })),
+    isChatPipeline(p) ? el("button", { type: "button", class: "chat-open",
+      "data-chat-pipeline": p.name, "aria-label": `Chat with ${p.name}`,
+      onclick: () => { location.hash = `#chat-pipeline/${p.name}`; } }, "chat") : null)));
   $("model-list").replaceChildren(...state.models.map((m) => el("li", { "data-model": m.name },
     el("div", {}, el("strong", { text: m.name }),
       el("span", { class: "item-sub",
                    text: [m.family, m.backend, m.device].filter(Boolean).join(" · ") })),
     el("div", { class: "tasks" }, tasksOf(m).map((t) => el("button", {
       type: "button", "data-task": `${m.name}/${t}`,
-      onclick: () => { location.hash = `#model/${m.name}/${t}`; } }, t))))));
+      onclick: () => {
+        location.hash = t === "chat" && chatsWith(m) ? `#chat/${m.name}` : `#model/${m.name}/${t}`;
+      } }, t))))));
 }
 
 /* ---------- target and form ---------- */
@@ -82,10 +88,18 @@ function route() {
     if (p) target = { kind, name, spec: p };
   } else if (kind === "model") {
     const m = state.models.find((x) => x.name === name);
-    if (m && tasksOf(m).includes(task)) target = { kind, name, task, model: m };
+    if (m && task === "chat" && chatsWith(m)) target = { kind: "chat", name, task, model: m };
+    else if (m && tasksOf(m).includes(task)) target = { kind, name, task, model: m };
+  } else if (kind === "chat") { // the chat view (chat.js): a model, or an LLM pipeline
+    const m = state.models.find((x) => x.name === name);
+    if (m && chatsWith(m)) target = { kind, name, task: "chat", model: m };
+  } else if (kind === "chat-pipeline") {
+    const p = state.pipelines.find((x) => x.name === name);
+    if (p && isChatPipeline(p)) target = { kind, name, spec: p };
   }
   for (const b of document.querySelectorAll("#catalog button")) {
     const on = target && (b.dataset.pipeline === target.name && target.kind === "pipeline"
+      || b.dataset.chatPipeline === target.name && target.kind === "chat-pipeline"
       || b.dataset.task === `${target.name}/${target.task}`);
     b.setAttribute("aria-current", on ? "true" : "false");
   }
@@ -105,6 +119,15 @@ function select(target) {
   state.running?.abort(); // leaving a run stops it (the gateway cancels the work)
   state.target = target;
   $("intro").hidden = !!target;
+  if (target?.kind === "chat" || target?.kind === "chat-pipeline") {
+    $("target").hidden = true;
+    state.fields = [];
+    openChat(target.kind === "chat" ? { kind: "model", name: target.name, model: target.model }
+      : { kind: "pipeline", name: target.name, spec: target.spec },
+    { headers, describeError, models: state.models });
+    return;
+  }
+  closeChat();
   $("target").hidden = !target;
   if (!target) return;
   const isPipeline = target.kind === "pipeline";

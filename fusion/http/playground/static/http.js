@@ -3,13 +3,14 @@
 /** A URL relative to the page's folder: the gateway may be served under a path prefix. */
 export const api = (path) => new URL(path, document.baseURI).href;
 
-/** An HTTP error as {status, code, message, field, retryAfter, requestId}. */
+/** An HTTP error as {status, code, message, field, retryAfter, requestId}; the OpenAI
+ * routes name the field `param`. */
 export async function httpError(response) {
   let body = {};
   try { body = await response.json(); } catch { /* not JSON: keep the status */ }
   const e = body.error || {};
   const retry = response.headers.get("Retry-After");
-  return { status: response.status, code: e.code || "", field: e.field || null,
+  return { status: response.status, code: e.code || "", field: e.field || e.param || null,
            message: typeof e === "string" ? e : e.message || response.statusText,
            retryAfter: retry !== null ? Number(retry) : null, requestId: e.request_id };
 }
