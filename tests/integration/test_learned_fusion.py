@@ -239,7 +239,7 @@ async def test_bad_feedback_and_fits_are_4xx_naming_the_field(replicas):
                   "profile")
     await refused(f"/v1/pipelines/{PIPELINE}/fusion/fit", {}, 422, "feedback")  # too few
     no_admin = await one.post(f"/v1/pipelines/{PIPELINE}/fusion/fit", json={})
-    assert no_admin.status_code == 403  # fitting and promotion need an admin key
+    assert no_admin.status_code == 401  # fitting and promotion need an admin key
     # labels outside the request's own: two labels offered, a third sent
     small = await ask(one, image, labels=["circle", "square"])
     r = await one.post("/v1/feedback", json={"request_id": small["request_id"],
