@@ -183,4 +183,5 @@ FAMILY = Family(
         doc="Softmax over the classifier's classes, best first; top_k 0 keeps all.")},
     backends={"state_dict": ("classify",), "torchscript": ("classify",)},
     model=ImageClassifier,
+    tiny={"shapes-cnn": "deployments.tiny.shapes_cnn:build_tiny_shapes_cnn"},
 )

@@ -287,6 +287,21 @@ class DatabaseConfig(BaseModel):
         "file under $FUSION_DATA_DIR (~/.local/share/fusion)")
 
 
+class FeedbackConfig(BaseModel):
+    """Learned fusion (docs/how-to/learned-fusion.md): what is recorded for feedback, for how
+    long, and how fast router replicas see a promoted fusion profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: bool = Field(True, description="record each fused answer's per-source scores by "
+                         "request id, so feedback can label it")
+    retention_s: float = Field(30 * 24 * 3600, gt=0, description="recorded answers (and "
+                               "their labels) older than this are forgotten")
+    poll_s: float = Field(2.0, gt=0, description="a router replica reads the active and "
+                          "shadow fusion profiles at most this old")
+    min_labels: int = Field(20, ge=4, description="labelled answers a fit needs at least")
+
+
 class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -364,6 +379,7 @@ class AppConfig(BaseModel):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)

@@ -78,6 +78,11 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
               "or computing)", ("model",)),
     MetricDef("fusion_replica_up", "gauge", "1 per live replica (model, or 'router')",
               ("model",)),
+    MetricDef("fusion_feedback_total", "counter", "feedback labels received, by pipeline and "
+              "the fusion profile that served the answer ('handwritten': the spec's weights)",
+              ("pipeline", "profile")),
+    MetricDef("fusion_profile_live_accuracy", "gauge", "share of labelled answers a fusion "
+              "profile served whose top label was right", ("pipeline", "profile")),
     MetricDef("fusion_key_requests_total", "counter", "model calls and pipeline runs by key "
               "name (issued keys; 'static'/'admin'; 'anonymous') and outcome (ok, error)",
               ("key", "outcome")),

@@ -22,6 +22,9 @@ from tests import leftovers, postgres_server, redis_server
 os.environ.setdefault("FUSION_DATA_DIR", tempfile.mkdtemp(prefix="fusion-test-data-"))
 
 SESSION = leftovers.mark_session()
+# Durable data a test writes without naming a database (the default SQLite file: recorded
+# fused answers, fusion profiles) goes to a folder of this session, never the user's own.
+os.environ.setdefault("FUSION_DATA_DIR", tempfile.mkdtemp(prefix="fusion-test-data-"))
 
 # fixture → the resource it brings (a test using it, directly or through another fixture)
 RESOURCE_FIXTURES = {

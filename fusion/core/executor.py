@@ -21,6 +21,7 @@ from fusion.core.rank import rank_step
 from fusion.errors import BadInput, FusionError, NotFound, StepFailed, StepTimeout, unwrap
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
 from fusion.pipeline.fuse import fuse_explained
+from fusion.pipeline.learn import fuse_with_profile
 from fusion.pipeline.rank import RANK_TASK_NAME
 from fusion.pipeline.spec import PipelineSpec, StepSpec, builtin_task
 from fusion.pipeline.template import TEMPLATE_TASK, fill_template
@@ -81,6 +82,8 @@ class StepReport:
 class RunResult:
     outputs: dict[str, Any]
     steps: dict[str, StepReport] = field(default_factory=dict)
+    # per fuse step: its sources' rankings and how they were fused (recorded for feedback)
+    fused: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def cache(self) -> str:
@@ -104,6 +107,9 @@ class Executor:
     """Runs pipelines and single model calls, caching every step under a content address."""
 
     gather: Any = None  # a ``fusion.core.gather.Gatherer``, set by the Gateway when one is on
+    # (pipeline, fuse step) -> its active fusion profile ``(id, params)`` or None: set by the
+    # Gateway (``fusion.core.learning``); None here means hand-written weights everywhere
+    profiles: Callable[[str, str], tuple[str, dict] | None] | None = None
 
     def __init__(self, caller: ModelCaller, models: dict[str, ModelTasks],
                  fingerprint: Callable[[str], Awaitable[str]],
@@ -264,12 +270,13 @@ class Executor:
         reservation = self.admission.reserve(model_steps(spec), spec.name, shared)
         results: dict[str, dict | None] = {}
         reports: dict[str, StepReport] = {}
+        fused: dict[str, dict[str, Any]] = {}
         tasks: dict[str, asyncio.Task] = {}
         for name, step in spec.steps.items():  # topological order: deps exist already
             deps = [tasks[d] for d in step.needs]
             tasks[name] = asyncio.create_task(
                 self._run_step(step, deps, values, results, reports, policy, on_event,
-                               deadline, spec.name))
+                               deadline, spec.name, fused))
             # done, failed, skipped or cancelled (even before it started): its slot is freed
             tasks[name].add_done_callback(lambda _, n=name: reservation.release(n))
         try:
@@ -285,12 +292,12 @@ class Executor:
         for name, alternatives in spec.outputs.items():
             outputs[name] = next((v for r in alternatives
                                   if (v := r.resolve(values, results)) is not None), None)
-        return RunResult(outputs, {n: reports[n] for n in spec.steps})
+        return RunResult(outputs, {n: reports[n] for n in spec.steps}, fused)
 
     async def _run_step(self, step: StepSpec, deps: list[asyncio.Task], values: dict,
                         results: dict, reports: dict, policy: CachePolicy,
                         on_event: EventSink | None, deadline: float | None,
-                        pipeline: str = "") -> None:
+                        pipeline: str = "", fused: dict | None = None) -> None:
         for dep in deps:
             await dep
         started = time.perf_counter()
@@ -298,7 +305,7 @@ class Executor:
                                                       "fusion.step": step.name}):
             try:
                 await self._step_body(step, values, results, reports, policy, on_event,
-                                      deadline)
+                                      deadline, pipeline, fused)
             except asyncio.CancelledError:
                 raise
             except FusionError as err:
@@ -311,7 +318,8 @@ class Executor:
 
     async def _step_body(self, step: StepSpec, values: dict, results: dict, reports: dict,
                          policy: CachePolicy, on_event: EventSink | None,
-                         deadline: float | None) -> None:
+                         deadline: float | None, pipeline: str = "",
+                         fused: dict | None = None) -> None:
         inputs = {k: b.resolve(values, results) for k, b in step.bindings.items()}
         if (step.when is not None and not step.when.holds(values, results)) or \
                 self._starved(step, inputs):
@@ -335,9 +343,7 @@ class Executor:
                 report = StepReport(round((time.perf_counter() - started) * 1000, 3))
             elif step.model is None:
                 started = time.perf_counter()
-                labels, explanation = fuse_explained(
-                    list(inputs["labels"]), inputs.get("weights"),
-                    inputs.get("method", "weighted_mean"), source_names(step))
+                labels, explanation = self._fuse(pipeline, step, inputs, fused)
                 result = {"labels": labels,
                           "explanation": explanation if inputs.get("explain") else None}
                 report = StepReport(round((time.perf_counter() - started) * 1000, 3))
@@ -352,6 +358,27 @@ class Executor:
             raise step_error(step, exc) from exc
         results[step.name], reports[step.name] = result, report
         await emit(on_event, {"event": "step", "step": step.name, **asdict(report)})
+
+    def _fuse(self, pipeline: str, step: StepSpec, inputs: dict[str, Any],
+              fused: dict | None) -> tuple[list[dict], dict[str, Any]]:
+        """A fuse step: under the step's active fusion profile if it has one (fitted on
+        these sources), else with the hand-written weights; recorded in ``fused``."""
+        rankings, names = list(inputs["labels"]), source_names(step)
+        active = self.profiles(pipeline, step.name) if self.profiles and pipeline else None
+        if active is not None and set(names) <= set(active[1]["sources"]):
+            labels, explanation = fuse_with_profile(active[0], active[1], rankings, names)
+        else:
+            active = None
+            labels, explanation = fuse_explained(
+                rankings, inputs.get("weights"), inputs.get("method", "weighted_mean"), names)
+            explanation["profile"] = None
+        if fused is not None:
+            fused[step.name] = {"sources": names, "rankings": rankings,
+                                "weights": inputs.get("weights"),
+                                "method": inputs.get("method", "weighted_mean"),
+                                "profile": active[0] if active else None,
+                                "top": labels[0]["label"] if labels else None}
+        return labels, explanation
 
     def _starved(self, step: StepSpec, inputs: dict[str, Any]) -> bool:
         """A required input is missing because the step producing it was skipped."""

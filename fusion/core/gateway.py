@@ -28,6 +28,7 @@ from fusion.core.executor import (
     emit,
 )
 from fusion.core.gather import Gatherer
+from fusion.core.learning import FusionLearning
 from fusion.core.tenants import Tenants
 from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of
@@ -77,6 +78,8 @@ class Gateway:
                                  default_ttl_s=config.cache.ttl_s, admission=self.admission,
                                  observer=observer)
         self.executor.gather = Gatherer.from_config(config, self.executor, observer)
+        self.learning = FusionLearning(config, self.pipelines, observer.recorder)
+        self.executor.profiles = self.learning.active
 
     async def model_info(self, name: str) -> dict[str, Any]:
         if name not in self.models:
@@ -189,8 +192,8 @@ class Gateway:
 
     async def run_pipeline(self, name: str, inputs: dict[str, Any],
                            policy: CachePolicy = CachePolicy(),
-                           on_event: EventSink | None = None, deadline: float | None = None
-                           ) -> RunResult:
+                           on_event: EventSink | None = None, deadline: float | None = None,
+                           request_id: str | None = None) -> RunResult:
         """Run a pipeline; a whole-pipeline cache hit skips even the step-cache look-ups.
 
         The pipeline key covers the spec's digest and the fingerprint of every model it
@@ -198,17 +201,26 @@ class Gateway:
         ``deadline`` (monotonic seconds) bounds every step. The run holds one admission slot
         (``fusion.core.admission``) throughout, and a slot of each model its steps may call,
         or is refused at once with 503 before any step ran.
+
+        A pipeline with a fuse step runs under the step's active fusion profile (read at most
+        ``feedback.poll_s`` old), and its answer is recorded under ``request_id`` for
+        feedback (``fusion.core.learning``).
         """
         spec = self.pipeline(name)
         self._check_limits(inputs)
         checked = check_pipeline_inputs(spec, inputs)
+        learns = self.learning.learns(name)
+        if learns:
+            await self.learning.refresh()
         steps = sum(1 for s in spec.steps.values() if s.model)  # each model step counts
         async with self.tenants.guard("pipeline", name, cost=max(1, steps)) as guard:
             with self.admission.admit(name):
                 result = await self._run_checked(spec, checked, policy, on_event, deadline)
             computed = [r.ms for r in result.steps.values() if not (r.cached or r.skipped)]
             guard.done(cache_hits=int(result.cache == "hit"), compute_s=sum(computed) / 1000)
-            return result
+        if learns and request_id:
+            await self.learning.record(request_id, name, result.fused)
+        return result
 
     async def _run_checked(self, spec: PipelineSpec, checked: dict[str, Any],
                            policy: CachePolicy, on_event: EventSink | None,
@@ -219,7 +231,10 @@ class Gateway:
                 not self._generates(spec):
             models = sorted({s.uses_model for s in spec.steps.values() if s.uses_model})
             prints = [await self.fingerprint(m) for m in models]
-            key = self.cache.pipeline_key(digest([spec.digest, models, prints]), checked)
+            parts = [spec.digest, models, prints]
+            if profiles := self.learning.profile_key(name):  # a promotion is a new answer
+                parts.append(profiles)
+            key = self.cache.pipeline_key(digest(parts), checked)
         if key is not None and policy.read:
             with self.observer.span("cache pipeline", {"fusion.pipeline": name}) as span:
                 hit = await self.cache.get(key, labels=("pipeline", name))
@@ -230,12 +245,13 @@ class Gateway:
                          for s, skipped in hit["skipped"].items()}
                 for step, report in steps.items():
                     await emit(on_event, {"event": "step", "step": step, **asdict(report)})
-                return RunResult(hit["outputs"], steps)
+                return RunResult(hit["outputs"], steps, hit.get("fused") or {})
         result = await self.executor.run_checked(spec, checked, policy, on_event, deadline)
         if key is not None and policy.write:
             ttl = spec.cache_ttl_s or self.config.cache.ttl_s
             await self.cache.put(key, {"outputs": result.outputs, "skipped": {
-                s: r.skipped for s, r in result.steps.items()}}, ttl, labels=("pipeline", name))
+                s: r.skipped for s, r in result.steps.items()}, "fused": result.fused}, ttl,
+                labels=("pipeline", name))
         return result
 
 

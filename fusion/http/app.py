@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fusion import __version__
 from fusion.core.gateway import Gateway
 from fusion.errors import FusionError
-from fusion.http import admin, docs, errors, native, playground, retrieval, tenants
+from fusion.http import admin, docs, errors, learning, native, playground, retrieval, tenants
 from fusion.http.middleware import (
     BodyLimitMiddleware,
     ConfiguredCORS,
@@ -28,7 +28,7 @@ from fusion.observe import NULL_OBSERVER, ObserveMiddleware, Observer
 
 ROUTERS = (native.ops, native.models, native.pipelines, embeddings.router, images.router,
            audio.router, chat.router, admin.router, tenants.admin, tenants.usage, docs.router,
-           playground.router, retrieval.router)
+           playground.router, retrieval.router, learning.router)
 
 
 def create_api(get_gateway: Callable[[], Gateway], proxy_sets_request_id: bool = False

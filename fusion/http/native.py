@@ -197,7 +197,7 @@ async def run_pipeline(name: str, request: Request, stream: bool = False,
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
-    result = await gw.run_pipeline(name, inputs, policy, deadline=deadline)
+    result = await gw.run_pipeline(name, inputs, policy, deadline=deadline, request_id=rid)
     headers = {"X-Fusion-Cache": result.cache}
     images = [k for k, t in spec.output_types.items() if t == "image"]
     if "image/png" in request.headers.get("accept", "") and len(images) == 1 \
@@ -223,7 +223,7 @@ async def _stream_run(gw: Gateway, name: str, inputs: dict, policy: CachePolicy,
 
     async def run() -> None:
         try:
-            result = await gw.run_pipeline(name, inputs, policy, on_event, deadline)
+            result = await gw.run_pipeline(name, inputs, policy, on_event, deadline, rid)
             await queue.put(("result", body(result)))
         except Exception as exc:  # a bug is logged by sse_error and sent as a 500's body
             await queue.put(("error", sse_error(exc, rid)))

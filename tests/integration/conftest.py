@@ -150,6 +150,8 @@ def serve_url(gateway_config, metrics_port):
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              _metrics_export_port=metrics_port,
              runtime_env={"env_vars": {**AUTOSCALING_ENV, "HF_HUB_OFFLINE": "1",
+                                       # recorded fused answers, fusion profiles (SQLite)
+                                       "FUSION_DATA_DIR": os.environ["FUSION_DATA_DIR"],
                                        "OTEL_BSP_SCHEDULE_DELAY": "200",
                                        "FUSION_MODEL_DIR": os.environ.get(
                                            "FUSION_MODEL_DIR", str(ROOT / ".fusion-models"))}})

@@ -49,9 +49,9 @@ def test_serve_config_is_valid(name, config):
 def test_local_profile_serves_every_builtin_pipeline_on_two_cpus():
     config = yaml.safe_load((ROOT / "ops/serve/local.yaml").read_text())
     gateway = load_config(config["applications"][0]["args"])
-    # 6, the LLM pipelines ask_image, ask_audio, describe_then_draw, and the retrieval ones
-    # ask_documents, search_images
-    assert len(load_pipelines(served_tasks(gateway))) == 11
+    # 6, the LLM pipelines ask_image, ask_audio, describe_then_draw, the retrieval ones
+    # ask_documents, search_images, and shapes_fused
+    assert len(load_pipelines(served_tasks(gateway))) == 12
     cpus = sum(m.num_cpus * m.num_replicas for m in gateway.models) + \
         gateway.router.num_cpus * gateway.router.num_replicas
     assert cpus <= 2, "the local profile must fit in the 2 CPUs Ray sees on a laptop or CI"

@@ -111,3 +111,32 @@ def test_bad_inputs_name_the_field(trained):
         backend.prepare("classify", {"image": shapes_cnn.png(shapes_cnn.draw(
             0, np.random.default_rng(0))), "top_k": -1})
     assert err.value.field == "top_k"
+
+
+def test_tiny_shapes_cnn_trains_once_deterministically_then_loads(tmp_path, monkeypatch):
+    """``tiny:shapes-cnn`` (the default profile's ``shapes``): trained on first use into the
+    model folder, fingerprinted from the saved checkpoint, served through the family's loader
+    with real accuracy on fresh images; a second start loads the same folder, untrained."""
+    from deployments.sources import resolve
+    from deployments.tiny import shapes_cnn as source
+    from fusion.config import ModelSource
+
+    monkeypatch.setenv("FUSION_MODEL_DIR", str(tmp_path))
+    first = resolve(ModelSource.model_validate("tiny:shapes-cnn"))
+    checkpoint = tmp_path / "tiny-shapes-cnn" / "checkpoint.pt"
+    built_at = checkpoint.stat().st_mtime_ns
+    again = resolve(ModelSource.model_validate("tiny:shapes-cnn"))
+    assert again.fingerprint == first.fingerprint and first.fingerprint.startswith(
+        "tiny:shapes-cnn#")
+    assert checkpoint.stat().st_mtime_ns == built_at  # loaded, not trained again
+    elsewhere = tmp_path / "second"
+    source.build_tiny_shapes_cnn(elsewhere)  # the same bytes on another build: seeded
+    assert (elsewhere / "checkpoint.pt").read_bytes() == checkpoint.read_bytes()
+
+    backend = ImageClassifier.load(ModelConfig.model_validate(
+        {"name": "shapes", "family": "image_classify", "source": "tiny:shapes-cnn"}))
+    images, truth = source.dataset(200, seed=4242)  # not the training seed
+    served = backend.run("classify", [backend.prepare("classify", {"image": source.png(im)})
+                                      for im in images])
+    top = np.array([source.CLASSES.index(o["labels"][0]["label"]) for o in served])
+    assert (top == truth).mean() > 0.9

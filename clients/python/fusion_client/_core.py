@@ -78,6 +78,10 @@ def merge_inputs(inputs: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) ->
     return merged
 
 
+def _without_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
 class Protocol:
     """Request building and response parsing for one client (holds the pipeline types cache)."""
 
@@ -212,6 +216,37 @@ class Protocol:
         if not data.get("cache") and cache_header:
             data["cache"] = cache_header
         return PipelineResult.model_validate(data)
+
+    # -- learned fusion (docs/how-to/learned-fusion.md) --
+    def feedback(self, request_id: str, label: str, step: str | None = None,
+                 weight: float | None = None, pipeline: str | None = None) -> Operation[dict]:
+        body = _without_none({"request_id": request_id, "label": label, "step": step,
+                              "weight": weight, "pipeline": pipeline})
+        resp = yield Request("POST", "/v1/feedback", json=body)
+        return dict(resp.body or {})
+
+    def import_feedback(self, items: list[Mapping[str, Any]]) -> Operation[dict]:
+        resp = yield Request("POST", "/v1/feedback/import", json={"items": list(items)})
+        return dict(resp.body or {})
+
+    def fit(self, pipeline: str, step: str | None = None, since: float | None = None,
+            until: float | None = None, min_labels: int | None = None,
+            test_fraction: float | None = None) -> Operation[dict]:
+        body = _without_none({"step": step, "since": since, "until": until,
+                              "min_labels": min_labels, "test_fraction": test_fraction})
+        resp = yield Request("POST", f"/v1/pipelines/{_seg(pipeline)}/fusion/fit", json=body)
+        return dict(resp.body or {})
+
+    def profiles(self, pipeline: str) -> Operation[dict]:
+        resp = yield Request("GET", f"/v1/pipelines/{_seg(pipeline)}/fusion/profiles")
+        return dict(resp.body or {})
+
+    def activate_profile(self, pipeline: str, profile: str, shadow: bool = False,
+                         step: str | None = None) -> Operation[dict]:
+        resp = yield Request(
+            "POST", f"/v1/pipelines/{_seg(pipeline)}/fusion/profiles/{_seg(profile)}/activate",
+            json=_without_none({"shadow": shadow, "step": step}))
+        return dict(resp.body or {})
 
     # -- streams --
     def parse_event(self, sse: ServerSentEvent, request_id: str | None) -> Event | None:

@@ -233,6 +233,29 @@ class AsyncFusionClient(_BaseClient):
     async def clear_cache(self) -> int:
         return await self._drive(self._proto.clear_cache())
 
+    # -- learned fusion: the same as FusionClient's --
+    async def feedback(self, request_id: str, label: str, *, step: str | None = None,
+                       weight: float | None = None, pipeline: str | None = None) -> dict:
+        return await self._drive(self._proto.feedback(request_id, label, step, weight,
+                                                      pipeline))
+
+    async def import_feedback(self, items: list[Mapping[str, Any]]) -> dict:
+        return await self._drive(self._proto.import_feedback(items))
+
+    async def fit(self, pipeline: str, *, step: str | None = None, since: float | None = None,
+                  until: float | None = None, min_labels: int | None = None,
+                  test_fraction: float | None = None) -> dict:
+        return await self._drive(self._proto.fit(pipeline, step, since, until, min_labels,
+                                                 test_fraction))
+
+    async def profiles(self, pipeline: str) -> dict:
+        return await self._drive(self._proto.profiles(pipeline))
+
+    async def activate_profile(self, pipeline: str, profile: str, *, shadow: bool = False,
+                               step: str | None = None) -> dict:
+        return await self._drive(self._proto.activate_profile(pipeline, profile, shadow,
+                                                              step))
+
 
     async def create_key(self, name: str, **fields: Any) -> dict:
         """See :meth:`FusionClient.create_key`."""

@@ -300,6 +300,34 @@ class FusionClient(_BaseClient):
         """Clear the gateway's cache namespace (admin key); returns the number deleted."""
         return self._drive(self._proto.clear_cache())
 
+    # -- learned fusion (docs/how-to/learned-fusion.md) --
+    def feedback(self, request_id: str, label: str, *, step: str | None = None,
+                 weight: float | None = None, pipeline: str | None = None) -> dict:
+        """Label a fused answer by its ``request_id`` (``PipelineResult.request_id``); a
+        second label for the same answer replaces the first."""
+        return self._drive(self._proto.feedback(request_id, label, step, weight, pipeline))
+
+    def import_feedback(self, items: list[Mapping[str, Any]]) -> dict:
+        """Many labels at once: ``{"imported", "replaced", "errors": [{index, code, ...}]}``."""
+        return self._drive(self._proto.import_feedback(items))
+
+    def fit(self, pipeline: str, *, step: str | None = None, since: float | None = None,
+            until: float | None = None, min_labels: int | None = None,
+            test_fraction: float | None = None) -> dict:
+        """Fit a fusion profile from the pipeline's labelled answers (admin key):
+        ``{"profile": id, "evaluation": {...}, "params": {...}}``; stored inactive."""
+        return self._drive(self._proto.fit(pipeline, step, since, until, min_labels,
+                                           test_fraction))
+
+    def profiles(self, pipeline: str) -> dict:
+        """The pipeline's fusion profiles with their evaluation, state and live accuracy."""
+        return self._drive(self._proto.profiles(pipeline))
+
+    def activate_profile(self, pipeline: str, profile: str, *, shadow: bool = False,
+                         step: str | None = None) -> dict:
+        """Serve a profile (``handwritten``: the pipeline's own weights; rollback: an older
+        id), or run it as the shadow (admin key)."""
+        return self._drive(self._proto.activate_profile(pipeline, profile, shadow, step))
     # -- keys (admin key) and usage: docs/tenants.md --
     def create_key(self, name: str, **fields: Any) -> dict:
         """Issue a key (admin key): ``models``/``tasks``/``pipelines`` (globs), ``rpm``,

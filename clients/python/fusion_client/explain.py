@@ -3,7 +3,9 @@
 An explanation is a JSON output: ``{"method", "sources", "weights", "labels": [{"label",
 "score", "contributions": {source: part}, "ranks": {source: rank}}], "agreement": {"top1",
 "top1_agreement", "kendall_tau", "pairs"}}``; each label's contributions add up to its fused
-score. ``explanation_table`` renders one as the small table ``fusion run --explain`` prints.
+score. Under a learned fusion profile (``method: profile``, ``profile: {id, weights,
+temperatures}``) a source's contribution is its term of the label's logit instead.
+``explanation_table`` renders one as the small table ``fusion run --explain`` prints.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def explanation_table(expl: Mapping[str, Any], top: int = 10) -> list[str]:
         rows.append(cells)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"method {expl['method']}" + (f"; weights {weights}" if weights else "")]
+    profile = expl.get("profile")
+    if isinstance(profile, Mapping):  # a learned fusion profile: per source, logit terms
+        lines[0] += f"; profile {profile.get('id')} (per source: its logit term w·log q)"
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
               for r in [header, *rows]]
     if len(expl["labels"]) > top:

@@ -161,3 +161,21 @@ def test_build_inputs_embedding_and_json():
                         "p") == {"vec": [0.5, 1.0], "meta": {"k": 1}, "n": [1, 2]}
 
 
+
+
+# ---- learned fusion (the loop against the real gateway: tests/integration/
+# test_learned_fusion_sdk.py) ----------------------------------------------------------------
+
+def test_feedback_usage_errors_and_json(fusion, gateway, tmp_path):
+    assert fusion("feedback", "only-an-id").code == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"request_id": "r1", "label": "circle"}\nnot json\n')
+    r = fusion("feedback", "import", str(bad))
+    assert r.code == 2 and "bad.jsonl:2: not JSON" in r.err
+    gateway.route("POST", "/v1/feedback", {"request_id": "r1", "pipeline": "p", "step": "f",
+                                           "label": "circle", "weight": 1.0,
+                                           "replaced": False, "profile": None,
+                                           "served_label": "square"})
+    r = fusion("feedback", "r1", "circle")
+    assert r.out == "labelled p/f answer r1: circle (served: square)\n"
+    assert json.loads(fusion("--json", "feedback", "r1", "circle").out)["label"] == "circle"

@@ -9,6 +9,7 @@ from typing import Any
 from fusion_client.cli.chat import cmd_chat
 from fusion_client.cli.inputs import build_inputs, split_input_args
 from fusion_client.cli.keys import cmd_keys, cmd_usage
+from fusion_client.cli.learning import cmd_feedback, cmd_fit, cmd_profiles
 from fusion_client.cli.output import (
     ProgressBar,
     print_result,
@@ -154,6 +155,7 @@ COMMANDS = {
 }
 INPUT_COMMANDS = {"run": cmd_run, "stream": cmd_stream, "call": cmd_call}
 COMMANDS["chat"] = cmd_chat
+COMMANDS.update(feedback=cmd_feedback, fit=cmd_fit, profiles=cmd_profiles)
 COMMANDS["keys"] = cmd_keys
 COMMANDS["usage"] = cmd_usage
 COMMANDS["rerank"] = cmd_rerank

@@ -94,6 +94,25 @@ def build_parser() -> argparse.ArgumentParser:
                        const="no-cache", help="recompute, then store")
     cache.add_argument("--no-store", dest="cache_control", action="store_const",
                        const="no-store", help="bypass the cache")
+    feedback = add("feedback", "label a fused answer: fusion feedback REQUEST_ID LABEL, or "
+                   "many: fusion feedback import labels.jsonl")
+    feedback.add_argument("words", nargs="+", metavar="REQUEST_ID LABEL | import FILE")
+    feedback.add_argument("--step", help="the fuse step, for a pipeline with several")
+    feedback.add_argument("--weight", type=float, help="how much the label counts in a fit")
+    feedback.add_argument("--pipeline", help="check that the answer came from this pipeline")
+    fit = add("fit", "fit a fusion profile from a pipeline's labelled answers (admin key)")
+    fit.add_argument("pipeline")
+    fit.add_argument("--step", help="the fuse step, for a pipeline with several")
+    fit.add_argument("--since", type=float, help="only answers since (epoch seconds)")
+    fit.add_argument("--min-labels", type=int, help="labels needed at least")
+    fit.add_argument("--test-fraction", type=float, help="share held out (default 0.3)")
+    profiles = add("profiles", "list a pipeline's fusion profiles, or activate one")
+    profiles.add_argument("pipeline")
+    profiles.add_argument("--activate", metavar="ID", help="serve this profile (admin key; "
+                          "'handwritten': the pipeline's own weights)")
+    profiles.add_argument("--shadow", action="store_true", help="with --activate: run it "
+                          "beside the live answer, without changing answers")
+    profiles.add_argument("--step", help="with --activate handwritten: which fuse step")
     add_key_parsers(add, lambda p: _common(p, suppress=True))
     add_rerank(add)
     call = add("call", "call one task of one model")
