@@ -23,7 +23,8 @@ from fusion.errors import BadInput, FusionError, unwrap
 from fusion.values import check_inputs
 
 if TYPE_CHECKING:
-    from fusion.core.executor import CachePolicy, Executor
+    from fusion.core.executor import Executor
+    from fusion.core.run_types import CachePolicy
 
 _INDEXED = re.compile(r"^inputs\[(\d+)\]")
 

@@ -18,17 +18,10 @@ from fusion.cache.keys import digest
 from fusion.config import AppConfig
 from fusion.core.admission import Admission, model_queues, model_steps
 from fusion.core.batch import BatchResult, call_many
-from fusion.core.executor import (
-    CachePolicy,
-    EventSink,
-    Executor,
-    RunResult,
-    StepReport,
-    check_pipeline_inputs,
-    emit,
-)
+from fusion.core.executor import Executor, check_pipeline_inputs
 from fusion.core.gather import Gatherer
 from fusion.core.learning import FusionLearning
+from fusion.core.run_types import CachePolicy, EventSink, RunResult, StepReport, emit
 from fusion.core.tenants import Tenants
 from fusion.errors import BadInput, FusionError, NotFound, Overloaded, SpecError, StepTimeout
 from fusion.observe import NULL_OBSERVER, Observer, outcome_of

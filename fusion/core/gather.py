@@ -54,7 +54,8 @@ from fusion.observe import NULL_OBSERVER, Observer
 
 if TYPE_CHECKING:
     from fusion.config import AppConfig
-    from fusion.core.executor import CachePolicy, Executor
+    from fusion.core.executor import Executor
+    from fusion.core.run_types import CachePolicy
 
 _ITEM = re.compile(r"^inputs\[(\d+)\](?:\.|$)")
 _ITEM_MESSAGE = re.compile(r"^inputs\[\d+\](?::\s*|\.)")

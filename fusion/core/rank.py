@@ -31,8 +31,9 @@ from fusion.pipeline.rank import rank_method
 from fusion.tasks import ModelTasks
 
 if TYPE_CHECKING:
-    from fusion.core.executor import CachePolicy, Executor
+    from fusion.core.executor import Executor
     from fusion.core.gateway import Gateway
+    from fusion.core.run_types import CachePolicy
 
 _ITEM = re.compile(r"^inputs\[(\d+)\]")
 

@@ -12,8 +12,8 @@ import time
 from fastapi import Request
 
 from fusion.core.admission import TIMEOUT_HEADER, parse_request_timeout
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 from fusion.http.errors import request_id
 
 __all__ = ["arrived", "cache_policy", "gateway", "request_deadline", "request_id"]

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from fusion import __version__
-from fusion.core.executor import CachePolicy, RunResult
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy, RunResult
 from fusion.errors import BadInput, MalformedBody, NotFound, PayloadTooLarge
 from fusion.http.auth import require_key
 from fusion.http.context import cache_policy, gateway, request_deadline, request_id

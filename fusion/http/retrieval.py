@@ -20,9 +20,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
 from fusion.core.rank import Document, rerank
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput
 from fusion.http.auth import require_key
 from fusion.http.context import cache_policy, gateway, request_deadline, request_id

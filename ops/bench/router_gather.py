@@ -36,8 +36,8 @@ from typing import Any
 
 from fusion.cache import StepCache
 from fusion.config import AppConfig, CacheConfig
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 
 
 class NoopModels:

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fusion.core.admission import Admission, ModelQueue
-from fusion.core.executor import CachePolicy, Executor
+from fusion.core.executor import Executor
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput, NotFound, Overloaded, StepFailed, StepTimeout
 from fusion.pipeline.fuse import fuse_labels
 from fusion.pipeline.spec import load_spec

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fusion.core.executor import CachePolicy, Executor
+from fusion.core.executor import Executor
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput
 from fusion.pipeline.fuse import RRF_K, agreement, fuse_explained, fuse_labels, kendall_tau
 from fusion.pipeline.spec import load_spec

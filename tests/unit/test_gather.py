@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from fusion.cache import StepCache
 from fusion.config import CacheConfig, ModelConfig
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput, Overloaded, StepTimeout
 from fusion.http.app import create_api
 from fusion.observe import MemoryRecorder, Observer

@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fusion.core.executor import CachePolicy  # noqa: E402
 from fusion.core.gateway import served_tasks  # noqa: E402
+from fusion.core.run_types import CachePolicy  # noqa: E402
 from fusion.errors import SpecError  # noqa: E402
 from fusion.pipeline.spec import load_pipelines, load_spec  # noqa: E402
 from fusion.pipeline.template import fill_template, parse_template  # noqa: E402

@@ -24,8 +24,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput, FusionError, Unsupported
 from fusion.http.audio_formats import (
     PCM_RATE,

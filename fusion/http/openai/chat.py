@@ -41,8 +41,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from fusion.chat import chat_messages
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput, FusionError
 from fusion.http.auth import require_key
 from fusion.http.context import cache_policy, gateway, request_deadline, request_id

@@ -25,8 +25,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from fusion.core.executor import CachePolicy
 from fusion.core.gateway import Gateway
+from fusion.core.run_types import CachePolicy
 from fusion.errors import BadInput, FusionError, Unsupported
 from fusion.http.auth import require_key
 from fusion.http.context import cache_policy, gateway, request_deadline
