@@ -123,15 +123,16 @@ def start_series(pipelines: Mapping[str, Any], models: Mapping[str, Any],
     Why: Prometheus has no series until its first sample, so a counter of rare events (a 504)
     is absent from a healthy gateway and its panel reads "No data", indistinguishable from a
     broken scrape. Label values known at start-up are the ones ``request_done`` and the cache
-    use: a pipeline and each model its steps call (``step.model``, or the built-in step's
-    task), a model route (``name/task``) and its model, and the cache's ``(model, task)`` of
+    use: a pipeline and each model its steps call (``step.uses_model``, or the built-in
+    step's task), a model route (``name/task``) and its model, and the cache's ``(model, task)`` of
     every served task plus ``("pipeline", name)`` for whole-pipeline results. Labels only
     traffic decides (status codes, routes) are left to traffic.
     """
     series: list[tuple[str, dict[str, str]]] = []
     refused: set[tuple[str, str]] = set()
     for name, spec in pipelines.items():
-        refused |= {(name, step.model or step.task) for step in spec.steps.values()}
+        refused |= {(name, getattr(step, "uses_model", step.model) or step.task)
+                    for step in spec.steps.values()}
     for model, served in models.items():
         refused |= {(f"{model}/{task}", model) for task in served.tasks}
     for pipeline, model in sorted(refused):

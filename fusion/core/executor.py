@@ -243,11 +243,11 @@ class Executor:
             except asyncio.CancelledError:
                 raise
             except FusionError as err:
-                self.observer.step(pipeline, step.name, step.model or step.task, step.task,
+                self.observer.step(pipeline, step.name, step.uses_model or step.task, step.task,
                                    "error", time.perf_counter() - started, err.status)
                 raise
         report = reports[step.name]
-        self.observer.step(pipeline, step.name, step.model or step.task, step.task,
+        self.observer.step(pipeline, step.name, step.uses_model or step.task, step.task,
                            outcome_of(report), report.ms / 1000)
 
     async def _step_body(self, step: StepSpec, values: dict, results: dict, reports: dict,

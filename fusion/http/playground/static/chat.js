@@ -24,11 +24,16 @@ const tasksOf = (model) => (model.tasks?.length ? model.tasks : Object.keys(mode
 export const chatsWith = (model) => tasksOf(model).includes("chat");
 
 /** Whether a pipeline gets the chat view: one of its steps is a model's `chat`, it takes a
- * text input to ask with, and it answers in words (an image or audio output belongs on the
- * form, where outputs are drawn by type). */
+ * text input to ask with, every other input it needs is one a turn can attach (an image or a
+ * recording; `ask_documents`' list of documents is not), and it answers in words (an image or
+ * audio output belongs on the form, where outputs are drawn by type). */
 export function isChatPipeline(spec) {
+  const question = questionInput(spec);
+  const needed = Object.entries(spec.inputs || {})
+    .filter(([name, d]) => name !== question && d.required !== false && d.default == null);
   return Object.values(spec.steps || {}).some((s) => s.task === "chat")
-    && !!questionInput(spec)
+    && !!question
+    && needed.every(([, d]) => d.type === "image" || d.type === "audio")
     && !Object.values(spec.outputs || {}).some((t) => /image|audio/.test(String(t)));
 }
 
